@@ -1,0 +1,43 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="daclip_lora",
+    version="0.1.0",
+    description="DA-CLIP as an open_clip plugin, with LoRA for its controller and for Stable Diffusion restoration",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["daclip_lora", "daclip_lora.*"]) + ["daclip_lora.model_configs"],
+    # The top-level model_configs/ folder ships inside the wheel as daclip_lora/model_configs.
+    package_dir={"daclip_lora.model_configs": "model_configs"},
+    package_data={"daclip_lora.model_configs": ["*.json"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "open_clip_torch>=3.0,<4",
+        "timm>=1.0",
+        "peft>=0.15",
+        "diffusers>=0.30",
+        "transformers>=4.40",
+        "accelerate>=0.30",
+        "safetensors>=0.4",
+        "pyyaml>=6.0",
+        "tqdm",
+        "Pillow",
+        "scikit-image>=0.21",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+    },
+    entry_points={"console_scripts": ["daclip-lora=daclip_lora.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Image Processing",
+    ],
+)
