@@ -8,7 +8,7 @@ setup(
     name="daclip_lora",
     version="0.1.0",
     description="DA-CLIP as an open_clip plugin, with LoRA for its controller and for Stable Diffusion restoration",
-    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["daclip_lora", "daclip_lora.*"]) + ["daclip_lora.model_configs"],

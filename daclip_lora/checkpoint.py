@@ -60,6 +60,14 @@ class LoadResult(NamedTuple):
 
 # ------------------------------------------------------------------------------ reading
 def _torch_load(path: Path, device: Union[str, torch.device]) -> object:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive ("PK"); the legacy format starts with a pickle opcode 0x80.
+    if head != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (no zip archive or pickle header: starts with {head!r}); "
+            f"expected a .pt/.pth/.bin file written by torch.save, or a .safetensors file"
+        )
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -78,6 +86,8 @@ def _torch_load(path: Path, device: Union[str, torch.device]) -> object:
                 f"{path} is truncated or corrupt (not a complete PyTorch zip archive); download it again"
             ) from None
         raise CheckpointError(f"{path} could not be loaded as a PyTorch checkpoint: {msg}") from None
+    except Exception as e:  # the weights-only unpickler fails in many ways on damaged data
+        raise CheckpointError(f"{path} is damaged or not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
 
 
 def _safetensors_load(path: Path, device: Union[str, torch.device]) -> StateDict:

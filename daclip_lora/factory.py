@@ -329,3 +329,21 @@ def register_with_open_clip() -> None:
         for namespace in (open_clip, _oc_factory):
             setattr(namespace, name, fn)
     logger.debug("daclip_lora registered with open_clip: %s", ", ".join(_list_registered()))
+
+
+def match_model_names(state_dict: Dict[str, torch.Tensor]) -> list:
+    """Registered model names whose architecture fits ``state_dict`` exactly (keys and shapes).
+
+    Models are built on the meta device, so this allocates no weights.
+    """
+    from .checkpoint import _fill_aliases, checkpoint_kind
+
+    kind = checkpoint_kind(state_dict)
+    wanted = {k: tuple(v.shape) for k, v in (_fill_aliases(state_dict) if kind == "daclip" else state_dict).items()}
+    names = []
+    for name in _list_registered(family=kind):
+        model = create_model(name, device="meta")
+        target = model if kind == "daclip" else model.clip
+        if {k: tuple(v.shape) for k, v in target.state_dict().items()} == wanted:
+            names.append(name)
+    return names

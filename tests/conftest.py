@@ -1,0 +1,44 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+
+import daclip_lora
+
+TINY = "daclip_tiny"
+
+
+def randomize_zero_modules(model, std=0.02, seed=1):
+    """Give the controller's zero modules non-zero weights so that control changes outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for z in model.visual_control.transformer.zero_modules:
+            z.weight.copy_(torch.randn(z.weight.shape, generator=g) * std)
+            z.bias.copy_(torch.randn(z.bias.shape, generator=g) * std)
+    return model
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return daclip_lora.create_model(TINY)
+
+
+@pytest.fixture
+def images():
+    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_registry():
+    """Configs a test registers must not leak into the next test."""
+    reg = daclip_lora.registry
+    saved = dict(reg._MODEL_CONFIGS), dict(reg._CONFIG_SOURCES)
+    yield
+    reg._MODEL_CONFIGS.clear()
+    reg._MODEL_CONFIGS.update(saved[0])
+    reg._CONFIG_SOURCES.clear()
+    reg._CONFIG_SOURCES.update(saved[1])
