@@ -1,0 +1,594 @@
+"""UIR/BasicSR-style YAML options, loaded into typed dataclasses by a *pure* function.
+
+:func:`load_options` reads a ``train.yml``/``test.yml`` file, validates it and derives the run folders.
+It has no side effects: it sets no environment variables, creates no folders, starts no process
+group and executes nothing from the file.
+
+Two kinds of blocks:
+
+* UIR blocks (``datasets``, ``path``, ``train``, ``logger`` and the top level) are *lenient*: the keys
+  we use are typed and checked, every other key (``sde``, ``network_G``, ``train.is_weighted`` ...)
+  is kept in ``extra`` and reported once in an informational log line.
+* Our own blocks (``daclip``, ``controller``, ``sd``, ``runtime``, ``sampling``) are *strict*: an
+  unknown key is an error that names the closest valid key. ``options/README.md`` documents them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from .registry import suggest
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OptionsError",
+    "Options",
+    "DatasetOptions",
+    "LoraOptions",
+    "load_options",
+    "parse_options",
+    "apply_overrides",
+    "options_to_dict",
+    "DEGRADATIONS",
+]
+
+DEGRADATIONS = ("motion-blurry", "hazy", "jpeg-compressed", "low-light", "noisy",
+                "raindrop", "rainy", "shadowed", "snowy", "uncompleted")
+
+
+class OptionsError(ValueError):
+    """An options file or override is invalid; the message names the key and the fix."""
+
+
+def _path(default: Optional[str] = None, *, must_exist: bool = True) -> Any:
+    """A path-valued field: ``~`` is expanded; existence is checked when ``check_paths``."""
+    return field(default=default, metadata={"path": True, "must_exist": must_exist})
+
+
+# ------------------------------------------------------------------------------ schema
+@dataclass
+class LoraOptions:
+    """A LoRA adapter: rank, scaling, targets (module-name suffixes) and peft initialisation."""
+
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    targets: Optional[List[str]] = None  # None: the trainer's default targets
+    blocks: Optional[List[int]] = None  # transformer blocks to adapt; None: all
+    use_dora: bool = False
+    init_lora_weights: Union[bool, str] = True
+
+
+@dataclass
+class DatasetOptions:
+    """One entry of ``datasets``; its ``phase`` comes from the key (``train``, ``val_2``, ``test1``)."""
+
+    mode: Literal["LQGT", "MD", "CSV", "captions"] = "LQGT"
+    name: str = ""
+    phase: str = ""
+    dataroot: Optional[str] = _path()  # MD root, or caption folder
+    dataroot_GT: Optional[str] = _path()
+    dataroot_LQ: Optional[str] = _path()
+    csv: Optional[str] = _path()  # DA-CLIP CSV (tab-separated filepath, title)
+    distortion: Optional[List[str]] = None  # MD: defaults to the top-level `distortion`
+    use_shuffle: bool = True
+    n_workers: int = 0
+    batch_size: int = 1
+    patch_size: Optional[int] = None
+    use_flip: bool = False
+    use_rot: bool = False
+    color: Optional[str] = "RGB"
+    small_images: Literal["pad", "reject"] = "pad"
+    on_corrupt: Literal["error", "skip"] = "error"
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PathOptions:
+    daclip: Optional[str] = _path()
+    resume_state: Optional[str] = _path()
+    pretrain_model_G: Optional[str] = _path(must_exist=False)
+    root: str = "."
+    experiments_root: Optional[str] = None
+    models: Optional[str] = None
+    training_state: Optional[str] = None
+    log: Optional[str] = None
+    val_images: Optional[str] = None
+    results_root: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainOptions:
+    """The UIR ``train`` block keys we use (others are kept in ``extra`` and ignored)."""
+
+    optimizer: str = "AdamW"
+    lr_G: float = 1e-4
+    lr_scheme: str = "cosine"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    niter: int = 1000
+    warmup_iter: int = -1
+    lr_steps: Optional[List[int]] = None
+    lr_gamma: float = 0.5
+    eta_min: float = 0.0
+    manual_seed: int = 0
+    val_freq: int = 500
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoggerOptions:
+    print_freq: int = 100
+    save_checkpoint_freq: int = 5000
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DaclipOptions:
+    """The DA-CLIP model: conditioning for restoration, or the model whose controller is trained."""
+
+    model: str = "daclip_ViT-B-32"
+    pretrained: Optional[str] = _path()  # falls back to path.daclip
+    adapter: Optional[str] = _path()  # controller LoRA folder to apply
+
+
+@dataclass
+class ControllerOptions:
+    """Controller-LoRA training (``task: controller``)."""
+
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    zero_modules: Literal["train", "lora", "frozen"] = "train"
+    train_logit_scale: bool = True
+    loss: Literal["label_aware", "reference"] = "label_aware"
+    caption_weight: float = 1.0
+
+
+@dataclass
+class ConditioningOptions:
+    image_context: bool = True
+    degra_context: bool = True
+    num_tokens: int = 4
+    lq_latent: bool = True
+    drop_text: float = 0.05
+    drop_daclip: float = 0.05
+    drop_lq: float = 0.05
+
+
+@dataclass
+class SDOptions:
+    """Stable Diffusion base model (a diffusers folder) and what is trained on it."""
+
+    base: Optional[str] = _path()
+    prompt: str = ""
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    text_encoder_lora: Optional[LoraOptions] = None
+    text_encoder_lr: Optional[float] = None
+    conditioning: ConditioningOptions = field(default_factory=ConditioningOptions)
+    resolution: int = 512
+
+
+@dataclass
+class RuntimeOptions:
+    """accelerate and performance settings shared by every trainer."""
+
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    max_grad_norm: Optional[float] = 1.0
+    weight_decay: float = 1e-2
+    cache: bool = False
+    ema_decay: Optional[float] = None
+    snr_gamma: Optional[float] = None
+    noise_offset: float = 0.0
+    device: Optional[str] = None  # None: accelerate's choice (GPU if available)
+
+
+@dataclass
+class SamplingOptions:
+    """Restoration sampling (``test``)."""
+
+    scheduler: Literal["ddim", "dpm++", "euler"] = "ddim"
+    steps: int = 50
+    guidance_scale: float = 1.0
+    strength: float = 1.0
+    seed: int = 0
+    merge_lora: bool = True
+    crop_border: int = 0
+
+
+@dataclass
+class Options:
+    """A whole options file. ``extra`` keeps top-level UIR keys we do not use (``sde``, ...)."""
+
+    name: str
+    is_train: bool = False
+    task: Literal["restoration", "controller", "text2image"] = "restoration"
+    suffix: Optional[str] = None
+    model: Optional[str] = None
+    distortion: List[str] = field(default_factory=list)
+    gpu_ids: Optional[List[int]] = None
+    datasets: Dict[str, DatasetOptions] = field(default_factory=dict)
+    path: PathOptions = field(default_factory=PathOptions)
+    train: Optional[TrainOptions] = None
+    logger: LoggerOptions = field(default_factory=LoggerOptions)
+    daclip: DaclipOptions = field(default_factory=DaclipOptions)
+    controller: ControllerOptions = field(default_factory=ControllerOptions)
+    sd: SDOptions = field(default_factory=SDOptions)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    extra: Dict[str, Any] = field(default_factory=dict)
+    ignored: List[str] = field(default_factory=list)
+    source: Optional[str] = None
+
+
+_STRICT = {LoraOptions, DaclipOptions, ControllerOptions, ConditioningOptions, SDOptions, RuntimeOptions,
+           SamplingOptions}
+_PHASES = ("train", "val", "test")
+
+
+# ----------------------------------------------------------------------------- coercion
+class _Ctx:
+    """Collects warnings and ignored keys while building, so the loader itself stays pure."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.warnings: List[str] = []
+        self.ignored: List[str] = []
+
+    def error(self, key: str, message: str) -> OptionsError:
+        return OptionsError(f"{self.source}: {key}: {message}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (list, List):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (dict, Dict):
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "text"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for a in options:  # exact type first (bool before str in Union[bool, str])
+            if a in (bool, int, float, str) and type(value) is a:
+                return value
+        for a in options:
+            try:
+                return _coerce(value, a, key, ctx)
+            except OptionsError:
+                pass
+        raise ctx.error(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ctx.error(key, f"expected one of {', '.join(map(str, args))}, got {value!r}."
+                                 f"{suggest(str(value), map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, ctx)
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ctx.error(key, f"expected {_type_name(tp)}, got {value!r} (write it as [a, b] or a '- item' list)")
+        return [_coerce(v, args[0], f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ctx.error(key, f"expected a mapping, got {value!r}")
+        return {k: _coerce(v, args[1], f"{key}.{k}", ctx) for k, v in value.items()} if args else dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ctx.error(key, f"expected true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ctx.error(key, f"expected {_type_name(tp)}, got {value!r}")
+        if isinstance(value, str):
+            try:
+                number = tp(float(value)) if tp is int and re.fullmatch(r"[+-]?\d+(\.0*)?", value.strip()) \
+                    else tp(value)
+            except ValueError:
+                raise ctx.error(key, f"expected {_type_name(tp)}, got the text {value!r}") from None
+            ctx.warnings.append(
+                f"{key}: {value!r} is text in YAML (PyYAML reads numbers like 2e-4 without a dot as strings); "
+                f"using {number!r}. Write 2.0e-4 or !!float 2e-4 to silence this."
+            )
+            return number
+        if tp is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ctx.error(key, f"expected an integer, got {value!r}")
+            return int(value)
+        if isinstance(value, (int, float)):
+            return tp(value)
+        raise ctx.error(key, f"expected {_type_name(tp)}, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ctx.error(key, f"expected text, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, where: str, ctx: _Ctx) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ctx.error(where or "top level", f"expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    strict = cls in _STRICT
+    kwargs: Dict[str, Any] = {}
+    extra: Dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key in fields and key not in ("extra", "ignored", "source"):
+            kwargs[key] = _coerce(value, hints[key], dotted, ctx)
+        elif strict:
+            valid = [f for f in fields if f != "extra"]
+            raise ctx.error(dotted, f"unknown key.{suggest(str(key), valid) or ' Valid keys: ' + ', '.join(valid)}")
+        else:
+            extra[key] = value
+            ctx.ignored.append(dotted)
+    missing = [n for n, f in fields.items()
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs]
+    if missing:
+        raise ctx.error(f"{where}.{missing[0]}" if where else missing[0], "required key is missing")
+    if "extra" in fields:
+        kwargs["extra"] = extra
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------ loading
+def _phase(key: str, source: str) -> str:
+    phase = re.sub(r"(_?\d+)$", "", key.split("_")[0])
+    if phase not in _PHASES:
+        raise OptionsError(
+            f"{source}: datasets.{key}: a dataset key must start with train, val or test (e.g. val_2, test1)."
+            f"{suggest(phase, _PHASES)}"
+        )
+    return phase
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"options file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise OptionsError(f"{where}: YAML syntax error: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise OptionsError(f"{path}: YAML error: {e}") from None
+    if not isinstance(data, dict):
+        raise OptionsError(f"{path}: an options file must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _resolve_field(cls: Any, parts: Sequence[str]) -> Any:
+    """The schema type at a dotted path, or ``None`` where the path leaves the schema."""
+    tp = cls
+    for i, part in enumerate(parts):
+        while typing.get_origin(tp) is Union:
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if typing.get_origin(tp) in (dict, Dict):
+            tp = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+            continue
+        if not dataclasses.is_dataclass(tp):
+            return None
+        hints = typing.get_type_hints(tp)
+        if part not in hints or part == "extra":
+            if tp in _STRICT:
+                valid = [h for h in hints if h != "extra"]
+                raise OptionsError(f"--opt {'.'.join(parts)}: unknown key {part!r}.{suggest(part, valid)}")
+            return None
+        tp = hints[part]
+    return tp
+
+
+def _parse_override_value(text: str, tp: Any) -> Any:
+    base = tp
+    while typing.get_origin(base) is Union:
+        non_none = [a for a in typing.get_args(base) if a is not type(None)]
+        if text.strip().lower() in ("null", "none", "~"):
+            return None
+        base = non_none[0] if len(non_none) == 1 else Any
+    if base is str or typing.get_origin(base) is Literal:
+        return text
+    if base is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+        return text  # rejected with a clear message by the coercion
+    if base is float:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    if base is int:
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to raw option data; values are typed by the schema."""
+    for item in overrides:
+        if "=" not in item:
+            raise OptionsError(f"--opt {item!r}: expected key.sub=value (e.g. train.lr_G=2e-4)")
+        key, text = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise OptionsError(f"--opt {item!r}: empty key")
+        tp = _resolve_field(Options, parts)
+        value = yaml.safe_load(text) if tp is None else _parse_override_value(text, tp)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise OptionsError(f"--opt {item!r}: {part!r} is not a mapping in the options file")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def parse_options(
+    data: Dict[str, Any],
+    is_train: bool,
+    root: Union[str, Path] = ".",
+    source: str = "<options>",
+    check_paths: bool = True,
+) -> Tuple[Options, List[str]]:
+    """Build :class:`Options` from already-parsed YAML data. Returns ``(options, warnings)``."""
+    data = dict(data)
+    ctx = _Ctx(source)
+    datasets_raw = data.pop("datasets", None) or {}
+    if not isinstance(datasets_raw, dict):
+        raise ctx.error("datasets", f"expected a mapping of dataset blocks, got {datasets_raw!r}")
+    data.pop("is_train", None)
+    opt: Options = _build(Options, data, "", ctx)
+    opt.is_train = is_train
+    if is_train and opt.train is None:
+        opt.train = TrainOptions()
+    for key, block in datasets_raw.items():
+        ds: DatasetOptions = _build(DatasetOptions, block, f"datasets.{key}", ctx)
+        ds.phase = _phase(str(key), source)
+        if ds.distortion is None and ds.mode == "MD":
+            ds.distortion = list(opt.distortion)
+        opt.datasets[str(key)] = ds
+    _derive_paths(opt, Path(root).expanduser())
+    _expand_user(opt)
+    _check_semantics(opt, ctx, check_paths)
+    opt.ignored = ctx.ignored
+    opt.source = source
+    return opt, ctx.warnings
+
+
+def load_options(
+    path: Union[str, Path],
+    is_train: bool,
+    root: Union[str, Path] = ".",
+    overrides: Sequence[str] = (),
+    check_paths: bool = True,
+) -> Options:
+    """Load a UIR-style ``train.yml``/``test.yml``; pure (no env, no folders, no code execution).
+
+    Args:
+        path: the YAML file.
+        is_train: training (derives ``experiments/<name>/...``) or testing (``results/<name>``).
+        root: folder under which the run folders are derived.
+        overrides: ``key.sub=value`` strings (the CLI's ``--opt``), typed by the schema.
+        check_paths: check that the input paths the run will read exist.
+
+    Raises:
+        FileNotFoundError: the options file does not exist.
+        OptionsError: syntax error (with line number), unknown key in one of our blocks (with the
+            closest valid key), wrong type, missing required key or path, or a path that does not exist.
+    """
+    path = Path(path).expanduser()
+    data = apply_overrides(_read_yaml(path), overrides)
+    opt, warnings = parse_options(data, is_train, root=root, source=str(path), check_paths=check_paths)
+    for w in warnings:
+        logger.warning("%s: %s", path, w)
+    if opt.ignored:
+        logger.info("%s: keys not used by daclip_lora (kept, ignored): %s", path, ", ".join(opt.ignored))
+    return opt
+
+
+def _derive_paths(opt: Options, root: Path) -> None:
+    p = opt.path
+    p.root = str(root)
+    if opt.is_train:
+        exp = root / "experiments" / opt.name
+        p.experiments_root = str(exp)
+        p.models, p.training_state = str(exp / "models"), str(exp / "training_state")
+        p.log, p.val_images = str(exp), str(exp / "val_images")
+    else:
+        results = root / "results" / opt.name
+        p.results_root = p.log = str(results)
+
+
+def _path_fields(obj: Any, prefix: str) -> List[Tuple[str, Any, str, dataclasses.Field]]:
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("path"):
+            out.append((f"{prefix}{f.name}", obj, f.name, f))
+        elif dataclasses.is_dataclass(value):
+            out.extend(_path_fields(value, f"{prefix}{f.name}."))
+    return out
+
+
+def _all_path_fields(opt: Options) -> List[Tuple[str, Any, str, dataclasses.Field]]:
+    fields = _path_fields(opt, "")
+    for key, ds in opt.datasets.items():
+        fields.extend(_path_fields(ds, f"datasets.{key}."))
+    return fields
+
+
+def _expand_user(opt: Options) -> None:
+    for _, obj, name, _ in _all_path_fields(opt):
+        value = getattr(obj, name)
+        if value is not None:
+            setattr(obj, name, str(Path(value).expanduser()))
+
+
+_REQUIRED_BY_MODE = {"LQGT": ("dataroot_LQ", "dataroot_GT"), "MD": ("dataroot",), "CSV": ("csv",),
+                     "captions": ("dataroot",)}
+
+
+def _check_semantics(opt: Options, ctx: _Ctx, check_paths: bool) -> None:
+    unknown = [d for d in opt.distortion if d not in DEGRADATIONS]
+    if unknown and opt.task != "text2image":
+        logger.debug("%s: distortion names outside DA-CLIP's ten: %s", ctx.source, unknown)
+    for key, ds in opt.datasets.items():
+        for name in _REQUIRED_BY_MODE[ds.mode]:
+            if getattr(ds, name) is None:
+                raise ctx.error(f"datasets.{key}.{name}", f"required for mode {ds.mode} but missing")
+        if ds.mode == "MD" and not ds.distortion:
+            raise ctx.error(f"datasets.{key}", "mode MD needs degradation names: set top-level `distortion: [...]`")
+        if ds.batch_size < 1:
+            raise ctx.error(f"datasets.{key}.batch_size", f"must be at least 1, got {ds.batch_size}")
+    if opt.is_train and not any(ds.phase == "train" for ds in opt.datasets.values()):
+        raise ctx.error("datasets", "training needs a dataset whose key starts with 'train'")
+    if opt.daclip.pretrained is None and opt.path.daclip is not None:
+        opt.daclip.pretrained = opt.path.daclip
+    if not check_paths:
+        return
+    for dotted, obj, name, f in _all_path_fields(opt):
+        value = getattr(obj, name)
+        if value is not None and f.metadata.get("must_exist") and not Path(value).exists():
+            raise ctx.error(dotted, f"path {value} does not exist (relative paths are taken from the current folder)")
+
+
+def options_to_dict(opt: Options) -> Dict[str, Any]:
+    """Plain-dict view (for printing and for saving the resolved options next to a run)."""
+    return dataclasses.asdict(opt)
