@@ -1,0 +1,85 @@
+"""Image reading/writing for restoration data: any common format in, float32 RGB in [0, 1] out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Tuple, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageError", "list_images", "read_image", "write_image", "to_uint8"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+class ImageError(ValueError):
+    """An image file is missing, corrupt, or not an image."""
+
+
+def read_image(path: Union[str, Path]) -> np.ndarray:
+    """Read an image as ``float32`` RGB ``(H, W, 3)`` in ``[0, 1]``.
+
+    Grayscale and 1-bit images are replicated to three channels, RGBA/LA/palette images lose their
+    alpha channel, 16-bit grayscale is scaled by 65535 (16-bit RGB PNGs are decoded to 8 bits by
+    Pillow, correctly scaled), CMYK is converted to RGB.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageError: the file is corrupt or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode.startswith("I;16") or mode == "I":
+                arr = np.asarray(im, dtype=np.float32) / 65535.0
+            elif mode == "F":
+                arr = np.asarray(im, dtype=np.float32)
+            else:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: cannot read image (corrupt or not an image): {e}") from None
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_image(path: Union[str, Path], img: np.ndarray) -> Path:
+    """Write a float ``[0, 1]`` (or uint8) RGB image; the format follows the suffix (PNG by default)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = img if img.dtype == np.uint8 else to_uint8(img)
+    Image.fromarray(data).save(path)
+    return path
+
+
+def list_images(folder: Union[str, Path], strict: bool = True) -> Tuple[List[Path], List[Path]]:
+    """``(images, others)`` in ``folder`` (sorted by name); hidden files are skipped.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ImageError: the folder has no images, or (``strict``) holds non-image files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    others = [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    if not images:
+        raise ImageError(f"image folder {folder} is empty (no {', '.join(IMAGE_EXTENSIONS)} files)")
+    if strict and others:
+        names = ", ".join(p.name for p in others[:5]) + (" ..." if len(others) > 5 else "")
+        raise ImageError(f"image folder {folder} holds {len(others)} non-image files: {names}")
+    return images, others
