@@ -12,7 +12,8 @@ logger = logging.getLogger("daclip_lora.cli")
 
 EXIT_USER_ERROR = 2
 # Errors that mean "the user gave us something wrong": shown as one line, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -38,6 +39,58 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_dataset(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data.synthetic import make_dataset
+
+    distortions = args.distortion or None
+    n_deg = len(distortions) if distortions else 10
+    val_size = args.val_size if args.val_size is not None else max(2, args.size // 4)
+    bars = []
+
+    def progress(n: int) -> None:  # the bar appears once the inputs have been validated
+        if not bars:
+            bars.append(tqdm(total=n_deg * (args.size + val_size), desc="make-dataset", unit="img"))
+        bars[0].update(n - bars[0].n)
+
+    try:
+        manifest = make_dataset(args.out, source=args.source, distortions=distortions, size=args.size,
+                                val_size=args.val_size, patch_size=args.patch_size, seed=args.seed,
+                                overwrite=args.overwrite, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    counts = manifest["counts"]
+    print(f"wrote {args.out}: train {sum(counts['train'].values())} / val {sum(counts['val'].values())} LQ/GT "
+          f"pairs over {len(manifest['distortions'])} degradations; CSVs daclip_train.csv, daclip_val.csv")
+    return 0
+
+
+def _load_cli_options(args: argparse.Namespace, is_train: bool):
+    from .options import load_options
+
+    return load_options(args.opt_file, is_train=is_train, root=args.root, overrides=args.opt or (),
+                        check_paths=not getattr(args, "no_check_paths", False))
+
+
+def _cmd_check_options(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .options import options_to_dict
+
+    opt = _load_cli_options(args, is_train=args.train)
+    print(yaml.safe_dump(options_to_dict(opt), sort_keys=False), end="")
+    return 0
+
+
+def _add_options_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-opt", "--options", dest="opt_file", type=Path, required=True, help="YAML options file")
+    p.add_argument("--opt", action="append", metavar="KEY.SUB=VALUE",
+                   help="override an option (repeatable), e.g. --opt train.lr_G=2e-4")
+    p.add_argument("--root", type=Path, default=Path("."), help="folder for experiments/ and results/ (default: .)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="daclip-lora",
@@ -61,6 +114,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="model name to record in the metadata (default: inferred from the tensor shapes)")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "make-dataset",
+        help="write a synthetic UIR MD tree (train/val) and DA-CLIP CSVs",
+        description="Degrade clean patches with DA-CLIP's degradation types and write OUT/{train,val}/"
+                    "<degradation>/{LQ,GT}/ plus OUT/daclip_{train,val}.csv. Deterministic for a seed.",
+    )
+    p.add_argument("out", type=Path, help="output folder (empty or missing)")
+    p.add_argument("--source", default="builtin",
+                   help="'builtin' (photographs shipped with scikit-image) or a folder of clean images")
+    p.add_argument("--distortion", nargs="+", metavar="NAME", help="degradation names (default: all ten)")
+    p.add_argument("--size", type=int, default=16, help="clean training patches (each under every degradation)")
+    p.add_argument("--val-size", type=int, default=None, help="clean validation patches (default: size/4, >= 2)")
+    p.add_argument("--patch-size", type=int, default=128, help="patch side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=_cmd_make_dataset)
+
+    p = sub.add_parser("check-options", help="load and validate an options file, print the resolved options",
+                       description="Load a UIR-style options file exactly as train/test would and print the "
+                                   "resolved, typed options as YAML.")
+    _add_options_args(p)
+    p.add_argument("--train", action="store_true", help="resolve as a training file (default: test)")
+    p.add_argument("--no-check-paths", action="store_true", help="do not require input paths to exist")
+    p.set_defaults(func=_cmd_check_options)
     return parser
 
 

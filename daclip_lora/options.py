@@ -49,9 +49,9 @@ class OptionsError(ValueError):
     """An options file or override is invalid; the message names the key and the fix."""
 
 
-def _path(default: Optional[str] = None, *, must_exist: bool = True) -> Any:
-    """A path-valued field: ``~`` is expanded; existence is checked when ``check_paths``."""
-    return field(default=default, metadata={"path": True, "must_exist": must_exist})
+def _path() -> Any:
+    """An input-path field: ``~`` is expanded; existence is checked when ``check_paths``."""
+    return field(default=None, metadata={"path": True})
 
 
 # ------------------------------------------------------------------------------ schema
@@ -96,7 +96,6 @@ class DatasetOptions:
 class PathOptions:
     daclip: Optional[str] = _path()
     resume_state: Optional[str] = _path()
-    pretrain_model_G: Optional[str] = _path(must_exist=False)
     root: str = "."
     experiments_root: Optional[str] = None
     models: Optional[str] = None
@@ -585,7 +584,7 @@ def _check_semantics(opt: Options, ctx: _Ctx, check_paths: bool) -> None:
         return
     for dotted, obj, name, f in _all_path_fields(opt):
         value = getattr(obj, name)
-        if value is not None and f.metadata.get("must_exist") and not Path(value).exists():
+        if value is not None and not Path(value).exists():
             raise ctx.error(dotted, f"path {value} does not exist (relative paths are taken from the current folder)")
 
 

@@ -38,7 +38,7 @@ def test_uir_train_yml_loads_unchanged(tmp_path):
     assert opt.path.experiments_root == str(exp)
     assert (opt.path.models, opt.path.training_state, opt.path.val_images) == (
         str(exp / "models"), str(exp / "training_state"), str(exp / "val_images"))
-    assert opt.path.extra == {"strict_load": True}
+    assert opt.path.extra == {"pretrain_model_G": None, "strict_load": True}
 
 
 def test_unused_keys_are_reported_in_one_info_line(tmp_path, caplog):

@@ -126,12 +126,12 @@ def raindrop(img: np.ndarray, rng: Union[Rng, int, None] = None, count: Optional
     """Raindrops on the lens: soft discs inside which the scene is blurred and brightened."""
     rng = _rng(rng)
     h, w = img.shape[:2]
-    count = int(rng.integers(8, 20) * h * w / 256 ** 2) + 1 if count is None else count
+    count = max(6, int(rng.integers(8, 20) * h * w / 256 ** 2)) if count is None else count
     yy, xx = np.mgrid[:h, :w]
     mask = np.zeros((h, w), np.float32)
     for _ in range(count):
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        r = rng.uniform(0.02, 0.06) * min(h, w)
+        r = rng.uniform(0.04, 0.09) * min(h, w)
         mask = np.maximum(mask, np.clip(1.5 - np.hypot(yy - cy, xx - cx) / r, 0, 1))
     blurred = np.stack([ndimage.gaussian_filter(img[..., c], 4) for c in range(3)], -1)
     drops = np.clip(blurred * 1.1 + 0.08, 0, 1)

@@ -1,0 +1,284 @@
+"""Restoration and DA-CLIP datasets: LQGT folders, MD trees, DA-CLIP CSVs and caption folders.
+
+Every sample is a dict of tensors and strings:
+
+* restoration (``LQGT``, ``MD``): ``LQ`` and ``GT`` ``(3, H, W)`` in ``[0, 1]`` (same crop, flips and
+  rotation), ``LQ_clip`` ``(3, 224, 224)`` CLIP-ready (bicubic resize of the shorter side, centre
+  crop, OpenAI mean/std, computed from the LQ patch as UIR does), ``degradation``, paths;
+* captioned (``CSV``, ``captions``): ``image``, ``image_clip``, ``caption``, ``degradation`` (``""``
+  for caption folders), path.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .images import ImageError, list_images, read_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DatasetError", "Pair", "Captioned", "RestorationDataset", "CaptionedDataset", "clip_tensor",
+           "pair_lqgt", "pair_md", "read_daclip_csv", "read_caption_folder", "build_dataset"]
+
+OPENAI_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+OPENAI_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file is malformed; the message names the offending files."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    lq: Path
+    gt: Path
+    degradation: str = ""
+
+
+@dataclass(frozen=True)
+class Captioned:
+    image: Path
+    caption: str
+    degradation: str = ""
+
+
+def _names(paths: Sequence[Union[str, Path]], n: int = 5) -> str:
+    names = [Path(p).name for p in paths]
+    return ", ".join(names[:n]) + (f" ... ({len(names)} in all)" if len(names) > n else "")
+
+
+# ------------------------------------------------------------------------------ indexing
+def pair_lqgt(dataroot_lq: Union[str, Path], dataroot_gt: Union[str, Path], degradation: str = "") -> List[Pair]:
+    """Pair ``LQ`` and ``GT`` images by file name (the stem, so ``a.jpg`` pairs with ``a.png``)."""
+    lq_images, _ = list_images(dataroot_lq)
+    gt_images, _ = list_images(dataroot_gt)
+    lq, gt = _by_stem(lq_images, dataroot_lq), _by_stem(gt_images, dataroot_gt)
+    no_gt, no_lq = sorted(set(lq) - set(gt)), sorted(set(gt) - set(lq))
+    if no_gt or no_lq:
+        parts = []
+        if no_gt:
+            parts.append(f"{len(no_gt)} LQ images without a GT partner in {dataroot_gt}: {_names([lq[s] for s in no_gt])}")
+        if no_lq:
+            parts.append(f"{len(no_lq)} GT images without an LQ partner in {dataroot_lq}: {_names([gt[s] for s in no_lq])}")
+        raise DatasetError("LQ/GT images are paired by file name; " + "; ".join(parts))
+    return [Pair(lq[s], gt[s], degradation) for s in sorted(lq)]
+
+
+def _by_stem(images: List[Path], folder: Union[str, Path]) -> Dict[str, Path]:
+    out: Dict[str, Path] = {}
+    for p in images:
+        if p.stem in out:
+            raise DatasetError(f"{folder}: two images share the name {p.stem!r} ({out[p.stem].name}, {p.name})")
+        out[p.stem] = p
+    return out
+
+
+def pair_md(dataroot: Union[str, Path], distortions: Sequence[str]) -> List[Pair]:
+    """UIR multi-degradation tree ``dataroot/<degradation>/{LQ,GT}/``; samples carry their degradation."""
+    root = Path(dataroot)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MD dataroot {root} does not exist")
+    missing = [d for d in distortions if not (root / d / "LQ").is_dir() or not (root / d / "GT").is_dir()]
+    if missing:
+        present = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DatasetError(
+            f"MD dataroot {root} lacks <degradation>/LQ and /GT folders for: {', '.join(missing)} "
+            f"(folders present: {', '.join(present) or 'none'})"
+        )
+    pairs: List[Pair] = []
+    for d in distortions:
+        pairs.extend(pair_lqgt(root / d / "LQ", root / d / "GT", degradation=d))
+    return pairs
+
+
+def read_daclip_csv(path: Union[str, Path]) -> List[Captioned]:
+    """DA-CLIP CSV: tab-separated ``filepath`` and ``title`` = ``"<caption>: <degradation>"``.
+
+    Relative file paths resolve against the CSV's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DA-CLIP CSV {path} does not exist")
+    rows: List[Captioned] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        if reader.fieldnames is None or not {"filepath", "title"} <= set(reader.fieldnames):
+            raise DatasetError(f"{path}: expected a tab-separated header 'filepath<TAB>title', got {reader.fieldnames}")
+        for row_number, row in enumerate(reader, start=2):
+            title = row["title"] or ""
+            if title.count(": ") != 1:
+                raise DatasetError(
+                    f"{path}: row {row_number}: title {title!r} must hold exactly one ': ' separating "
+                    f"caption and degradation (e.g. 'a cat on a sofa: noisy')"
+                )
+            caption, degradation = title.split(": ")
+            image = Path(row["filepath"])
+            image = image if image.is_absolute() else path.parent / image
+            rows.append(Captioned(image, caption.strip(), degradation.strip()))
+    if not rows:
+        raise DatasetError(f"{path}: the CSV has a header but no rows")
+    missing = [r.image for r in rows if not r.image.is_file()]
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} listed images do not exist: {_names(missing)}")
+    return rows
+
+
+def read_caption_folder(folder: Union[str, Path]) -> List[Captioned]:
+    """``img.png`` + ``img.txt`` pairs; all lines of a caption are joined with spaces."""
+    folder = Path(folder)
+    images, others = list_images(folder, strict=False)
+    stray = [p for p in others if p.suffix.lower() != ".txt"]
+    if stray:
+        raise DatasetError(f"caption folder {folder} holds files that are neither images nor .txt: {_names(stray)}")
+    missing = [p for p in images if not p.with_suffix(".txt").is_file()]
+    if missing:
+        raise DatasetError(f"caption folder {folder}: no caption (.txt with the same name) for {_names(missing)}")
+    items = []
+    for p in images:
+        caption = " ".join(line.strip() for line in p.with_suffix(".txt").read_text(encoding="utf-8").splitlines()
+                           if line.strip())
+        items.append(Captioned(p, caption))
+    return items
+
+
+# ------------------------------------------------------------------------------ tensors
+def clip_tensor(image: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """CLIP-ready tensor from ``(3, H, W)`` in ``[0, 1]``: bicubic resize, centre crop, OpenAI mean/std."""
+    _, h, w = image.shape
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = F.interpolate(image[None], size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)[0]
+    top, left = (nh - size) // 2, (nw - size) // 2
+    x = x[:, top:top + size, left:left + size].clamp(0, 1)
+    return (x - OPENAI_MEAN) / OPENAI_STD
+
+
+def _to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+
+
+def _random_int(high: int) -> int:
+    return int(torch.randint(0, high, (1,)).item()) if high > 0 else 0
+
+
+class _Augment:
+    """Identical random crop / flip / rotation for a list of same-sized images."""
+
+    def __init__(self, patch_size: Optional[int], use_flip: bool, use_rot: bool, small_images: str):
+        self.patch_size, self.use_flip, self.use_rot, self.small = patch_size, use_flip, use_rot, small_images
+
+    def __call__(self, images: List[np.ndarray], where: str) -> List[np.ndarray]:
+        if self.patch_size:
+            images = [self._fit(im, where) for im in images]
+            h, w = images[0].shape[:2]
+            top, left = _random_int(h - self.patch_size + 1), _random_int(w - self.patch_size + 1)
+            images = [im[top:top + self.patch_size, left:left + self.patch_size] for im in images]
+        if self.use_flip and _random_int(2):
+            images = [im[:, ::-1] for im in images]
+        if self.use_rot:
+            if _random_int(2):
+                images = [im[::-1] for im in images]
+            if _random_int(2):
+                images = [im.transpose(1, 0, 2) for im in images]
+        return images
+
+    def _fit(self, im: np.ndarray, where: str) -> np.ndarray:
+        h, w = im.shape[:2]
+        p = self.patch_size
+        if h >= p and w >= p:
+            return im
+        if self.small == "reject":
+            raise DatasetError(f"{where} is {w}x{h}, smaller than patch_size {p}; set small_images: pad or use "
+                               f"a smaller patch_size")
+        return np.pad(im, ((0, max(0, p - h)), (0, max(0, p - w)), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+
+
+class _SkippingDataset(Dataset):
+    """Shared corrupt-image policy: ``error`` raises with the path, ``skip`` warns and takes the next item."""
+
+    on_corrupt = "error"
+
+    def __getitem__(self, index: int) -> Dict[str, object]:
+        n = len(self)
+        for attempt in range(n):
+            i = (index + attempt) % n
+            try:
+                return self._load(i)
+            except ImageError as e:
+                if self.on_corrupt != "skip":
+                    raise
+                logger.warning("skipping corrupt image: %s", e)
+        raise DatasetError("every image of the dataset failed to load")
+
+    def _load(self, index: int) -> Dict[str, object]:
+        raise NotImplementedError
+
+
+class RestorationDataset(_SkippingDataset):
+    """Paired LQ/GT samples with identical augmentation, plus the CLIP-ready LQ."""
+
+    def __init__(self, pairs: List[Pair], patch_size: Optional[int] = None, use_flip: bool = False,
+                 use_rot: bool = False, small_images: str = "pad", on_corrupt: str = "error",
+                 clip_size: int = 224):
+        if not pairs:
+            raise DatasetError("the restoration dataset is empty")
+        self.pairs, self.on_corrupt, self.clip_size = pairs, on_corrupt, clip_size
+        self.augment = _Augment(patch_size, use_flip, use_rot, small_images)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _load(self, index: int) -> Dict[str, object]:
+        pair = self.pairs[index]
+        lq, gt = read_image(pair.lq), read_image(pair.gt)
+        if lq.shape != gt.shape:
+            raise DatasetError(f"LQ {pair.lq} is {lq.shape[1]}x{lq.shape[0]} but GT {pair.gt} is "
+                               f"{gt.shape[1]}x{gt.shape[0]}; LQ and GT must have the same size")
+        lq, gt = self.augment([lq, gt], str(pair.lq))
+        lq_t = _to_tensor(lq)
+        return {"LQ": lq_t, "GT": _to_tensor(gt), "LQ_clip": clip_tensor(lq_t, self.clip_size),
+                "degradation": pair.degradation, "LQ_path": str(pair.lq), "GT_path": str(pair.gt)}
+
+
+class CaptionedDataset(_SkippingDataset):
+    """Images with a caption (and a degradation word for DA-CLIP CSVs)."""
+
+    def __init__(self, items: List[Captioned], patch_size: Optional[int] = None, use_flip: bool = False,
+                 small_images: str = "pad", on_corrupt: str = "error", clip_size: int = 224):
+        if not items:
+            raise DatasetError("the captioned dataset is empty")
+        self.items, self.on_corrupt, self.clip_size = items, on_corrupt, clip_size
+        self.augment = _Augment(patch_size, use_flip, False, small_images)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, index: int) -> Dict[str, object]:
+        item = self.items[index]
+        (img,) = self.augment([read_image(item.image)], str(item.image))
+        t = _to_tensor(img)
+        return {"image": t, "image_clip": clip_tensor(t, self.clip_size), "caption": item.caption,
+                "degradation": item.degradation, "path": str(item.image)}
+
+
+def build_dataset(ds, distortion: Optional[Sequence[str]] = None) -> Dataset:
+    """A dataset from a :class:`~daclip_lora.options.DatasetOptions` block."""
+    train = ds.phase == "train"
+    patch = ds.patch_size if train else None
+    if ds.mode == "LQGT":
+        return RestorationDataset(pair_lqgt(ds.dataroot_LQ, ds.dataroot_GT), patch, ds.use_flip and train,
+                                  ds.use_rot and train, ds.small_images, ds.on_corrupt)
+    if ds.mode == "MD":
+        return RestorationDataset(pair_md(ds.dataroot, ds.distortion or distortion or ()), patch,
+                                  ds.use_flip and train, ds.use_rot and train, ds.small_images, ds.on_corrupt)
+    items = read_daclip_csv(ds.csv) if ds.mode == "CSV" else read_caption_folder(ds.dataroot)
+    return CaptionedDataset(items, patch, ds.use_flip and train, ds.small_images, ds.on_corrupt)

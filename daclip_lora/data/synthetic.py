@@ -1,0 +1,171 @@
+"""Synthetic restoration data: clean patches x degradations, written as UIR ``MD`` trees + DA-CLIP CSVs.
+
+``builtin`` uses photographs that ship inside scikit-image (no network). The layout written is::
+
+    OUT/train/<degradation>/{LQ,GT}/<index>.png     OUT/val/<degradation>/{LQ,GT}/<index>.png
+    OUT/daclip_train.csv  OUT/daclip_val.csv        (tab-separated filepath, "caption: degradation")
+    OUT/dataset.json                                (what was made, and how)
+
+Every clean patch appears under every degradation, so degradation labels cannot be read from content.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .degrade import DEGRADATION_FUNCTIONS, degrade
+from .images import list_images, read_image, write_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BUILTIN_IMAGES", "builtin_images", "folder_images", "make_dataset"]
+
+# skimage.data photographs bundled with the package (no download), with a caption each.
+BUILTIN_IMAGES: Dict[str, str] = {
+    "astronaut": "a portrait of an astronaut in an orange suit",
+    "coffee": "a cup of coffee on a saucer",
+    "chelsea": "a tabby cat looking sideways",
+    "rocket": "a rocket on a launch pad",
+    "hubble_deep_field": "a deep field of galaxies in space",
+    "immunohistochemistry": "a microscope image of stained tissue",
+    "retina": "a photograph of a human retina",
+    "colorwheel": "a colour wheel",
+    "camera": "a black and white photo of a cameraman",
+    "coins": "a black and white photo of old coins",
+    "brick": "a brick wall texture",
+    "grass": "a grass texture",
+    "gravel": "a gravel texture",
+    "moon": "a black and white photo of the lunar surface",
+}
+
+
+def _as_float_rgb(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype == bool:
+        arr = arr.astype(np.float32)
+    elif arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    arr = arr.astype(np.float32)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    return arr[..., :3]
+
+
+def builtin_images() -> List[Tuple[str, np.ndarray, str]]:
+    """``(name, image, caption)`` for the scikit-image photographs (float RGB in [0, 1])."""
+    from skimage import data
+
+    return [(name, _as_float_rgb(getattr(data, name)()), caption) for name, caption in BUILTIN_IMAGES.items()]
+
+
+def folder_images(folder: Union[str, Path]) -> List[Tuple[str, np.ndarray, str]]:
+    """Images of a folder; the caption is a same-stem ``.txt`` if present, else the file stem."""
+    images, _ = list_images(folder, strict=False)
+    out = []
+    for p in images:
+        txt = p.with_suffix(".txt")
+        caption = " ".join(txt.read_text(encoding="utf-8").split()) if txt.is_file() \
+            else p.stem.replace("_", " ").replace("-", " ")
+        out.append((p.stem, read_image(p), caption))
+    return out
+
+
+def _patches(sources: List[Tuple[str, np.ndarray, str]], count: int, size: int,
+             rng: np.random.Generator) -> List[Tuple[np.ndarray, str, str]]:
+    """``count`` random ``size``-square crops, cycling over the sources (downscaled when large)."""
+    out = []
+    for i in range(count):
+        name, img, caption = sources[i % len(sources)]
+        h, w = img.shape[:2]
+        # Crop a window of 1-2.5 patch sizes and resize it, so patches keep some scene context.
+        win = int(min(h, w, size * rng.uniform(1.0, 2.5)))
+        win = max(win, min(h, w, size))
+        top, left = int(rng.integers(0, h - win + 1)), int(rng.integers(0, w - win + 1))
+        crop = img[top:top + win, left:left + win]
+        if crop.shape[0] != size or crop.shape[1] != size:
+            from skimage.transform import resize
+
+            crop = resize(crop, (size, size), order=3, anti_aliasing=True, preserve_range=True).astype(np.float32)
+        out.append((np.clip(crop, 0, 1), caption, name))
+    return out
+
+
+def make_dataset(
+    out: Union[str, Path],
+    source: str = "builtin",
+    distortions: Optional[Sequence[str]] = None,
+    size: int = 16,
+    val_size: Optional[int] = None,
+    patch_size: int = 128,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Dict[str, object]:
+    """Write a synthetic UIR ``MD`` tree (train and val) and the matching DA-CLIP CSVs.
+
+    Args:
+        out: output folder; must be empty or missing unless ``overwrite``.
+        source: ``"builtin"`` (scikit-image photographs) or a folder of clean images.
+        distortions: DA-CLIP degradation names (default: all ten).
+        size: clean training patches; each is written once per degradation.
+        val_size: clean validation patches (default ``max(2, size // 4)``), cut from other crops.
+        patch_size: side of the square patches.
+        seed: everything written is a deterministic function of the seed.
+        overwrite: replace an existing non-empty ``out``.
+        progress: called with the number of images written after each image.
+
+    Returns:
+        the manifest written to ``out/dataset.json``.
+    """
+    out = Path(out).expanduser()
+    distortions = list(distortions or DEGRADATION_FUNCTIONS)
+    unknown = [d for d in distortions if d not in DEGRADATION_FUNCTIONS]
+    if unknown:
+        from ..registry import suggest
+
+        raise ValueError(f"unknown degradation {unknown[0]!r}; available: {', '.join(DEGRADATION_FUNCTIONS)}."
+                         f"{suggest(unknown[0], DEGRADATION_FUNCTIONS)}")
+    if size < 1 or patch_size < 16:
+        raise ValueError(f"size must be >= 1 and patch_size >= 16, got size={size}, patch_size={patch_size}")
+    val_size = max(2, size // 4) if val_size is None else val_size
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output folder {out} is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    sources = builtin_images() if source == "builtin" else folder_images(source)
+
+    rng = np.random.default_rng(seed)
+    splits = {"train": _patches(sources, size, patch_size, rng), "val": _patches(sources, val_size, patch_size, rng)}
+    counts: Dict[str, Dict[str, int]] = {}
+    written = 0
+    for split, patches in splits.items():
+        rows = []
+        counts[split] = {}
+        for d_index, deg in enumerate(distortions):
+            for i, (clean, caption, _) in enumerate(patches):
+                lq = degrade(clean, deg, seed=[seed, 0 if split == "train" else 1, d_index, i])
+                name = f"{i:05d}.png"
+                write_image(out / split / deg / "GT" / name, clean)
+                write_image(out / split / deg / "LQ" / name, lq)
+                rows.append((f"{split}/{deg}/LQ/{name}", f"{caption}: {deg}"))
+                written += 1
+                if progress:
+                    progress(written)
+            counts[split][deg] = len(patches)
+        with open(out / f"daclip_{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+            writer.writerow(["filepath", "title"])
+            writer.writerows(rows)
+    manifest = {"source": source, "distortions": distortions, "patch_size": patch_size, "seed": seed,
+                "counts": counts, "images": [s[0] for s in sources],
+                "train_csv": "daclip_train.csv", "val_csv": "daclip_val.csv"}
+    (out / "dataset.json").write_text(json.dumps(manifest, indent=2))
+    logger.info("wrote %d LQ/GT pairs for %d degradations under %s", written, len(distortions), out)
+    return manifest

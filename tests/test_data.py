@@ -1,0 +1,282 @@
+"""Datasets, image decoding, degradations and make-dataset: counts, pairing and every bad-input message."""
+
+import csv
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from daclip_lora.cli import main
+from daclip_lora.data.datasets import (CaptionedDataset, DatasetError, RestorationDataset, build_dataset,
+                                       clip_tensor, pair_lqgt, pair_md, read_caption_folder, read_daclip_csv)
+from daclip_lora.data.degrade import DEGRADATION_FUNCTIONS, degrade
+from daclip_lora.data.images import ImageError, read_image, write_image
+from daclip_lora.data.synthetic import make_dataset
+from daclip_lora.options import load_options
+
+RNG = np.random.default_rng(0)
+
+
+def _img(h=40, w=48):
+    return RNG.random((h, w, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clean():
+    from skimage import data
+
+    return data.astronaut()[100:228, 150:278].astype(np.float32) / 255.0
+
+
+# ------------------------------------------------------------------------ degradations
+# Upper PSNR bounds (dB) that each degradation must stay under on a 128x128 astronaut crop.
+PSNR_MAX = {"motion-blurry": 28, "hazy": 18, "jpeg-compressed": 36, "low-light": 12, "noisy": 26,
+            "raindrop": 32, "rainy": 22, "shadowed": 26, "snowy": 22, "uncompleted": 18}
+
+
+@pytest.mark.parametrize("name", list(DEGRADATION_FUNCTIONS))
+def test_degradation_is_deterministic_and_measurable(name, clean):
+    a, b, c = degrade(clean, name, seed=3), degrade(clean, name, seed=3), degrade(clean, name, seed=4)
+    assert a.shape == clean.shape and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    psnr = 10 * np.log10(1.0 / np.mean((a - clean) ** 2))
+    assert psnr < PSNR_MAX[name], f"{name}: PSNR {psnr:.1f} dB"
+
+
+def test_unknown_degradation_suggests(clean):
+    with pytest.raises(ValueError, match="unknown degradation 'nosiy'.*Did you mean: noisy"):
+        degrade(clean, "nosiy")
+
+
+@pytest.mark.parametrize("param,value,direction", [("sigma", 50, "lower"), ("quality", 5, "lower")])
+def test_degradation_strength_parameters(param, value, direction, clean):
+    name = "noisy" if param == "sigma" else "jpeg-compressed"
+    mild = degrade(clean, name, seed=0, **{param: 5 if param == "sigma" else 90})
+    strong = degrade(clean, name, seed=0, **{param: value})
+    assert np.mean((strong - clean) ** 2) > 3 * np.mean((mild - clean) ** 2)
+
+
+# ------------------------------------------------------------------------------ images
+def _png16(path, a):
+    h, w = a.shape[:2]
+    c = 1 if a.ndim == 2 else a.shape[2]
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if c == 3 else 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("kind", ["L", "RGBA", "P", "1", "gray16", "rgb16"])
+def test_read_image_converts_to_rgb_float(kind, tmp_path):
+    path = tmp_path / f"{kind}.png"
+    base = (RNG.random((10, 12, 3)) * 255).astype(np.uint8)
+    if kind == "gray16":
+        g = (RNG.random((10, 12)) * 65535).astype(np.uint16)
+        _png16(path, g)
+        expected = np.repeat((g / 65535.0)[..., None], 3, axis=2)
+    elif kind == "rgb16":
+        a = (RNG.random((10, 12, 3)) * 65535).astype(np.uint16)
+        _png16(path, a)
+        expected = (a >> 8) / 255.0
+    else:
+        im = Image.fromarray(base).convert(kind)
+        im.save(path)
+        expected = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    out = read_image(path)
+    assert out.shape == (10, 12, 3) and out.dtype == np.float32
+    assert np.abs(out - expected).max() < 1e-6
+
+
+def test_corrupt_image_names_path(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(ImageError, match=r"bad.png: cannot read image"):
+        read_image(tmp_path / "bad.png")
+
+
+# ---------------------------------------------------------------------------- pairing
+def _pairs(tmp_path, lq_names, gt_names, size=(40, 48)):
+    for sub, names in (("LQ", lq_names), ("GT", gt_names)):
+        for n in names:
+            write_image(tmp_path / sub / n, _img(*size))
+    return tmp_path / "LQ", tmp_path / "GT"
+
+
+def test_lqgt_pairs_by_name_not_order(tmp_path):
+    lq, gt = _pairs(tmp_path, ["b.png", "a.png", "c.jpg"], ["c.png", "a.png", "b.png"])
+    pairs = pair_lqgt(lq, gt)
+    assert [(p.lq.name, p.gt.name) for p in pairs] == [("a.png", "a.png"), ("b.png", "b.png"), ("c.jpg", "c.png")]
+
+
+@pytest.mark.parametrize("lq_names,gt_names,pattern", [
+    (["a.png", "x.png"], ["a.png"], r"1 LQ images without a GT partner .*: x.png"),
+    (["a.png"], ["a.png", "y.png"], r"1 GT images without an LQ partner .*: y.png"),
+])
+def test_lqgt_missing_partner(lq_names, gt_names, pattern, tmp_path):
+    lq, gt = _pairs(tmp_path, lq_names, gt_names)
+    with pytest.raises(DatasetError, match=pattern):
+        pair_lqgt(lq, gt)
+
+
+def test_lqgt_empty_folder_and_non_image(tmp_path):
+    lq, gt = _pairs(tmp_path, ["a.png"], ["a.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="empty.* is empty"):
+        pair_lqgt(tmp_path / "empty", gt)
+    (lq / "notes.md").write_text("x")
+    with pytest.raises(ImageError, match="holds 1 non-image files: notes.md"):
+        pair_lqgt(lq, gt)
+
+
+def test_md_missing_degradation_folder(tmp_path):
+    _pairs(tmp_path / "noisy", ["a.png"], ["a.png"])
+    with pytest.raises(DatasetError, match=r"lacks <degradation>/LQ and /GT folders for: hazy \(folders present: noisy\)"):
+        pair_md(tmp_path, ["noisy", "hazy"])
+
+
+def test_lq_gt_size_mismatch(tmp_path):
+    write_image(tmp_path / "LQ" / "a.png", _img(20, 20))
+    write_image(tmp_path / "GT" / "a.png", _img(40, 40))
+    with pytest.raises(DatasetError, match="is 20x20 but GT .* is 40x40"):
+        RestorationDataset(pair_lqgt(tmp_path / "LQ", tmp_path / "GT"))[0]
+
+
+# ------------------------------------------------------------------------ augmentation
+def test_crop_flip_rot_identical_for_lq_and_gt(tmp_path):
+    img = _img(40, 48)
+    write_image(tmp_path / "LQ" / "a.png", img)
+    write_image(tmp_path / "GT" / "a.png", img)
+    ds = RestorationDataset(pair_lqgt(tmp_path / "LQ", tmp_path / "GT"), patch_size=24, use_flip=True, use_rot=True)
+    torch.manual_seed(0)
+    for _ in range(8):
+        s = ds[0]
+        assert s["LQ"].shape == s["GT"].shape == (3, 24, 24)
+        assert torch.equal(s["LQ"], s["GT"])
+        assert s["LQ_clip"].shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("policy", ["pad", "reject"])
+def test_small_images_policy(policy, tmp_path):
+    lq, gt = _pairs(tmp_path, ["a.png"], ["a.png"], size=(16, 20))
+    ds = RestorationDataset(pair_lqgt(lq, gt), patch_size=32, small_images=policy)
+    if policy == "pad":
+        assert ds[0]["LQ"].shape == (3, 32, 32)
+    else:
+        with pytest.raises(DatasetError, match=r"a.png is 20x16, smaller than patch_size 32"):
+            ds[0]
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_corrupt_image_policy(policy, tmp_path):
+    lq, gt = _pairs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
+    (lq / "a.png").write_bytes(b"broken")
+    ds = RestorationDataset(pair_lqgt(lq, gt), on_corrupt=policy)
+    if policy == "error":
+        with pytest.raises(ImageError, match=r"LQ/a.png: cannot read image"):
+            ds[0]
+    else:
+        assert ds[0]["LQ_path"].endswith("b.png")
+
+
+def test_clip_tensor_matches_openai_preprocessing():
+    import open_clip
+    from PIL import Image as PILImage
+
+    img = (RNG.random((60, 90, 3)) * 255).astype(np.uint8)
+    ours = clip_tensor(torch.from_numpy(img.transpose(2, 0, 1)).float() / 255)
+    ref = open_clip.image_transform(224, is_train=False)(PILImage.fromarray(img))
+    assert ours.shape == ref.shape == (3, 224, 224)
+    assert (ours - ref).abs().mean().item() < 0.05  # same pipeline; PIL vs torch bicubic differ slightly
+
+
+# ------------------------------------------------------------------------- captions
+def _csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["filepath", "title"])
+        w.writerows(rows)
+
+
+def test_daclip_csv_resolves_relative_paths(tmp_path):
+    write_image(tmp_path / "imgs" / "a.png", _img())
+    _csv(tmp_path / "d.csv", [("imgs/a.png", "a red car: noisy")])
+    (item,) = read_daclip_csv(tmp_path / "d.csv")
+    assert (item.image, item.caption, item.degradation) == (tmp_path / "imgs" / "a.png", "a red car", "noisy")
+
+
+@pytest.mark.parametrize("title", ["no separator", "a: b: noisy"])
+def test_daclip_csv_bad_title_reports_row(title, tmp_path):
+    write_image(tmp_path / "a.png", _img())
+    _csv(tmp_path / "d.csv", [("a.png", "fine: hazy"), ("a.png", title)])
+    with pytest.raises(DatasetError, match=r"d.csv: row 3: title .* must hold exactly one ': '"):
+        read_daclip_csv(tmp_path / "d.csv")
+
+
+def test_caption_folder_joins_lines_and_reports_missing(tmp_path):
+    write_image(tmp_path / "x.png", _img())
+    (tmp_path / "x.txt").write_text("a small\nwhite boat\n")
+    (item,) = read_caption_folder(tmp_path)
+    assert item.caption == "a small white boat"
+    write_image(tmp_path / "y.png", _img())
+    with pytest.raises(DatasetError, match=r"no caption \(.txt with the same name\) for y.png"):
+        read_caption_folder(tmp_path)
+
+
+# --------------------------------------------------------------------- make-dataset
+def test_make_dataset_builtin_tree_and_counts(tmp_path):
+    out = tmp_path / "ds"
+    assert main(["make-dataset", str(out), "--size", "3", "--val-size", "2", "--patch-size", "32",
+                 "--distortion", "noisy", "hazy", "uncompleted"]) == 0
+    for split, n in (("train", 3), ("val", 2)):
+        for deg in ("noisy", "hazy", "uncompleted"):
+            for sub in ("LQ", "GT"):
+                files = sorted((out / split / deg / sub).iterdir())
+                assert [f.name for f in files] == [f"{i:05d}.png" for i in range(n)]
+                assert Image.open(files[0]).size == (32, 32)
+        rows = read_daclip_csv(out / f"daclip_{split}.csv")
+        assert len(rows) == 3 * n and {r.degradation for r in rows} == {"noisy", "hazy", "uncompleted"}
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["counts"]["train"] == {"noisy": 3, "hazy": 3, "uncompleted": 3}
+    # GT patches are shared across degradations; LQs differ.
+    assert np.array_equal(read_image(out / "train/noisy/GT/00000.png"), read_image(out / "train/hazy/GT/00000.png"))
+    assert not np.array_equal(read_image(out / "train/noisy/LQ/00000.png"), read_image(out / "train/hazy/LQ/00000.png"))
+
+
+def test_make_dataset_is_deterministic(tmp_path):
+    a = make_dataset(tmp_path / "a", size=2, val_size=2, patch_size=32, distortions=["rainy"], seed=7)
+    make_dataset(tmp_path / "b", size=2, val_size=2, patch_size=32, distortions=["rainy"], seed=7)
+    assert a["counts"]["train"] == {"rainy": 2}
+    for rel in ("train/rainy/LQ/00001.png", "val/rainy/GT/00000.png"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+def test_make_dataset_refuses_non_empty_output(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("x")
+    assert main(["make-dataset", str(tmp_path / "x"), "--size", "1"]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+
+
+def test_make_dataset_from_folder_then_build_from_options(tmp_path):
+    src = tmp_path / "clean"
+    for i in range(2):
+        write_image(src / f"scene_{i}.png", _img(64, 64))
+    (src / "scene_0.txt").write_text("a test scene")
+    make_dataset(tmp_path / "ds", source=str(src), size=2, val_size=2, patch_size=32, distortions=["noisy", "snowy"])
+    yml = tmp_path / "o.yml"
+    yml.write_text(f"name: t\ndistortion: [noisy, snowy]\ndatasets:\n  train:\n    mode: MD\n"
+                   f"    dataroot: {tmp_path / 'ds' / 'train'}\n    patch_size: 16\n    use_flip: true\n"
+                   f"  val:\n    mode: CSV\n    csv: {tmp_path / 'ds' / 'daclip_val.csv'}\n")
+    opt = load_options(yml, is_train=True, root=tmp_path)
+    train = build_dataset(opt.datasets["train"])
+    val = build_dataset(opt.datasets["val"])
+    assert isinstance(train, RestorationDataset) and len(train) == 4 and train[0]["LQ"].shape == (3, 16, 16)
+    assert isinstance(val, CaptionedDataset) and len(val) == 4
+    captions = {val[i]["caption"] for i in range(4)}
+    assert captions == {"a test scene", "scene 1"}
