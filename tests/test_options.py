@@ -154,3 +154,16 @@ def test_options_to_dict_round_trips_names(tmp_path):
     opt = load_options(DATA / "uir_test.yml", is_train=False, root=tmp_path, check_paths=False)
     d = options_to_dict(opt)
     assert d["datasets"]["test1"]["mode"] == "LQGT" and d["sd"]["lora"]["rank"] == 8
+
+
+def test_options_readme_documents_every_key_of_our_blocks():
+    import dataclasses
+
+    from daclip_lora import options as o
+
+    doc = (Path(__file__).parents[1] / "options" / "README.md").read_text()
+    blocks = [o.DaclipOptions, o.ControllerOptions, o.SDOptions, o.ConditioningOptions, o.LoraOptions,
+              o.RuntimeOptions, o.SamplingOptions, o.TrainOptions, o.LoggerOptions, o.DatasetOptions]
+    undocumented = [f"{cls.__name__}.{f.name}" for cls in blocks for f in dataclasses.fields(cls)
+                    if f.name not in ("extra", "phase", "name", "color") and f"`{f.name}`" not in doc]
+    assert undocumented == []
