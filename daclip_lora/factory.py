@@ -240,6 +240,14 @@ def create_model(
     return model.eval()
 
 
+def _model_and_preprocess(model_name, pretrained, precision, device, mean, std, interpolation, resize_mode,
+                          **kwargs: Any) -> Tuple[nn.Module, PreprocessCfg]:
+    force_pp = merge_preprocess_kwargs({}, mean=mean, std=std, interpolation=interpolation, resize_mode=resize_mode)
+    model = create_model(model_name, pretrained, precision=precision, device=device,
+                         force_preprocess_cfg=force_pp, **kwargs)
+    return model, PreprocessCfg(**model.visual.preprocess_cfg)
+
+
 def create_model_and_transforms(
     model_name: str,
     pretrained: Optional[str] = None,
@@ -263,11 +271,8 @@ def create_model_and_transforms(
             image_std=image_std, image_interpolation=image_interpolation,
             image_resize_mode=image_resize_mode, aug_cfg=aug_cfg, **kwargs,
         )
-    force_pp = merge_preprocess_kwargs({}, mean=image_mean, std=image_std,
-                                       interpolation=image_interpolation, resize_mode=image_resize_mode)
-    model = create_model(model_name, pretrained, precision=precision, device=device,
-                         force_preprocess_cfg=force_pp, **kwargs)
-    pp_cfg = PreprocessCfg(**model.visual.preprocess_cfg)
+    model, pp_cfg = _model_and_preprocess(model_name, pretrained, precision, device, image_mean, image_std,
+                                          image_interpolation, image_resize_mode, **kwargs)
     return (model, image_transform_v2(pp_cfg, is_train=True, aug_cfg=aug_cfg),
             image_transform_v2(pp_cfg, is_train=False))
 
@@ -299,13 +304,10 @@ def create_model_from_pretrained(
             image_std=image_std, image_interpolation=image_interpolation,
             image_resize_mode=image_resize_mode, return_transform=return_transform, **kwargs,
         )
-    force_pp = merge_preprocess_kwargs({}, mean=image_mean, std=image_std,
-                                       interpolation=image_interpolation, resize_mode=image_resize_mode)
-    model = create_model(model_name, pretrained, precision=precision, device=device,
-                         force_preprocess_cfg=force_pp, require_pretrained=True, **kwargs)
-    if not return_transform:
-        return model
-    return model, image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    model, pp_cfg = _model_and_preprocess(model_name, pretrained, precision, device, image_mean, image_std,
+                                          image_interpolation, image_resize_mode, require_pretrained=True,
+                                          **kwargs)
+    return (model, image_transform_v2(pp_cfg, is_train=False)) if return_transform else model
 
 
 def get_tokenizer(model_name: str = "", context_length: Optional[int] = None, **kwargs: Any) -> Callable:
