@@ -31,7 +31,9 @@ __all__ = [
     "load_checkpoint",
     "load_state_dict",
     "read_safetensors_metadata",
+    "save_model",
     "strip_aliases",
+    "write_safetensors",
 ]
 
 StateDict = Dict[str, torch.Tensor]
@@ -294,20 +296,38 @@ def convert_checkpoint(
     Returns:
         the metadata written.
     """
+    dst = Path(dst).expanduser()
+    _check_safetensors_suffix(dst)
+    state_dict = load_state_dict(src)
+    kind = checkpoint_kind(state_dict, str(src))
+    return write_safetensors(strip_aliases(state_dict), dst, kind, model_name)
+
+
+def _check_safetensors_suffix(dst: Path) -> None:
+    if dst.suffix != ".safetensors":
+        raise ValueError(f"output {dst} must end in .safetensors (e.g. {dst.with_suffix('.safetensors').name})")
+
+
+def write_safetensors(state_dict: Mapping[str, torch.Tensor], dst: Union[str, Path], kind: str,
+                      model_name: Optional[str] = None) -> Dict[str, str]:
+    """Write a state dict atomically as ``.safetensors`` with ``kind``/``model_name`` metadata."""
     from safetensors.torch import save_file
 
     dst = Path(dst).expanduser()
-    if dst.suffix != ".safetensors":
-        raise ValueError(f"output {dst} must end in .safetensors (e.g. {dst.with_suffix('.safetensors').name})")
-    state_dict = load_state_dict(src)
-    kind = checkpoint_kind(state_dict, str(src))
-    tensors = {k: v.detach().contiguous() for k, v in strip_aliases(state_dict).items()}
+    _check_safetensors_suffix(dst)
     metadata = {"format": "pt", "kind": kind, "producer": "daclip_lora"}
     if model_name:
         metadata["model_name"] = model_name
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(dst)
     logger.info("wrote %s (%d tensors, %s)", dst, len(tensors), kind)
     return metadata
+
+
+def save_model(model: nn.Module, dst: Union[str, Path], model_name: Optional[str] = None) -> Dict[str, str]:
+    """Save a DaCLIP (without its alias keys) or CLIP as ``.safetensors``, loadable by ``pretrained=``."""
+    kind = "daclip" if isinstance(model, DaCLIP) else "clip"
+    return write_safetensors(strip_aliases(model.state_dict()), dst, kind, model_name)

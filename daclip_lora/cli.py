@@ -29,6 +29,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoint import convert_checkpoint, load_state_dict
     from .factory import match_model_names
 
+    if args.adapter:
+        return _convert_with_adapter(args)
     model_name = args.model
     if model_name is None:
         matches = match_model_names(load_state_dict(args.input))
@@ -36,6 +38,88 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         logger.info("architecture matches: %s", ", ".join(matches) or "no registered model")
     meta = convert_checkpoint(args.input, args.output, model_name=model_name)
     print(f"wrote {args.output} ({meta['kind']}, model_name={meta.get('model_name', '?')})")
+    return 0
+
+
+def _convert_with_adapter(args: argparse.Namespace) -> int:
+    from .checkpoint import save_model
+    from .factory import create_model
+    from .lora import load_controller_lora, merge_controller_lora
+
+    if not args.model:
+        raise ValueError("--adapter needs --model NAME (the DA-CLIP architecture the adapter was trained on)")
+    model = create_model(args.model, pretrained=str(args.input))
+    load_controller_lora(model, args.adapter)
+    merge_controller_lora(model)
+    save_model(model, args.output, model_name=args.model)
+    print(f"wrote {args.output}: {args.input} with the controller LoRA {args.adapter} merged in")
+    return 0
+
+
+def _start_run(folder: Path, resume: bool, log_name: str) -> Path:
+    """Create a run folder (an existing one is archived unless resuming) and log into it."""
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if folder.exists() and any(folder.iterdir()) and not resume:
+        archived = folder.with_name(f"{folder.name}_archived_{stamp}")
+        folder.rename(archived)
+        logger.warning("%s existed: moved to %s", folder, archived)
+    folder.mkdir(parents=True, exist_ok=True)
+    log_file = folder / f"{log_name}_{stamp}.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return log_file
+
+
+def _save_resolved(opt, folder: Path) -> None:
+    import yaml
+
+    from .options import options_to_dict
+
+    (folder / "options.yml").write_text(yaml.safe_dump(options_to_dict(opt), sort_keys=False))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    opt = _load_cli_options(args, is_train=True)
+    if opt.task != "controller":
+        raise ValueError(f"task {opt.task!r} training is not available in this version yet; "
+                         f"'controller' is (set task: controller)")
+    exp = Path(opt.path.experiments_root)
+    log_file = _start_run(exp, resume=bool(opt.path.resume_state), log_name="train")
+    for key in ("models", "training_state", "val_images"):
+        Path(getattr(opt.path, key)).mkdir(parents=True, exist_ok=True)
+    _save_resolved(opt, exp)
+    from .trainers.controller import ControllerTrainer
+
+    trainer = ControllerTrainer(opt)
+    logger.info("%s", trainer.report)
+    result = Engine(opt, trainer).fit()
+    print(f"trained {result.step} steps in {result.seconds:.0f} s; final loss {result.losses[-1]:.4f}")
+    for step, metrics in sorted(result.validations.items())[-1:]:
+        print(f"validation @ {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    print(f"adapter: {Path(opt.path.models) / 'controller_lora'}")
+    print(f"checkpoints: {opt.path.training_state}")
+    print(f"log: {log_file}")
+    return 0
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    opt = _load_cli_options(args, is_train=False)
+    if opt.task != "controller":
+        raise ValueError(f"task {opt.task!r} testing is not available in this version yet; "
+                         f"'controller' is (set task: controller)")
+    results = Path(opt.path.results_root)
+    log_file = _start_run(results, resume=False, log_name="test")
+    _save_resolved(opt, results)
+    from .trainers.controller import evaluate_controller
+
+    for key, report in evaluate_controller(opt, adapter=args.adapter).items():
+        print(f"[{key}] zero-shot degradation accuracy\n{report.table()}\n")
+    print(f"results: {results} (JSON, CSV, confusion PNG)\nlog: {log_file}")
     return 0
 
 
@@ -113,7 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="output file, ending in .safetensors")
     p.add_argument("--model", default=None,
                    help="model name to record in the metadata (default: inferred from the tensor shapes)")
+    p.add_argument("--adapter", type=Path, default=None,
+                   help="controller LoRA folder to merge into INPUT (needs --model); writes a plain DA-CLIP "
+                        "checkpoint that the original DA-CLIP code can load too")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("train", help="train from a UIR-style options file (-opt X.yml)",
+                       description="Train as the options file says (task: controller trains a LoRA on the "
+                                   "DA-CLIP controller). Outputs go to <root>/experiments/<name>/.")
+    _add_options_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("test", help="evaluate from a UIR-style options file (-opt X.yml)",
+                       description="Evaluate as the options file says (task: controller reports zero-shot "
+                                   "degradation accuracy per dataset). Results go to <root>/results/<name>/.")
+    _add_options_args(p)
+    p.add_argument("--adapter", type=Path, default=None, help="controller LoRA folder (default: daclip.adapter)")
+    p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser(
         "make-dataset",

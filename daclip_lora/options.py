@@ -146,7 +146,7 @@ class ControllerOptions:
     """Controller-LoRA training (``task: controller``)."""
 
     lora: LoraOptions = field(default_factory=LoraOptions)
-    zero_modules: Literal["train", "lora", "frozen"] = "train"
+    zero_modules: Literal["train", "lora", "frozen"] = "lora"
     train_logit_scale: bool = True
     loss: Literal["label_aware", "reference"] = "label_aware"
     caption_weight: float = 1.0
