@@ -295,7 +295,7 @@ class Engine:
         result = TrainResult(step=step)
         out_dir = Path(self.paths.experiments_root)
         bar = tqdm(total=tr.niter, initial=step, desc=f"train {opt.name}", unit="step",
-                   disable=not accelerator.is_main_process, dynamic_ncols=True)
+                   disable=True if not accelerator.is_main_process else None, dynamic_ncols=True)
         model.train()
         while step < tr.niter:
             logs: Dict[str, float] = {}

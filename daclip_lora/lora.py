@@ -133,6 +133,39 @@ def _inject(model: DaCLIP, config) -> None:
             raise AdapterError(f"the LoRA targets match no module of the controller ({e}); valid targets: "
                                f"{', '.join(CONTROLLER_TARGETS)}") from None
         raise AdapterError(f"peft refused this LoRA configuration: {e}") from None
+    _pin_mha_base_weights(model.visual_control)
+
+
+def _pin_mha_base_weights(root: nn.Module) -> int:
+    """Keep the frozen weights under peft's ``nn.MultiheadAttention`` LoRA bit-exact.
+
+    peft adapts an ``nn.MultiheadAttention`` by merging the LoRA delta into the frozen ``in_proj_weight``
+    and ``out_proj.weight`` for each forward and unmerging by subtraction afterwards, which leaves the
+    frozen weights off by float rounding after every call (they drift during training, and a resumed
+    run no longer matches). We remember the frozen tensors before each forward and put them back after.
+    """
+    from peft.tuners.lora.layer import MultiheadAttention as LoraMHA
+
+    def stash(module, args, kwargs=None):
+        base = module.get_base_layer()
+        module._daclip_pinned = (base.in_proj_weight.data, base.out_proj.get_base_layer().weight.data)
+
+    def restore(module, args, output):
+        pinned = getattr(module, "_daclip_pinned", None)
+        if pinned is not None and not module.merged:
+            base = module.get_base_layer()
+            base.in_proj_weight.data = pinned[0]
+            base.out_proj.get_base_layer().weight.data = pinned[1]
+        module._daclip_pinned = None
+
+    count = 0
+    for module in root.modules():
+        if isinstance(module, LoraMHA) and not getattr(module, "_daclip_pin_hooks", False):
+            module.register_forward_pre_hook(stash)
+            module.register_forward_hook(restore)
+            module._daclip_pin_hooks = True
+            count += 1
+    return count
 
 
 def add_controller_lora(

@@ -123,9 +123,11 @@ class ControllerTrainer(TrainTask):
     def __init__(self, opt):
         self.opt = opt
         c = opt.controller
-        self.model = load_daclip(opt)
-        self.report = add_controller_lora(self.model, c.lora, zero_modules=c.zero_modules,
-                                          train_logit_scale=c.train_logit_scale)
+        with torch.random.fork_rng():  # LoRA initialisation draws from the RNG: make it a function of the seed
+            torch.manual_seed(opt.train.manual_seed)
+            self.model = load_daclip(opt)
+            self.report = add_controller_lora(self.model, c.lora, zero_modules=c.zero_modules,
+                                              train_logit_scale=c.train_logit_scale)
         if opt.runtime.gradient_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.tokenizer = get_tokenizer(opt.daclip.model)
