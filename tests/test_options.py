@@ -167,3 +167,10 @@ def test_options_readme_documents_every_key_of_our_blocks():
     undocumented = [f"{cls.__name__}.{f.name}" for cls in blocks for f in dataclasses.fields(cls)
                     if f.name not in ("extra", "phase", "name", "color") and f"`{f.name}`" not in doc]
     assert undocumented == []
+
+
+@pytest.mark.parametrize("name,is_train", [("controller.yml", True), ("controller_test.yml", False)])
+def test_shipped_option_files_load(name, is_train, tmp_path):
+    opt = load_options(Path(__file__).parents[1] / "options" / name, is_train=is_train, root=tmp_path,
+                       check_paths=False)
+    assert opt.task == "controller" and opt.ignored == []

@@ -1,0 +1,22 @@
+"""The embedded demo runs end to end (quick preset) and never mixes two runs' results."""
+
+import json
+
+from daclip_lora.cli import main
+
+
+def test_quick_demo_writes_summary_and_refuses_to_mix_runs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--preset", "quick"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("controller_accuracy_before", "controller_accuracy_after"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert summary["controller_steps"] == 6 and summary["chance"] == 0.1
+    assert (out / "models" / "daclip_tiny_base.safetensors").is_file()
+    assert (out / "options" / "controller_train.yml").is_file()
+    assert "degradation accuracy on the held-out split" in capsys.readouterr().out
+    assert main(["demo", "--out", str(out), "--preset", "quick"]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    (out / "stale.txt").write_text("old run")
+    assert main(["demo", "--out", str(out), "--preset", "quick", "--overwrite"]) == 0
+    assert not (out / "stale.txt").exists()
