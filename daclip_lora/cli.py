@@ -90,30 +90,36 @@ def _save_resolved(opt, folder: Path) -> None:
     (folder / "options.yml").write_text(yaml.safe_dump(options_to_dict(opt), sort_keys=False))
 
 
+def _trainer_for(opt):
+    if opt.task == "controller":
+        from .trainers.controller import ControllerTrainer
+
+        return ControllerTrainer(opt), "controller_lora"
+    if opt.task == "restoration":
+        from .trainers.restoration import RestorationTrainer
+
+        return RestorationTrainer(opt), "restoration"
+    raise ValueError(f"task {opt.task!r} is not available in this version; use 'controller' or 'restoration'")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .engine import Engine
 
     opt = _load_cli_options(args, is_train=True)
-    if opt.task != "controller":
-        raise ValueError(f"task {opt.task!r} training is not available in this version yet; "
-                         f"'controller' is (set task: controller)")
     exp = Path(opt.path.experiments_root)
     log_file = _start_run(exp, resume=bool(opt.path.resume_state), log_name="train")
     if _is_main_process():
         for key in ("models", "training_state", "val_images"):
             Path(getattr(opt.path, key)).mkdir(parents=True, exist_ok=True)
         _save_resolved(opt, exp)
-    from .trainers.controller import ControllerTrainer
-
-    trainer = ControllerTrainer(opt)
-    logger.info("%s", trainer.report)
+    trainer, output = _trainer_for(opt)
     result = Engine(opt, trainer).fit()
     if not _is_main_process():
         return 0
     print(f"trained {result.step} steps in {result.seconds:.0f} s; final loss {result.losses[-1]:.4f}")
     for step, metrics in sorted(result.validations.items())[-1:]:
         print(f"validation @ {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    print(f"adapter: {Path(opt.path.models) / 'controller_lora'}")
+    print(f"outputs: {Path(opt.path.models) / output}")
     print(f"checkpoints: {opt.path.training_state}")
     print(f"log: {log_file}")
     return 0
@@ -121,17 +127,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_test(args: argparse.Namespace) -> int:
     opt = _load_cli_options(args, is_train=False)
-    if opt.task != "controller":
-        raise ValueError(f"task {opt.task!r} testing is not available in this version yet; "
-                         f"'controller' is (set task: controller)")
     results = Path(opt.path.results_root)
+    if opt.task not in ("controller", "restoration"):
+        raise ValueError(f"task {opt.task!r} is not available in this version; use 'controller' or 'restoration'")
     log_file = _start_run(results, resume=False, log_name="test")
     _save_resolved(opt, results)
-    from .trainers.controller import evaluate_controller
+    if opt.task == "controller":
+        from .trainers.controller import evaluate_controller
 
-    for key, report in evaluate_controller(opt, adapter=args.adapter).items():
-        print(f"[{key}] zero-shot degradation accuracy\n{report.table()}\n")
-    print(f"results: {results} (JSON, CSV, confusion PNG)\nlog: {log_file}")
+        for key, report in evaluate_controller(opt, adapter=args.adapter).items():
+            print(f"[{key}] zero-shot degradation accuracy\n{report.table()}\n")
+        print(f"results: {results} (JSON, CSV, confusion PNG)\nlog: {log_file}")
+        return 0
+    from .trainers.restoration import evaluate_restoration, format_restoration_table
+
+    report = evaluate_restoration(opt, folder=args.weights)
+    print(format_restoration_table(report))
+    print(f"results: {results} (metrics.json, metrics.csv, restored images and LQ|restored|GT grids)\nlog: {log_file}")
     return 0
 
 
@@ -146,6 +158,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"{summary['controller_trainable_percent']:.2f}% of the controller)")
     print(f"  degradation accuracy on the held-out split: {summary['controller_accuracy_before']:.3f} before, "
           f"{summary['controller_accuracy_after']:.3f} after (chance {summary['chance']:.3f})")
+    print(f"  SD base (tiny)     {summary['sd_base']}")
+    print(f"  SD LoRA            {summary['sd_lora']}")
+    print(f"  restoration, held-out split: PSNR {summary['psnr_lq']:.2f} (LQ) -> {summary['psnr_restored']:.2f} dB, "
+          f"SSIM {summary['ssim_lq']:.3f} -> {summary['ssim_restored']:.3f} (random bases: not a quality measure)")
+    print(f"  restored images    {summary['results']}")
     print(f"  summary            {Path(args.out) / 'summary.json'}")
     return 0
 
@@ -231,15 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train from a UIR-style options file (-opt X.yml)",
                        description="Train as the options file says (task: controller trains a LoRA on the "
-                                   "DA-CLIP controller). Outputs go to <root>/experiments/<name>/.")
+                                   "DA-CLIP controller; task: restoration trains the degradation-aware SD LoRA). "
+                                   "Outputs go to <root>/experiments/<name>/.")
     _add_options_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("test", help="evaluate from a UIR-style options file (-opt X.yml)",
-                       description="Evaluate as the options file says (task: controller reports zero-shot "
-                                   "degradation accuracy per dataset). Results go to <root>/results/<name>/.")
+                       description="Evaluate as the options file says (task: controller: zero-shot degradation "
+                                   "accuracy; task: restoration: restored images, PSNR/SSIM per degradation). "
+                                   "Results go to <root>/results/<name>/.")
     _add_options_args(p)
     p.add_argument("--adapter", type=Path, default=None, help="controller LoRA folder (default: daclip.adapter)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="restoration folder (default: <root>/experiments/<name>/models/restoration)")
     p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser(
@@ -261,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the embedded end-to-end demo on CPU (no downloads)",
                        description="Synthetic data from scikit-image photographs, a tiny random DA-CLIP, "
-                                   "controller-LoRA training and evaluation; everything under --out.")
+                                   "controller-LoRA training and evaluation, a tiny random SD, degradation-aware "
+                                   "SD LoRA training and restoration of the held-out split; everything under --out.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     p.add_argument("--preset", choices=["full", "quick"], default="full",
                    help="'full' (a few CPU minutes) or 'quick' (seconds; a smoke test, numbers mean nothing)")

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["degradation_accuracy", "DegradationReport", "write_degradation_report"]
+__all__ = ["degradation_accuracy", "DegradationReport", "write_degradation_report", "psnr", "ssim", "image_metrics"]
 
 
 class DegradationReport(dict):
@@ -107,3 +107,42 @@ def _confusion_png(confusion: np.ndarray, classes: Sequence[str], path: Path, ce
         cd.text((4, j * cell + cell // 3), classes[j], fill="black")
     img.paste(col_labels.rotate(90, expand=True), (label_w, 0))
     img.save(path)
+
+
+# ------------------------------------------------------------------------- image quality
+def _prepare(img: np.ndarray, crop_border: int, y_channel: bool) -> np.ndarray:
+    img = np.asarray(img, dtype=np.float64)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image in [0, 1], got shape {img.shape}")
+    if y_channel:  # ITU-R BT.601 luma, as BasicSR / UIR compute it
+        img = (16.0 + img @ np.array([65.481, 128.553, 24.966])) / 255.0
+        img = img[..., None]
+    if crop_border:
+        img = img[crop_border:-crop_border, crop_border:-crop_border]
+    return img * 255.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray, crop_border: int = 0, y_channel: bool = False) -> float:
+    """PSNR in dB of two ``(H, W, 3)`` images in ``[0, 1]`` (BasicSR convention, peak 255)."""
+    x, y = _prepare(a, crop_border, y_channel), _prepare(b, crop_border, y_channel)
+    if x.shape != y.shape:
+        raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
+    mse = np.mean((x - y) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, crop_border: int = 0, y_channel: bool = False) -> float:
+    """SSIM (Gaussian window, sigma 1.5, as Wang et al. and BasicSR) of two images in ``[0, 1]``."""
+    from skimage.metrics import structural_similarity
+
+    x, y = _prepare(a, crop_border, y_channel), _prepare(b, crop_border, y_channel)
+    if x.shape != y.shape:
+        raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
+    return float(structural_similarity(x, y, data_range=255.0, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False, channel_axis=2))
+
+
+def image_metrics(restored: np.ndarray, gt: np.ndarray, crop_border: int = 0) -> Dict[str, float]:
+    """``psnr``, ``ssim`` (RGB) and ``psnr_y``, ``ssim_y`` (luma)."""
+    return {"psnr": psnr(restored, gt, crop_border), "ssim": ssim(restored, gt, crop_border),
+            "psnr_y": psnr(restored, gt, crop_border, True), "ssim_y": ssim(restored, gt, crop_border, True)}

@@ -173,14 +173,19 @@ def _random_int(high: int) -> int:
 class _Augment:
     """Identical random crop / flip / rotation for a list of same-sized images."""
 
-    def __init__(self, patch_size: Optional[int], use_flip: bool, use_rot: bool, small_images: str):
+    def __init__(self, patch_size: Optional[int], use_flip: bool, use_rot: bool, small_images: str,
+                 crop: str = "random"):
         self.patch_size, self.use_flip, self.use_rot, self.small = patch_size, use_flip, use_rot, small_images
+        self.crop = crop
 
     def __call__(self, images: List[np.ndarray], where: str) -> List[np.ndarray]:
         if self.patch_size:
             images = [self._fit(im, where) for im in images]
             h, w = images[0].shape[:2]
-            top, left = _random_int(h - self.patch_size + 1), _random_int(w - self.patch_size + 1)
+            if self.crop == "center":
+                top, left = (h - self.patch_size) // 2, (w - self.patch_size) // 2
+            else:
+                top, left = _random_int(h - self.patch_size + 1), _random_int(w - self.patch_size + 1)
             images = [im[top:top + self.patch_size, left:left + self.patch_size] for im in images]
         if self.use_flip and _random_int(2):
             images = [im[:, ::-1] for im in images]
@@ -228,11 +233,11 @@ class RestorationDataset(_SkippingDataset):
 
     def __init__(self, pairs: List[Pair], patch_size: Optional[int] = None, use_flip: bool = False,
                  use_rot: bool = False, small_images: str = "pad", on_corrupt: str = "error",
-                 clip_size: int = 224):
+                 clip_size: int = 224, crop: str = "random"):
         if not pairs:
             raise DatasetError("the restoration dataset is empty")
         self.pairs, self.on_corrupt, self.clip_size = pairs, on_corrupt, clip_size
-        self.augment = _Augment(patch_size, use_flip, use_rot, small_images)
+        self.augment = _Augment(patch_size, use_flip, use_rot, small_images, crop)
 
     def __len__(self) -> int:
         return len(self.pairs)

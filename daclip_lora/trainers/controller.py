@@ -26,7 +26,8 @@ from ..metrics import degradation_accuracy, write_degradation_report
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ControllerTrainer", "DegradationImages", "build_classification_set", "daclip_loss", "load_daclip"]
+__all__ = ["ControllerTrainer", "DegradationImages", "build_classification_set", "build_daclip", "daclip_loss",
+           "evaluate_controller", "load_daclip"]
 
 
 def _infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -105,16 +106,22 @@ def build_classification_set(ds, classes: Sequence[str], distortion: Sequence[st
     return DegradationImages(_items(ds, distortion), classes, transform, tokenizer)
 
 
-def load_daclip(opt, adapter: Optional[str] = None):
-    """The DA-CLIP of ``opt.daclip`` (pretrained or random), with an adapter merged in if given."""
-    with torch.random.fork_rng():  # a random base (no checkpoint) is a deterministic function of the seed
-        torch.manual_seed(opt.train.manual_seed if opt.train else 0)
-        model = create_model(opt.daclip.model, pretrained=opt.daclip.pretrained)
-    adapter = adapter or opt.daclip.adapter
+def build_daclip(model_name: str, pretrained: Optional[str] = None, adapter: Optional[str] = None,
+                 seed: int = 0):
+    """A DA-CLIP (pretrained, or random weights that are a function of ``seed``), adapter merged in if given."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = create_model(model_name, pretrained=pretrained)
     if adapter:
         load_controller_lora(model, adapter)
         merge_controller_lora(model)
     return model
+
+
+def load_daclip(opt, adapter: Optional[str] = None):
+    """The DA-CLIP of ``opt.daclip`` (pretrained or random), with an adapter merged in if given."""
+    return build_daclip(opt.daclip.model, opt.daclip.pretrained, adapter or opt.daclip.adapter,
+                        seed=opt.train.manual_seed if opt.train else 0)
 
 
 class ControllerTrainer(TrainTask):

@@ -1,0 +1,321 @@
+"""Degradation-aware conditioning of a Stable Diffusion UNet on DA-CLIP and on the LQ image.
+
+* **DA-CLIP tokens.** A small projector maps DA-CLIP's content embedding and degradation embedding to
+  ``num_tokens`` tokens each of the UNet's ``cross_attention_dim``. They are *added* to the last
+  ``K = num_tokens x (#embeddings)`` positions of the text encoder's 77 hidden states (the padding slots
+  of SD's fixed-length prompt; prompts are truncated to leave them free), and the projector's last layer
+  starts at zero. Appending K new tokens instead would change every cross-attention softmax even when
+  they are zero (zero keys still take attention mass), so step 0 would differ from the base model; the
+  residual on reserved slots makes step 0 *exactly* the base model and keeps SD's sequence length, so
+  the UNet, its LoRA file and diffusers' stock attention processors are unchanged.
+* **LQ latent.** ``conv_in`` is widened from 4 to 8 input channels: the LQ image's VAE latent is
+  concatenated to the noisy latent, and the new channels' weights start at zero.
+* **LoRA** (peft, through diffusers) on the UNet's attention projections; only LoRA, the projector and
+  the new ``conv_in`` channels are trained.
+
+Saved outputs (a folder): ``pytorch_lora_weights.safetensors`` (diffusers format, LoRA config in its
+metadata, loadable by ``StableDiffusionPipeline.load_lora_weights``), ``restoration_extras.safetensors``
+(projector and the widened ``conv_in``) and ``restoration.json`` (how to rebuild the model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ContextProjector", "DaclipConditioner", "LQConvIn", "RestorationConfig", "RestorationUNet",
+           "UNET_LORA_TARGETS", "add_unet_lora", "add_text_encoder_lora", "save_restoration", "load_restoration",
+           "read_restoration_config", "LORA_WEIGHT_NAME"]
+
+UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+EXTRAS_NAME = "restoration_extras.safetensors"
+CONFIG_NAME = "restoration.json"
+
+
+@dataclass
+class RestorationConfig:
+    """Everything needed to rebuild the restoration model on top of its base models."""
+
+    base: str
+    daclip_model: str
+    daclip_pretrained: Optional[str] = None
+    daclip_adapter: Optional[str] = None
+    embed_dim: int = 512
+    cross_attention_dim: int = 768
+    num_tokens: int = 4
+    image_context: bool = True
+    degra_context: bool = True
+    lq_latent: bool = True
+    prompt: str = ""
+    latent_channels: int = 4
+    prediction_type: str = "epsilon"
+    lora: Dict[str, Any] = field(default_factory=dict)
+    text_encoder_lora: Optional[Dict[str, Any]] = None
+    version: int = 1
+
+    @property
+    def context_slots(self) -> int:
+        return self.num_tokens * (int(self.image_context) + int(self.degra_context))
+
+
+class ContextProjector(nn.Module):
+    """DA-CLIP embedding -> ``num_tokens`` context residuals; the output layer starts at zero."""
+
+    def __init__(self, embed_dim: int, cross_attention_dim: int, num_tokens: int):
+        super().__init__()
+        self.num_tokens, self.dim = num_tokens, cross_attention_dim
+        self.norm = nn.LayerNorm(embed_dim)
+        self.fc1 = nn.Linear(embed_dim, cross_attention_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(cross_attention_dim, num_tokens * cross_attention_dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        x = self.fc2(self.act(self.fc1(self.norm(embedding))))
+        return x.view(embedding.shape[0], self.num_tokens, self.dim)
+
+
+class DaclipConditioner(nn.Module):
+    """Adds projected DA-CLIP tokens to the last slots of the text context."""
+
+    def __init__(self, config: RestorationConfig):
+        super().__init__()
+        self.projectors = nn.ModuleDict()
+        if config.image_context:
+            self.projectors["image"] = ContextProjector(config.embed_dim, config.cross_attention_dim,
+                                                        config.num_tokens)
+        if config.degra_context:
+            self.projectors["degra"] = ContextProjector(config.embed_dim, config.cross_attention_dim,
+                                                        config.num_tokens)
+
+    def forward(self, text_hidden: torch.Tensor, image_emb: Optional[torch.Tensor],
+                degra_emb: Optional[torch.Tensor], keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not len(self.projectors):
+            return text_hidden
+        parts = []
+        if "image" in self.projectors:
+            parts.append(self.projectors["image"](image_emb.to(text_hidden.dtype)))
+        if "degra" in self.projectors:
+            parts.append(self.projectors["degra"](degra_emb.to(text_hidden.dtype)))
+        tokens = torch.cat(parts, dim=1)
+        if keep is not None:  # condition dropout: per-sample 0/1
+            tokens = tokens * keep.to(tokens.dtype).view(-1, 1, 1)
+        k = tokens.shape[1]
+        return torch.cat([text_hidden[:, :-k], text_hidden[:, -k:] + tokens], dim=1)
+
+
+class LQConvIn(nn.Module):
+    """``conv_in`` widened to take ``[noisy latent, LQ latent]``: base conv + zero-initialised LQ conv."""
+
+    def __init__(self, conv_in: nn.Conv2d, extra_channels: int):
+        super().__init__()
+        self.base = conv_in
+        self.base_channels = conv_in.in_channels
+        self.lq = nn.Conv2d(extra_channels, conv_in.out_channels, conv_in.kernel_size, conv_in.stride,
+                            conv_in.padding, bias=False)
+        nn.init.zeros_(self.lq.weight)
+        # diffusers reads conv_in.in_channels / weight.dtype in places
+        self.in_channels = self.base_channels + extra_channels
+        self.out_channels = conv_in.out_channels
+
+    @property
+    def weight(self) -> torch.Tensor:  # the equivalent widened conv weight
+        return torch.cat([self.base.weight, self.lq.weight.to(self.base.weight.dtype)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.base_channels
+        return self.base(x[:, :c]) + self.lq(x[:, c:].to(self.lq.weight.dtype)).to(x.dtype)
+
+
+class RestorationUNet(nn.Module):
+    """The trainable restoration model: SD UNet (+LoRA) with DA-CLIP tokens and the LQ latent."""
+
+    def __init__(self, unet: nn.Module, config: RestorationConfig):
+        super().__init__()
+        self.config = config
+        if unet.config.cross_attention_dim != config.cross_attention_dim:
+            raise ValueError(f"UNet cross_attention_dim {unet.config.cross_attention_dim} != "
+                             f"{config.cross_attention_dim} expected by the conditioning")
+        self.unet = unet
+        self.conditioner = DaclipConditioner(config)
+        if config.lq_latent:
+            unet.conv_in = LQConvIn(unet.conv_in, config.latent_channels)
+
+    def context(self, text_hidden, image_emb=None, degra_emb=None, keep_daclip=None) -> torch.Tensor:
+        return self.conditioner(text_hidden, image_emb, degra_emb, keep_daclip)
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_hidden: torch.Tensor,
+                image_emb: Optional[torch.Tensor] = None, degra_emb: Optional[torch.Tensor] = None,
+                lq_latents: Optional[torch.Tensor] = None, keep_daclip: Optional[torch.Tensor] = None,
+                keep_lq: Optional[torch.Tensor] = None) -> torch.Tensor:
+        context = self.context(text_hidden, image_emb, degra_emb, keep_daclip)
+        if self.config.lq_latent:
+            lq = lq_latents if keep_lq is None else lq_latents * keep_lq.to(lq_latents.dtype).view(-1, 1, 1, 1)
+            noisy = torch.cat([noisy, lq.to(noisy.dtype)], dim=1)
+        return self.unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+    def extras_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Projector weights and the widened ``conv_in`` (full weight and bias, as a plain conv would have)."""
+        out = {f"conditioner.{k}": v for k, v in self.conditioner.state_dict().items()}
+        if self.config.lq_latent:
+            conv = self.unet.conv_in
+            out["conv_in.weight"] = conv.weight.detach()
+            if conv.base.bias is not None:
+                out["conv_in.bias"] = conv.base.bias.detach()
+        return out
+
+    def load_extras(self, state: Dict[str, torch.Tensor]) -> None:
+        cond = {k[len("conditioner."):]: v for k, v in state.items() if k.startswith("conditioner.")}
+        missing, unexpected = self.conditioner.load_state_dict(cond, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"restoration extras do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        if self.config.lq_latent:
+            if "conv_in.weight" not in state:
+                raise ValueError("restoration extras lack conv_in.weight (was the model trained without lq_latent?)")
+            conv = self.unet.conv_in
+            w = state["conv_in.weight"]
+            if w.shape[1] != conv.in_channels or w.shape[0] != conv.out_channels:
+                raise ValueError(f"conv_in.weight is {tuple(w.shape)}, the model needs "
+                                 f"({conv.out_channels}, {conv.in_channels}, ...)")
+            with torch.no_grad():
+                conv.base.weight.copy_(w[:, :conv.base_channels])
+                conv.lq.weight.copy_(w[:, conv.base_channels:])
+                if "conv_in.bias" in state and conv.base.bias is not None:
+                    conv.base.bias.copy_(state["conv_in.bias"])
+
+
+def _lora_config(spec: Dict[str, Any], default_targets) -> Any:
+    from peft import LoraConfig
+
+    rank = int(spec.get("rank", 8))
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+    return LoraConfig(r=rank, lora_alpha=float(spec.get("alpha", rank)), lora_dropout=float(spec.get("dropout", 0.0)),
+                      target_modules=list(spec.get("targets") or default_targets),
+                      init_lora_weights=spec.get("init_lora_weights", "gaussian"),
+                      use_dora=bool(spec.get("use_dora", False)))
+
+
+def add_unet_lora(unet: nn.Module, spec: Dict[str, Any]) -> None:
+    """Freeze the UNet and add a LoRA adapter (peft via diffusers) on the attention projections."""
+    unet.requires_grad_(False)
+    config = _lora_config(spec, UNET_LORA_TARGETS)
+    try:
+        unet.add_adapter(config)
+    except ValueError as e:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in unet.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"UNet LoRA targets {list(config.target_modules)} match no module ({e}); "
+                         f"linear layer names in this UNet include: {', '.join(names[:12])}") from None
+
+
+def add_text_encoder_lora(text_encoder: nn.Module, spec: Dict[str, Any]) -> None:
+    text_encoder.requires_grad_(False)
+    text_encoder.add_adapter(_lora_config(spec, ("q_proj", "k_proj", "v_proj", "out_proj")))
+
+
+def _lora_metadata(module: nn.Module) -> Dict[str, Any]:
+    cfg = module.peft_config["default"].to_dict()
+    cfg["target_modules"] = sorted(cfg["target_modules"]) if isinstance(cfg["target_modules"], (set, list)) \
+        else cfg["target_modules"]
+    return cfg
+
+
+def save_restoration(model: RestorationUNet, out_dir: Union[str, Path], text_encoder: Optional[nn.Module] = None,
+                     ) -> Path:
+    """Write LoRA (diffusers format), extras and ``restoration.json`` atomically into ``out_dir``."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model.unet))
+    kwargs: Dict[str, Any] = {"unet_lora_layers": {k: v.detach().float().cpu().contiguous() for k, v in unet_layers.items()},
+                              "unet_lora_adapter_metadata": _lora_metadata(model.unet)}
+    if text_encoder is not None and getattr(text_encoder, "peft_config", None):
+        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+        kwargs["text_encoder_lora_layers"] = {k: v.detach().float().cpu().contiguous() for k, v in te_layers.items()}
+        kwargs["text_encoder_lora_adapter_metadata"] = _lora_metadata(text_encoder)
+    StableDiffusionPipeline.save_lora_weights(str(tmp), weight_name=LORA_WEIGHT_NAME, **kwargs)
+    extras = {k: v.detach().float().cpu().contiguous() for k, v in model.extras_state_dict().items()}
+    if extras:
+        save_file(extras, str(tmp / EXTRAS_NAME), metadata={"format": "pt"})
+    (tmp / CONFIG_NAME).write_text(json.dumps(asdict(model.config), indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def read_restoration_config(folder: Union[str, Path]) -> RestorationConfig:
+    folder = Path(folder)
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a restoration output folder ({CONFIG_NAME} is missing); pass "
+                                f"experiments/<name>/models/restoration")
+    data = json.loads(path.read_text())
+    known = {f for f in RestorationConfig.__dataclass_fields__}
+    return RestorationConfig(**{k: v for k, v in data.items() if k in known})
+
+
+def load_restoration(model: RestorationUNet, folder: Union[str, Path], text_encoder: Optional[nn.Module] = None,
+                     ) -> None:
+    """Load a saved LoRA (+ extras) into a freshly built :class:`RestorationUNet` (and text encoder)."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    lora_path = folder / LORA_WEIGHT_NAME
+    if not lora_path.is_file():
+        raise FileNotFoundError(f"{folder} has no {LORA_WEIGHT_NAME}")
+    with safe_open(str(lora_path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    state = load_file(str(lora_path))
+    unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    unet_state = convert_unet_state_dict_to_peft(unet_state)
+    flat = json.loads(metadata.get("lora_adapter_metadata", "{}"))  # diffusers stores {"unet.r": 8, ...}
+    unet_meta = {k[len("unet."):]: v for k, v in flat.items() if k.startswith("unet.")}
+    spec = model.config.lora
+    if not getattr(model.unet, "peft_config", None):
+        if unet_meta:
+            model.unet.requires_grad_(False)
+            model.unet.add_adapter(LoraConfig(**{k: v for k, v in unet_meta.items()
+                                                 if k in LoraConfig.__dataclass_fields__}))
+        else:
+            add_unet_lora(model.unet, spec)
+    try:
+        incompatible = set_peft_model_state_dict(model.unet, unet_state, adapter_name="default")
+    except RuntimeError as e:  # size mismatch
+        raise ValueError(f"{lora_path} does not fit this UNet ({str(e).splitlines()[-1].strip()}); it was "
+                         f"trained on another base model or with another LoRA rank") from None
+    unexpected = list(getattr(incompatible, "unexpected_keys", None) or [])
+    if unexpected or not unet_state:
+        raise ValueError(f"{lora_path} does not fit this UNet: {len(unexpected)} unexpected LoRA tensors "
+                         f"(e.g. {unexpected[:2]}); it was trained on another base model or LoRA targets")
+    if (folder / EXTRAS_NAME).is_file():
+        model.load_extras(load_file(str(folder / EXTRAS_NAME)))
+    if text_encoder is not None:
+        te_state = {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
+        if te_state:
+            from diffusers.utils import convert_state_dict_to_peft
+
+            if not getattr(text_encoder, "peft_config", None):
+                add_text_encoder_lora(text_encoder, model.config.text_encoder_lora or {})
+            set_peft_model_state_dict(text_encoder, convert_state_dict_to_peft(te_state), adapter_name="default")

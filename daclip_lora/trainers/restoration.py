@@ -1,0 +1,267 @@
+"""Degradation-aware SD LoRA for restoration (``task: restoration``): step and batch logic, evaluation.
+
+Frozen: VAE, text encoder, DA-CLIP. Trained: UNet LoRA, the DA-CLIP token projector, the new
+``conv_in`` channels (see :mod:`daclip_lora.conditioning`).
+
+Caching (``runtime.cache: true``): VAE latents of GT and LQ and the DA-CLIP embeddings are outputs of
+frozen models, so they are computed once before training. Random crops, flips and rotations would make
+every epoch's inputs different, so with caching they are turned off: each training image is centre-
+cropped to ``patch_size`` once (a warning says so). Latents are the posterior *mean* in both modes, so a
+cached and an uncached run see the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..conditioning import RestorationConfig, RestorationUNet, add_unet_lora, save_restoration
+from ..data.datasets import RestorationDataset, pair_lqgt, pair_md
+from ..data.images import write_image
+from ..engine import TrainTask
+from ..metrics import image_metrics
+from ..pipeline import RestorationPipeline, encode_prompt, load_sd_components
+from .controller import load_daclip
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RestorationTrainer", "evaluate_restoration", "build_restoration_model", "restoration_dataset"]
+
+
+def restoration_dataset(block, distortion, train: bool, crop: str = "random") -> RestorationDataset:
+    pairs = pair_lqgt(block.dataroot_LQ, block.dataroot_GT) if block.mode == "LQGT" else \
+        pair_md(block.dataroot, block.distortion or distortion) if block.mode == "MD" else None
+    if pairs is None:
+        raise ValueError(f"restoration reads LQGT or MD datasets, got mode {block.mode!r} (datasets.{block.phase})")
+    augment = train and crop == "random"
+    return RestorationDataset(pairs, block.patch_size if train else None, block.use_flip and augment,
+                              block.use_rot and augment, block.small_images, block.on_corrupt, crop=crop)
+
+
+def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
+    """The trainable model for ``opt`` on the loaded SD components (LoRA initialised from ``seed``)."""
+    s, c = opt.sd, opt.sd.conditioning
+    if c.num_tokens < 1 and (c.image_context or c.degra_context):
+        raise ValueError(f"sd.conditioning.num_tokens must be at least 1, got {c.num_tokens}")
+    lora = {k: v for k, v in asdict(s.lora).items() if k != "blocks"}
+    config = RestorationConfig(
+        base=str(s.base), daclip_model=opt.daclip.model, daclip_pretrained=opt.daclip.pretrained,
+        daclip_adapter=opt.daclip.adapter, embed_dim=int(daclip.clip.text_projection.shape[1]),
+        cross_attention_dim=int(sd.unet.config.cross_attention_dim), num_tokens=c.num_tokens,
+        image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
+        latent_channels=int(sd.vae.config.latent_channels), lora=lora,
+        prediction_type=sd.scheduler.config.prediction_type,
+        text_encoder_lora=asdict(s.text_encoder_lora) if s.text_encoder_lora else None)
+    if config.context_slots >= sd.tokenizer.model_max_length - 2:
+        raise ValueError(f"{config.context_slots} DA-CLIP tokens leave no room for the prompt in "
+                         f"{sd.tokenizer.model_max_length} positions; lower sd.conditioning.num_tokens")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = RestorationUNet(sd.unet, config)
+        add_unet_lora(model.unet, lora)
+    return model
+
+
+class _Cached(Dataset):
+    def __init__(self, tensors: Dict[str, torch.Tensor], degradations: List[str]):
+        self.tensors, self.degradations = tensors, degradations
+
+    def __len__(self) -> int:
+        return len(self.degradations)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        return {**{k: v[i] for k, v in self.tensors.items()}, "degradation": self.degradations[i]}
+
+
+class RestorationTrainer(TrainTask):
+    """``task: restoration``."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        if opt.sd.base is None:
+            raise ValueError("sd.base is required: the path of a Stable Diffusion folder in diffusers format "
+                             "(unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
+        self.sd = load_sd_components(opt.sd.base)
+        self.daclip = load_daclip(opt).eval()
+        self.daclip.requires_grad_(False)
+        self.model = build_restoration_model(opt, self.sd, self.daclip, seed=opt.train.manual_seed)
+        self.config = self.model.config
+        if opt.runtime.gradient_checkpointing:
+            self.sd.unet.enable_gradient_checkpointing()
+        self.train_block = next(d for d in opt.datasets.values() if d.phase == "train")
+        vae_factor = 2 ** (len(self.sd.vae.config.block_out_channels) - 1)
+        patch = self.train_block.patch_size
+        if not patch or patch % vae_factor:
+            raise ValueError(f"datasets.{self.train_block.phase}.patch_size must be set to a multiple of {vae_factor} "
+                             f"(the VAE's downsampling factor), got {patch}")
+        if opt.runtime.cache and (self.train_block.use_flip or self.train_block.use_rot):
+            logger.warning("runtime.cache: random crops, flips and rotations are off; each image is centre-cropped "
+                           "to %d once", patch)
+        self._train = restoration_dataset(self.train_block, opt.distortion, train=True,
+                                          crop="center" if opt.runtime.cache else "random")
+        self.val_block = next((d for d in opt.datasets.values() if d.phase == "val"), None)
+        self._val = restoration_dataset(self.val_block, opt.distortion, train=False) if self.val_block else None
+        self.cached: Optional[_Cached] = None
+
+    # ------------------------------------------------------------------------------ setup
+    def setup(self, accelerator) -> None:
+        device = accelerator.device
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+        self.sd.vae.to(device)  # the VAE stays in fp32: it is cheap and fp16 VAEs overflow
+        for m in (self.sd.text_encoder, self.daclip):
+            m.to(device, dtype=dtype)
+        self.model.to(device)
+        self.device, self.dtype = device, dtype
+        reserved = self.config.context_slots
+        with torch.no_grad():
+            self.prompt_hidden = encode_prompt(self.sd.tokenizer, self.sd.text_encoder, [self.config.prompt],
+                                               reserved).float()
+            self.empty_hidden = encode_prompt(self.sd.tokenizer, self.sd.text_encoder, [""], reserved).float()
+        if self.opt.runtime.cache:
+            self.cached = self._build_cache()
+
+    @torch.no_grad()
+    def frozen_features(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """VAE latents of GT and LQ and DA-CLIP embeddings of the LQ: the frozen models' work."""
+        vae, sf = self.sd.vae, self.sd.vae.config.scaling_factor
+        gt = batch["GT"].to(self.device, torch.float32)
+        lq = batch["LQ"].to(self.device, torch.float32)
+        image_emb, degra_emb = self.daclip.encode_image(batch["LQ_clip"].to(self.device, self.dtype), control=True)
+        return {"z_gt": (vae.encode(gt * 2 - 1).latent_dist.mean * sf).float(),
+                "z_lq": (vae.encode(lq * 2 - 1).latent_dist.mean * sf).float(),
+                "image_emb": image_emb.float(), "degra_emb": degra_emb.float()}
+
+    def _build_cache(self) -> _Cached:
+        from tqdm import tqdm
+
+        loader = DataLoader(self._train, batch_size=16, shuffle=False, num_workers=self.train_block.n_workers)
+        parts: Dict[str, List[torch.Tensor]] = {}
+        degradations: List[str] = []
+        for batch in tqdm(loader, desc="cache latents", unit="batch", disable=None):
+            for k, v in self.frozen_features(batch).items():
+                parts.setdefault(k, []).append(v.cpu())
+            degradations.extend(batch["degradation"])
+        logger.info("cached VAE latents and DA-CLIP embeddings of %d training images", len(degradations))
+        return _Cached({k: torch.cat(v) for k, v in parts.items()}, degradations)
+
+    def train_dataset(self) -> Dataset:
+        return self.cached if self.cached is not None else self._train
+
+    # ------------------------------------------------------------------------------- step
+    def training_step(self, model, batch) -> Dict[str, torch.Tensor]:
+        feats = batch if "z_gt" in batch else self.frozen_features(batch)
+        z_gt, z_lq = feats["z_gt"], feats["z_lq"]
+        rt, cond = self.opt.runtime, self.opt.sd.conditioning
+        b, device = z_gt.shape[0], z_gt.device
+        sched = self.sd.scheduler
+        noise = torch.randn_like(z_gt)
+        if rt.noise_offset:
+            noise = noise + rt.noise_offset * torch.randn(b, z_gt.shape[1], 1, 1, device=device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), device=device)
+        noisy = sched.add_noise(z_gt, noise, t)
+        kind = sched.config.prediction_type
+        target = {"epsilon": noise, "sample": z_gt}.get(kind) if kind != "v_prediction" else \
+            sched.get_velocity(z_gt, noise, t)
+        keep = lambda p: (torch.rand(b, device=device) >= p).float()  # noqa: E731
+        keep_text = keep(cond.drop_text).view(-1, 1, 1)
+        text = keep_text * self.prompt_hidden + (1 - keep_text) * self.empty_hidden
+        pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
+                     keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if rt.snr_gamma:
+            from diffusers.training_utils import compute_snr
+
+            snr = compute_snr(sched, t)
+            weight = torch.clamp(snr, max=rt.snr_gamma) / (snr + 1 if kind == "v_prediction" else snr)
+            loss = loss * weight
+        return {"loss": loss.mean()}
+
+    # ------------------------------------------------------------------------- validation
+    def pipeline(self) -> RestorationPipeline:
+        return RestorationPipeline(self.sd, self.model, self.daclip)
+
+    def validate(self, step: int, out_dir: Path, max_images: int = 4) -> Dict[str, float]:
+        if self._val is None:
+            return {}
+        pipe, s = self.pipeline(), self.opt.sampling
+        rows, scores = [], []
+        for i in range(min(max_images, len(self._val))):
+            sample = self._val[i]
+            restored = pipe(sample["LQ"][None], steps=s.steps, scheduler=s.scheduler, guidance_scale=s.guidance_scale,
+                            strength=s.strength, seed=s.seed)[0]
+            r, gt, lq = (x.permute(1, 2, 0).numpy() for x in (restored, sample["GT"], sample["LQ"]))
+            scores.append(image_metrics(r, gt, s.crop_border))
+            rows.append(np.concatenate([lq, r, gt], axis=1))
+        grid = np.concatenate(rows, axis=0)
+        write_image(Path(self.opt.path.val_images) / f"{step:08d}.png", grid)
+        return {k: float(np.mean([m[k] for m in scores])) for k in ("psnr", "ssim")}
+
+    def save_outputs(self, out_dir: Path) -> None:
+        path = save_restoration(self.model, Path(out_dir) / "restoration")
+        logger.info("restoration LoRA and extras saved to %s", path)
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional[bool] = None,
+                         max_images: Optional[int] = None) -> Dict[str, Any]:
+    """``daclip-lora test`` for ``task: restoration``: metrics per dataset and degradation, images, grids."""
+    s = opt.sampling
+    folder = folder or (Path(opt.path.root) / "experiments" / opt.name / "models" / "restoration")
+    pipe = RestorationPipeline.from_pretrained(folder, base=opt.sd.base, daclip_pretrained=opt.daclip.pretrained,
+                                               merge_lora=s.merge_lora if merge_lora is None else merge_lora)
+    results_root = Path(opt.path.results_root)
+    report: Dict[str, Any] = {}
+    rows = []
+    for key, block in opt.datasets.items():
+        dataset = restoration_dataset(block, opt.distortion, train=False)
+        per: Dict[str, List[Dict[str, float]]] = {}
+        n = len(dataset) if max_images is None else min(max_images, len(dataset))
+        for i in range(n):
+            sample = dataset[i]
+            restored = pipe(sample["LQ"][None], steps=s.steps, scheduler=s.scheduler, guidance_scale=s.guidance_scale,
+                            strength=s.strength, seed=s.seed)[0]
+            r, gt, lq = (x.permute(1, 2, 0).numpy() for x in (restored, sample["GT"], sample["LQ"]))
+            deg = sample["degradation"] or "all"
+            name = Path(sample["LQ_path"]).stem
+            write_image(results_root / key / deg / f"{name}.png", r)
+            write_image(results_root / key / deg / "grids" / f"{name}.png", np.concatenate([lq, r, gt], axis=1))
+            restored_m = image_metrics(r, gt, s.crop_border)
+            lq_m = image_metrics(lq, gt, s.crop_border)
+            per.setdefault(deg, []).append({**restored_m, **{f"lq_{k}": v for k, v in lq_m.items()}})
+        table = {deg: {k: float(np.mean([m[k] for m in ms])) for k in ms[0]} | {"n": len(ms)}
+                 for deg, ms in per.items()}
+        everything = [m for ms in per.values() for m in ms]
+        table["mean"] = {k: float(np.mean([m[k] for m in everything])) for k in everything[0]} | {"n": len(everything)}
+        report[key] = table
+        rows.extend([key, deg, *(f"{v[k]:.4f}" for k in _COLUMNS), v["n"]] for deg, v in table.items())
+    results_root.mkdir(parents=True, exist_ok=True)
+    (results_root / "metrics.json").write_text(json.dumps(report, indent=2))
+    with open(results_root / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "degradation", *_COLUMNS, "n"])
+        writer.writerows(rows)
+    return report
+
+
+_COLUMNS = ("lq_psnr", "psnr", "lq_ssim", "ssim", "lq_psnr_y", "psnr_y", "lq_ssim_y", "ssim_y")
+
+
+def format_restoration_table(report: Dict[str, Any]) -> str:
+    lines = []
+    for key, table in report.items():
+        width = max(12, *(len(d) for d in table))
+        lines.append(f"[{key}] {'degradation':<{width}} {'PSNR LQ':>8} {'PSNR out':>8} {'SSIM LQ':>8} {'SSIM out':>8}"
+                     f" {'n':>4}")
+        for deg, v in table.items():
+            lines.append(f"{'':{len(key) + 2}} {deg:<{width}} {v['lq_psnr']:8.2f} {v['psnr']:8.2f} "
+                         f"{v['lq_ssim']:8.4f} {v['ssim']:8.4f} {v['n']:4d}")
+    return "\n".join(lines)
