@@ -217,6 +217,8 @@ def add_unet_lora(unet: nn.Module, spec: Dict[str, Any]) -> None:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in unet.named_modules() if isinstance(m, nn.Linear)})
         raise ValueError(f"UNet LoRA targets {list(config.target_modules)} match no module ({e}); "
                          f"linear layer names in this UNet include: {', '.join(names[:12])}") from None
+    if isinstance(unet.conv_in, LQConvIn):  # the new LQ channels are trained, the base conv_in is not
+        unet.conv_in.lq.requires_grad_(True)
 
 
 def add_text_encoder_lora(text_encoder: nn.Module, spec: Dict[str, Any]) -> None:

@@ -28,16 +28,24 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainTask", "Engine", "ShardedBatchSampler", "build_lr_lambda", "param_groups", "TrainResult"]
+__all__ = ["TrainTask", "Engine", "ShardedBatchSampler", "build_lr_lambda", "param_groups", "TrainResult",
+           "per_sample_generators", "per_sample_randn", "per_sample_rand", "per_sample_randint"]
 
 NO_DECAY_KEYS = ("bias", "ln_", "norm", "logit_scale", "embedding", "positional_embedding", "class_embedding")
 
 
 class TrainTask:
-    """What a trainer provides. Override the methods marked *required*."""
+    """What a trainer provides. Override the methods marked *required*.
+
+    Each batch carries ``_index`` (the samples' dataset indices) and the engine sets ``self.step``
+    (the optimizer step being computed) and ``self.seed``, so a task can draw per-sample randomness
+    that does not depend on how samples are split over processes (see :func:`per_sample_generators`).
+    """
 
     #: the module whose trainable parameters are optimised (wrapped by accelerate, e.g. DDP)
     model: nn.Module
+    step: int = 0
+    seed: int = 0
 
     def setup(self, accelerator) -> None:
         """Move frozen parts to ``accelerator.device``, build caches, ... (optional)."""
@@ -118,6 +126,38 @@ class ShardedBatchSampler(Sampler):
 
     def __len__(self) -> int:  # infinite; a large number keeps DataLoader happy
         return 2 ** 62
+
+
+class _Indexed(Dataset):
+    """Adds each sample's dataset index as ``_index``."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        return {**self.dataset[i], "_index": i}
+
+
+def per_sample_generators(seed: int, step: int, indices: Sequence[int]) -> List[torch.Generator]:
+    """One CPU generator per sample, keyed by (seed, step, dataset index): process-count independent."""
+    mask = (1 << 63) - 1
+    return [torch.Generator().manual_seed((seed * 6364136223846793005 + step * 1442695040888963407
+                                           + int(i) * 2862933555777941757 + 1) & mask) for i in indices]
+
+
+def per_sample_randn(gens: Sequence[torch.Generator], shape: Sequence[int], device, dtype=torch.float32):
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in gens]).to(device, dtype)
+
+
+def per_sample_rand(gens: Sequence[torch.Generator], device) -> torch.Tensor:
+    return torch.stack([torch.rand((), generator=g) for g in gens]).to(device)
+
+
+def per_sample_randint(gens: Sequence[torch.Generator], high: int, device) -> torch.Tensor:
+    return torch.stack([torch.randint(0, high, (), generator=g) for g in gens]).to(device)
 
 
 def build_lr_lambda(scheme: str, total: int, warmup: int, base_lr: float, eta_min: float = 0.0,
@@ -289,8 +329,9 @@ class Engine:
         sampler = ShardedBatchSampler(len(dataset), self.train_opt.batch_size, accelerator.process_index,
                                       accelerator.num_processes, seed=tr.manual_seed,
                                       shuffle=self.train_opt.use_shuffle, start=step * accum)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.train_opt.n_workers,
+        loader = DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=self.train_opt.n_workers,
                             collate_fn=task.collate)
+        task.seed = tr.manual_seed
         batches = iter(loader)
         result = TrainResult(step=step)
         out_dir = Path(self.paths.experiments_root)
@@ -299,8 +340,9 @@ class Engine:
         model.train()
         while step < tr.niter:
             logs: Dict[str, float] = {}
-            for _ in range(accum):
+            for micro in range(accum):
                 batch = _to_device(next(batches), accelerator.device)
+                task.step = step * accum + micro
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
                         out = task.training_step(model, batch)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..conditioning import RestorationConfig, RestorationUNet, add_unet_lora, save_restoration
 from ..data.datasets import RestorationDataset, pair_lqgt, pair_md
 from ..data.images import write_image
-from ..engine import TrainTask
+from ..engine import TrainTask, per_sample_generators, per_sample_rand, per_sample_randint, per_sample_randn
 from ..metrics import image_metrics
 from ..pipeline import RestorationPipeline, encode_prompt, load_sd_components
 from .controller import load_daclip
@@ -163,15 +163,18 @@ class RestorationTrainer(TrainTask):
         rt, cond = self.opt.runtime, self.opt.sd.conditioning
         b, device = z_gt.shape[0], z_gt.device
         sched = self.sd.scheduler
-        noise = torch.randn_like(z_gt)
+        # Per-sample draws keyed by (seed, step, sample index): a run's trajectory does not depend on the
+        # number of processes the global batch is split over.
+        gens = per_sample_generators(self.seed, self.step, batch["_index"].tolist())
+        noise = per_sample_randn(gens, z_gt.shape[1:], device)
         if rt.noise_offset:
-            noise = noise + rt.noise_offset * torch.randn(b, z_gt.shape[1], 1, 1, device=device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), device=device)
+            noise = noise + rt.noise_offset * per_sample_randn(gens, (z_gt.shape[1], 1, 1), device)
+        t = per_sample_randint(gens, sched.config.num_train_timesteps, device)
         noisy = sched.add_noise(z_gt, noise, t)
         kind = sched.config.prediction_type
         target = {"epsilon": noise, "sample": z_gt}.get(kind) if kind != "v_prediction" else \
             sched.get_velocity(z_gt, noise, t)
-        keep = lambda p: (torch.rand(b, device=device) >= p).float()  # noqa: E731
+        keep = lambda p: (per_sample_rand(gens, device) >= p).float()  # noqa: E731
         keep_text = keep(cond.drop_text).view(-1, 1, 1)
         text = keep_text * self.prompt_hidden + (1 - keep_text) * self.empty_hidden
         pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
