@@ -137,6 +137,17 @@ class LQConvIn(nn.Module):
         c = self.base_channels
         return self.base(x[:, :c]) + self.lq(x[:, c:].to(self.lq.weight.dtype)).to(x.dtype)
 
+    def fused(self) -> nn.Conv2d:
+        """One plain ``Conv2d`` over all input channels, equivalent to this module (for inference)."""
+        b = self.base
+        conv = nn.Conv2d(self.in_channels, self.out_channels, b.kernel_size, b.stride, b.padding,
+                         bias=b.bias is not None).to(b.weight.device, b.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.weight)
+            if b.bias is not None:
+                conv.bias.copy_(b.bias)
+        return conv.requires_grad_(False)
+
 
 class RestorationUNet(nn.Module):
     """The trainable restoration model: SD UNet (+LoRA) with DA-CLIP tokens and the LQ latent."""

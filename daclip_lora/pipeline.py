@@ -132,10 +132,14 @@ class RestorationPipeline:
         return next(self.model.parameters()).device
 
     def merge_lora(self) -> None:
-        """Bake the LoRA weights into the UNet (and text encoder): faster sampling, same outputs."""
+        """Bake LoRA into the UNet (and text encoder) and fuse the widened ``conv_in``: faster, same outputs."""
         from .lora import unload_lora
 
+        from .conditioning import LQConvIn
+
         unload_lora(self.model.unet, merge=True)
+        if isinstance(self.model.unet.conv_in, LQConvIn):
+            self.model.unet.conv_in = self.model.unet.conv_in.fused()
         if getattr(self.sd.text_encoder, "peft_config", None):
             unload_lora(self.sd.text_encoder, merge=True)
 

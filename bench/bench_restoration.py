@@ -1,0 +1,204 @@
+"""Degradation-aware SD LoRA: training-step and sampling costs, measured side by side in one run.
+
+1. cached training step (our full step: conditioning, LQ concat, loss, backward, AdamW) vs a bare
+   UNet step (the same UNet + LoRA, forward + backward + AdamW on the same latents and text context);
+2. uncached step (VAE + DA-CLIP every step, as common scripts do) vs cached: the speed-up;
+3. denoising loop with merged LoRA vs the base UNet's loop (same steps, scheduler, shapes); unmerged too;
+4. peak memory of a short training run (own subprocess), and trainable-parameter counts of the SD 1.5 /
+   2.1 restoration models (meta device, no weights).
+
+    python bench/bench_restoration.py                      # tiny SD (built locally), CPU
+    python bench/bench_restoration.py --unet sd15 --resolution 256 --batch 2   # SD 1.5 UNet, random weights
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _time(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _setup(args, workdir: Path):
+    """Tiny SD folder (or one whose UNet is replaced by SD 1.5/2.1 at random) + tiny DA-CLIP + trainer."""
+    from daclip_lora.data.synthetic import make_dataset
+    from daclip_lora.options import load_options
+    from daclip_lora.tiny_sd import build_tiny_sd
+
+    base = build_tiny_sd(workdir / "sd", seed=0)
+    if args.unet != "tiny":
+        import json as _json
+
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        from daclip_lora.sd_configs import UNET_CONFIGS
+
+        cfg = UNET_CONFIGS[args.unet]
+        UNet2DConditionModel(**cfg).save_pretrained(str(base / "unet"))
+        te = _json.loads((base / "text_encoder" / "config.json").read_text())
+        te.update(hidden_size=cfg["cross_attention_dim"], projection_dim=cfg["cross_attention_dim"],
+                  intermediate_size=4 * cfg["cross_attention_dim"], num_attention_heads=8)
+        CLIPTextModel(CLIPTextConfig(**te)).save_pretrained(str(base / "text_encoder"))
+    make_dataset(workdir / "ds", size=args.batch * 2, val_size=2, patch_size=args.resolution, distortions=["noisy"])
+    yml = workdir / "bench.yml"
+    yml.write_text(f"""name: bench
+task: restoration
+distortion: [noisy]
+datasets:
+  train: {{mode: MD, dataroot: {workdir / 'ds' / 'train'}, batch_size: {args.batch}, patch_size: {args.resolution}}}
+daclip: {{model: daclip_tiny}}
+sd: {{base: {base}, lora: {{rank: 8, alpha: 8}}}}
+train: {{niter: 3, val_freq: 0}}
+logger: {{save_checkpoint_freq: 1000}}
+runtime: {{device: {args.device}, cache: true}}
+""")
+    return load_options(yml, is_train=True, root=workdir)
+
+
+def training_costs(args, workdir: Path) -> dict:
+    from accelerate import Accelerator
+
+    from daclip_lora.trainers.restoration import RestorationTrainer
+
+    opt = _setup(args, workdir)
+    trainer = RestorationTrainer(opt)
+    trainer.setup(Accelerator(cpu=args.device == "cpu"))
+    model = trainer.model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    raw = next(iter(torch.utils.data.DataLoader(trainer._train, batch_size=args.batch)))
+    raw["_index"] = torch.arange(args.batch)
+    cached = {**trainer.frozen_features(raw), "_index": raw["_index"]}
+
+    def our_step(batch):
+        optimizer.zero_grad(set_to_none=True)
+        trainer.training_step(model, batch)["loss"].backward()
+        optimizer.step()
+
+    unet, z = model.unet, cached["z_gt"]
+    t = torch.randint(0, 1000, (args.batch,), device=z.device)
+    context = trainer.prompt_hidden.expand(args.batch, -1, -1)
+    noise = torch.randn_like(z)
+    # the bare UNet needs the input width its conv_in expects (8 with the LQ latent): give it zeros
+    bare_in = torch.cat([z, torch.zeros_like(z)], 1) if model.config.lq_latent else z
+
+    def bare_step():
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(unet(bare_in, t, encoder_hidden_states=context).sample, noise).backward()
+        optimizer.step()
+
+    r = args.repeats
+    return {"bare_ms": 1e3 * _time(bare_step, r), "cached_ms": 1e3 * _time(lambda: our_step(cached), r),
+            "uncached_ms": 1e3 * _time(lambda: our_step(raw), r),
+            "trainable": sum(p.numel() for p in params)}
+
+
+def sampling_costs(args, workdir: Path) -> dict:
+    from daclip_lora.conditioning import save_restoration
+    from daclip_lora.pipeline import RestorationPipeline, load_sd_components, make_scheduler
+    from daclip_lora.trainers.restoration import RestorationTrainer
+
+    opt = _setup(args, workdir)
+    folder = save_restoration(RestorationTrainer(opt).model, workdir / "restoration")
+    sd = load_sd_components(opt.sd.base)
+    base_unet = sd.unet.to(args.device)
+    f = 8
+    shape = (1, 4, args.resolution // f, args.resolution // f)
+    z, z_lq = torch.randn(shape, device=args.device), torch.randn(shape, device=args.device)
+    ctx = torch.randn(1, 77, base_unet.config.cross_attention_dim, device=args.device)
+
+    def loop(unet, extra):
+        sched = make_scheduler("ddim", sd.scheduler)
+        sched.set_timesteps(args.steps)
+        x = z
+        with torch.no_grad():
+            for t in sched.timesteps:
+                inp = torch.cat([x, z_lq], 1) if extra else x
+                x = sched.step(unet(inp, t, encoder_hidden_states=ctx).sample, t, x).prev_sample
+
+    results = {}
+    for merged in (False, True):
+        pipe = RestorationPipeline.from_pretrained(folder, merge_lora=merged, device=args.device)
+        results["merged_ms" if merged else "unmerged_ms"] = 1e3 * _time(lambda: loop(pipe.model.unet, True), args.repeats)
+    results["base_ms"] = 1e3 * _time(lambda: loop(base_unet, False), args.repeats)
+    lq = torch.rand(1, 3, args.resolution, args.resolution)
+    results["pipeline_ms"] = 1e3 * _time(lambda: pipe(lq, steps=args.steps), max(1, args.repeats // 2))
+    return results
+
+
+def peak_memory(args) -> float:
+    out = subprocess.run([sys.executable, __file__, "--peak-child", "--unet", args.unet, "--resolution",
+                          str(args.resolution), "--batch", str(args.batch), "--device", args.device],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+
+
+def _peak_child(args) -> None:
+    from daclip_lora.engine import Engine
+    from daclip_lora.trainers.restoration import RestorationTrainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opt = _setup(args, Path(tmp))
+        Engine(opt, RestorationTrainer(opt)).fit()
+    peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps({"peak_mb": peak / 2 ** 20}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--unet", choices=["tiny", "sd15", "sd21"], default="tiny")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak_child:
+        return _peak_child(args)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train = training_costs(args, Path(tmp) / "train")
+        sample = sampling_costs(args, Path(tmp) / "sample")
+    peak = peak_memory(args)
+    print(f"unet={args.unet} resolution={args.resolution} batch={args.batch} device={args.device} "
+          f"threads={torch.get_num_threads()}")
+    print(f"bare UNet+LoRA step        {train['bare_ms']:9.1f} ms")
+    print(f"cached training step       {train['cached_ms']:9.1f} ms   ratio to bare {train['cached_ms'] / train['bare_ms']:.3f}")
+    print(f"uncached training step     {train['uncached_ms']:9.1f} ms   cached speed-up x{train['uncached_ms'] / train['cached_ms']:.2f}")
+    print(f"base UNet loop ({args.steps} steps)  {sample['base_ms']:9.1f} ms")
+    print(f"merged LoRA loop           {sample['merged_ms']:9.1f} ms   ratio to base {sample['merged_ms'] / sample['base_ms']:.3f}")
+    print(f"unmerged LoRA loop         {sample['unmerged_ms']:9.1f} ms   ratio to base {sample['unmerged_ms'] / sample['base_ms']:.3f}")
+    print(f"full pipeline call         {sample['pipeline_ms']:9.1f} ms   (DA-CLIP + VAE encode/decode + loop)")
+    print(f"peak memory of a 3-step training run: {peak:.0f} MB ({'CUDA' if args.device.startswith('cuda') else 'process RSS'})")
+    print(f"trainable parameters here: {train['trainable']:,}")
+
+    from daclip_lora.sd_configs import count_restoration_parameters
+
+    for name in ("sd15", "sd21"):
+        c = count_restoration_parameters(name, rank=8)
+        print(f"{name} rank 8: LoRA {c['lora']:,} + projector {c['projector']:,} + new conv_in {c['conv_in_new']:,} "
+              f"= {100 * (c['lora'] + c['projector'] + c['conv_in_new']) / c['unet']:.2f}% of {c['unet']:,} UNet parameters")
+
+
+if __name__ == "__main__":
+    main()
