@@ -99,7 +99,9 @@ def _trainer_for(opt):
         from .trainers.restoration import RestorationTrainer
 
         return RestorationTrainer(opt), "restoration"
-    raise ValueError(f"task {opt.task!r} is not available in this version; use 'controller' or 'restoration'")
+    from .trainers.text2image import Text2ImageTrainer
+
+    return Text2ImageTrainer(opt), "text2image_lora"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -195,10 +197,17 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+# The short flags of the text-to-image LoRA scripts users come from, as option overrides.
+SHORT_FLAGS = {"dataset": "datasets.train.dataroot", "prompts": "sd.validation_prompts", "steps": "train.niter",
+               "batch": "datasets.train.batch_size", "unet_lr": "train.lr_G", "text_lr": "sd.text_encoder_lr"}
+
+
 def _load_cli_options(args: argparse.Namespace, is_train: bool):
     from .options import load_options
 
-    return load_options(args.opt_file, is_train=is_train, root=args.root, overrides=args.opt or (),
+    overrides = [f"{key}={getattr(args, dest)}" for dest, key in SHORT_FLAGS.items()
+                 if getattr(args, dest, None) is not None]
+    return load_options(args.opt_file, is_train=is_train, root=args.root, overrides=overrides + (args.opt or []),
                         check_paths=not getattr(args, "no_check_paths", False))
 
 
@@ -251,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DA-CLIP controller; task: restoration trains the degradation-aware SD LoRA). "
                                    "Outputs go to <root>/experiments/<name>/.")
     _add_options_args(p)
+    short = p.add_argument_group("short flags (text-to-image LoRA style; same as --opt overrides)")
+    short.add_argument("-d", dest="dataset", metavar="DIR", help="training folder (datasets.train.dataroot)")
+    short.add_argument("-gp", dest="prompts", metavar="FILE", help="validation prompts file (sd.validation_prompts)")
+    short.add_argument("-e", dest="steps", metavar="N", help="training steps (train.niter)")
+    short.add_argument("-b", dest="batch", metavar="N", help="global batch size (datasets.train.batch_size)")
+    short.add_argument("-u", dest="unet_lr", metavar="LR", help="UNet LoRA learning rate (train.lr_G)")
+    short.add_argument("-t", dest="text_lr", metavar="LR", help="text-encoder LoRA learning rate (sd.text_encoder_lr)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("test", help="evaluate from a UIR-style options file (-opt X.yml)",

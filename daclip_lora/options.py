@@ -174,6 +174,8 @@ class SDOptions:
     text_encoder_lr: Optional[float] = None
     conditioning: ConditioningOptions = field(default_factory=ConditioningOptions)
     resolution: int = 512
+    validation_prompts: Optional[str] = _path()  # text2image: one prompt per line
+    clip_score: bool = True  # text2image: CLIP score of validation images with daclip.model
 
 
 @dataclass
