@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ContextProjector", "DaclipConditioner", "LQConvIn", "RestorationConfig", "RestorationUNet",
            "UNET_LORA_TARGETS", "add_unet_lora", "add_text_encoder_lora", "save_restoration", "load_restoration",
-           "read_restoration_config", "LORA_WEIGHT_NAME"]
+           "read_restoration_config", "save_diffusers_lora", "LORA_WEIGHT_NAME"]
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -244,26 +244,33 @@ def _lora_metadata(module: nn.Module) -> Dict[str, Any]:
     return cfg
 
 
-def save_restoration(model: RestorationUNet, out_dir: Union[str, Path], text_encoder: Optional[nn.Module] = None,
-                     ) -> Path:
-    """Write LoRA (diffusers format), extras and ``restoration.json`` atomically into ``out_dir``."""
+def save_diffusers_lora(out_dir: Union[str, Path], unet: nn.Module, text_encoder: Optional[nn.Module] = None) -> None:
+    """Write ``pytorch_lora_weights.safetensors`` (diffusers format, LoRA configs in the metadata)."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
+
+    def layers(module: nn.Module) -> Dict[str, torch.Tensor]:
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+        return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+    kwargs: Dict[str, Any] = {"unet_lora_layers": layers(unet), "unet_lora_adapter_metadata": _lora_metadata(unet)}
+    if text_encoder is not None and getattr(text_encoder, "peft_config", None):
+        kwargs["text_encoder_lora_layers"] = layers(text_encoder)
+        kwargs["text_encoder_lora_adapter_metadata"] = _lora_metadata(text_encoder)
+    StableDiffusionPipeline.save_lora_weights(str(out_dir), weight_name=LORA_WEIGHT_NAME, **kwargs)
+
+
+def save_restoration(model: RestorationUNet, out_dir: Union[str, Path], text_encoder: Optional[nn.Module] = None,
+                     ) -> Path:
+    """Write LoRA (diffusers format), extras and ``restoration.json`` atomically into ``out_dir``."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model.unet))
-    kwargs: Dict[str, Any] = {"unet_lora_layers": {k: v.detach().float().cpu().contiguous() for k, v in unet_layers.items()},
-                              "unet_lora_adapter_metadata": _lora_metadata(model.unet)}
-    if text_encoder is not None and getattr(text_encoder, "peft_config", None):
-        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
-        kwargs["text_encoder_lora_layers"] = {k: v.detach().float().cpu().contiguous() for k, v in te_layers.items()}
-        kwargs["text_encoder_lora_adapter_metadata"] = _lora_metadata(text_encoder)
-    StableDiffusionPipeline.save_lora_weights(str(tmp), weight_name=LORA_WEIGHT_NAME, **kwargs)
+    save_diffusers_lora(tmp, model.unet, text_encoder)
     extras = {k: v.detach().float().cpu().contiguous() for k, v in model.extras_state_dict().items()}
     if extras:
         save_file(extras, str(tmp / EXTRAS_NAME), metadata={"format": "pt"})

@@ -169,8 +169,12 @@ def test_options_readme_documents_every_key_of_our_blocks():
     assert undocumented == []
 
 
-@pytest.mark.parametrize("name,is_train", [("controller.yml", True), ("controller_test.yml", False)])
-def test_shipped_option_files_load(name, is_train, tmp_path):
+@pytest.mark.parametrize("name,is_train,task", [
+    ("controller.yml", True, "controller"), ("controller_test.yml", False, "controller"),
+    ("restoration.yml", True, "restoration"), ("restoration_test.yml", False, "restoration"),
+    ("text2image.yml", True, "text2image"),
+])
+def test_shipped_option_files_load(name, is_train, task, tmp_path):
     opt = load_options(Path(__file__).parents[1] / "options" / name, is_train=is_train, root=tmp_path,
                        check_paths=False)
-    assert opt.task == "controller" and opt.ignored == []
+    assert opt.task == task and opt.ignored == []

@@ -271,3 +271,21 @@ def test_mismatched_lora_file(assets, tmp_path):
     add_unet_lora(other.unet, {"rank": 8})
     with pytest.raises(ValueError, match="does not fit this UNet"):
         load_restoration(other, out)
+
+
+def test_ema_decay_one_keeps_the_initial_weights(assets, tmp_path):
+    opt = _opt(tmp_path, assets, "runtime.ema_decay=1.0")
+    trainer = RestorationTrainer(opt)
+    initial = {k: v.detach().clone() for k, v in trainer.trainable_state().items()}
+    result = Engine(opt, trainer).fit()
+    assert result.losses[0] != result.losses[-1]  # the weights did train...
+    final = trainer.trainable_state()  # ...but the saved (EMA) weights are the initial ones
+    assert all(torch.equal(initial[k], final[k]) for k in initial)
+
+
+def test_bf16_mixed_precision_keeps_trainable_weights_fp32(assets, tmp_path):
+    opt = _opt(tmp_path, assets, "runtime.mixed_precision=bf16", "train.niter=2")
+    trainer = RestorationTrainer(opt)
+    result = Engine(opt, trainer).fit()
+    assert all(np.isfinite(result.losses))
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)

@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..conditioning import UNET_LORA_TARGETS, _lora_config, _lora_metadata
+from ..conditioning import UNET_LORA_TARGETS, _lora_config, save_diffusers_lora
 from ..data.datasets import read_caption_folder
 from ..data.images import read_image, to_uint8, write_image
 from ..engine import TrainTask, per_sample_generators, per_sample_randint, per_sample_randn
@@ -180,21 +180,8 @@ class Text2ImageTrainer(TrainTask):
         return metrics
 
     def save_outputs(self, out_dir: Path) -> None:
-        from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-
         out = Path(out_dir) / "text2image_lora"
-        kwargs: Dict[str, Any] = {
-            "unet_lora_layers": {k: v.detach().float().cpu().contiguous() for k, v in
-                                 convert_state_dict_to_diffusers(get_peft_model_state_dict(self.sd.unet)).items()},
-            "unet_lora_adapter_metadata": _lora_metadata(self.sd.unet)}
-        if getattr(self.sd.text_encoder, "peft_config", None):
-            kwargs["text_encoder_lora_layers"] = {
-                k: v.detach().float().cpu().contiguous() for k, v in
-                convert_state_dict_to_diffusers(get_peft_model_state_dict(self.sd.text_encoder)).items()}
-            kwargs["text_encoder_lora_adapter_metadata"] = _lora_metadata(self.sd.text_encoder)
-        StableDiffusionPipeline.save_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors", **kwargs)
+        save_diffusers_lora(out, self.sd.unet, self.sd.text_encoder)
         logger.info("text-to-image LoRA saved to %s", out)
 
 
