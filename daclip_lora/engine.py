@@ -234,7 +234,12 @@ class Engine:
     # ------------------------------------------------------------------ helpers
     def _accelerator(self):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
+        # accelerate keeps mixed precision & co in a process-wide singleton: a second run in the same
+        # process (tests, notebooks, the demo) with other settings would be refused. Each fit() starts a
+        # fresh AcceleratorState; the process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
         rt = self.opt.runtime
         cpu = rt.device == "cpu" or (rt.device is None and not torch.cuda.is_available())
         return Accelerator(mixed_precision=rt.mixed_precision, cpu=cpu,
