@@ -8,7 +8,8 @@
    2.1 restoration models (meta device, no weights).
 
     python bench/bench_restoration.py                      # tiny SD (built locally), CPU
-    python bench/bench_restoration.py --unet sd15 --resolution 256 --batch 2   # SD 1.5 UNet, random weights
+    python bench/bench_restoration.py --unet sd15 --resolution 256 --batch 2   # SD 1.5 UNet + VAE, DA-CLIP B-32
+                                                                               # (random weights, real shapes)
 """
 
 import argparse
@@ -37,7 +38,7 @@ def _time(fn, repeats):
 
 
 def _setup(args, workdir: Path):
-    """Tiny SD folder (or one whose UNet is replaced by SD 1.5/2.1 at random) + tiny DA-CLIP + trainer."""
+    """Tiny SD + tiny DA-CLIP, or (--unet sd15/sd21) SD's UNet and VAE and DA-CLIP B-32 with random weights."""
     from daclip_lora.data.synthetic import make_dataset
     from daclip_lora.options import load_options
     from daclip_lora.tiny_sd import build_tiny_sd
@@ -51,8 +52,13 @@ def _setup(args, workdir: Path):
 
         from daclip_lora.sd_configs import UNET_CONFIGS
 
+        from diffusers import AutoencoderKL
+
+        from daclip_lora.sd_configs import VAE_CONFIG
+
         cfg = UNET_CONFIGS[args.unet]
         UNet2DConditionModel(**cfg).save_pretrained(str(base / "unet"))
+        AutoencoderKL(**VAE_CONFIG).save_pretrained(str(base / "vae"))
         te = _json.loads((base / "text_encoder" / "config.json").read_text())
         te.update(hidden_size=cfg["cross_attention_dim"], projection_dim=cfg["cross_attention_dim"],
                   intermediate_size=4 * cfg["cross_attention_dim"], num_attention_heads=8)
@@ -64,7 +70,7 @@ task: restoration
 distortion: [noisy]
 datasets:
   train: {{mode: MD, dataroot: {workdir / 'ds' / 'train'}, batch_size: {args.batch}, patch_size: {args.resolution}}}
-daclip: {{model: daclip_tiny}}
+daclip: {{model: {'daclip_tiny' if args.unet == 'tiny' else 'daclip_ViT-B-32'}}}
 sd: {{base: {base}, lora: {{rank: 8, alpha: 8}}}}
 train: {{niter: 3, val_freq: 0}}
 logger: {{save_checkpoint_freq: 1000}}

@@ -6,7 +6,7 @@ from typing import Dict
 
 import torch
 
-__all__ = ["UNET_CONFIGS", "count_restoration_parameters"]
+__all__ = ["UNET_CONFIGS", "VAE_CONFIG", "count_restoration_parameters"]
 
 _SD_COMMON = dict(in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -16,6 +16,11 @@ UNET_CONFIGS: Dict[str, dict] = {
     "sd21": dict(_SD_COMMON, sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
                  use_linear_projection=True),
 }
+
+#: Stable Diffusion 1.x/2.x VAE (AutoencoderKL) architecture.
+VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                  block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=512)
 
 
 def count_restoration_parameters(name: str, rank: int = 8, embed_dim: int = 512, num_tokens: int = 4) -> Dict[str, int]:
