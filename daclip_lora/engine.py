@@ -114,12 +114,18 @@ class ShardedBatchSampler(Sampler):
         self.seed, self.shuffle, self.start = seed, shuffle, start
         self.per_epoch = n // global_batch
 
+    def _order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+
     def __iter__(self) -> Iterator[List[int]]:
         index = self.start
+        epoch, order = -1, None
         while True:
-            epoch, position = divmod(index, self.per_epoch)
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)) \
-                if self.shuffle else torch.arange(self.n)
+            e, position = divmod(index, self.per_epoch)
+            if e != epoch:  # one permutation per epoch, not per batch
+                epoch, order = e, self._order(e)
             batch = order[position * self.batch:(position + 1) * self.batch]
             yield batch[self.rank::self.world].tolist()
             index += 1
