@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ContextProjector", "DaclipConditioner", "LQConvIn", "RestorationConfig", "RestorationUNet",
            "UNET_LORA_TARGETS", "add_unet_lora", "add_text_encoder_lora", "save_restoration", "load_restoration",
-           "read_restoration_config", "save_diffusers_lora", "LORA_WEIGHT_NAME"]
+           "read_restoration_config", "save_diffusers_lora", "lora_spec", "LORA_WEIGHT_NAME"]
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -218,10 +218,18 @@ def _lora_config(spec: Dict[str, Any], default_targets) -> Any:
                       use_dora=bool(spec.get("use_dora", False)))
 
 
-def add_unet_lora(unet: nn.Module, spec: Dict[str, Any]) -> None:
-    """Freeze the UNet and add a LoRA adapter (peft via diffusers) on the attention projections."""
+def lora_spec(options: Any) -> Dict[str, Any]:
+    """The LoRA settings of a :class:`~daclip_lora.options.LoraOptions` block, as stored in restoration.json."""
+    return {k: v for k, v in asdict(options).items() if k != "blocks"}
+
+
+def add_unet_lora(unet: nn.Module, spec: Dict[str, Any], config: Any = None) -> None:
+    """Freeze the UNet and add a LoRA adapter (peft via diffusers) on the attention projections.
+
+    ``config`` (a peft ``LoraConfig``, e.g. read from a saved file's metadata) takes precedence over ``spec``.
+    """
     unet.requires_grad_(False)
-    config = _lora_config(spec, UNET_LORA_TARGETS)
+    config = config or _lora_config(spec, UNET_LORA_TARGETS)
     try:
         unet.add_adapter(config)
     except ValueError as e:
@@ -312,14 +320,10 @@ def load_restoration(model: RestorationUNet, folder: Union[str, Path], text_enco
     unet_state = convert_unet_state_dict_to_peft(unet_state)
     flat = json.loads(metadata.get("lora_adapter_metadata", "{}"))  # diffusers stores {"unet.r": 8, ...}
     unet_meta = {k[len("unet."):]: v for k, v in flat.items() if k.startswith("unet.")}
-    spec = model.config.lora
     if not getattr(model.unet, "peft_config", None):
-        if unet_meta:
-            model.unet.requires_grad_(False)
-            model.unet.add_adapter(LoraConfig(**{k: v for k, v in unet_meta.items()
-                                                 if k in LoraConfig.__dataclass_fields__}))
-        else:
-            add_unet_lora(model.unet, spec)
+        saved = LoraConfig(**{k: v for k, v in unet_meta.items() if k in LoraConfig.__dataclass_fields__}) \
+            if unet_meta else None
+        add_unet_lora(model.unet, model.config.lora, config=saved)
     try:
         incompatible = set_peft_model_state_dict(model.unet, unet_state, adapter_name="default")
     except RuntimeError as e:  # size mismatch

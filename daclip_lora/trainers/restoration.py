@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..conditioning import RestorationConfig, RestorationUNet, add_unet_lora, save_restoration
+from ..conditioning import RestorationConfig, RestorationUNet, add_unet_lora, lora_spec, save_restoration
 from ..data.datasets import RestorationDataset, pair_lqgt, pair_md
 from ..data.images import write_image
 from ..engine import TrainTask, per_sample_generators, per_sample_rand, per_sample_randint, per_sample_randn
@@ -52,7 +51,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
     s, c = opt.sd, opt.sd.conditioning
     if c.num_tokens < 1 and (c.image_context or c.degra_context):
         raise ValueError(f"sd.conditioning.num_tokens must be at least 1, got {c.num_tokens}")
-    lora = {k: v for k, v in asdict(s.lora).items() if k != "blocks"}
+    lora = lora_spec(s.lora)
     config = RestorationConfig(
         base=str(s.base), daclip_model=opt.daclip.model, daclip_pretrained=opt.daclip.pretrained,
         daclip_adapter=opt.daclip.adapter, embed_dim=int(daclip.clip.text_projection.shape[1]),
@@ -60,7 +59,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type,
-        text_encoder_lora=asdict(s.text_encoder_lora) if s.text_encoder_lora else None)
+        text_encoder_lora=lora_spec(s.text_encoder_lora) if s.text_encoder_lora else None)
     if config.context_slots >= sd.tokenizer.model_max_length - 2:
         raise ValueError(f"{config.context_slots} DA-CLIP tokens leave no room for the prompt in "
                          f"{sd.tokenizer.model_max_length} positions; lower sd.conditioning.num_tokens")

@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..conditioning import UNET_LORA_TARGETS, _lora_config, save_diffusers_lora
+from ..conditioning import add_text_encoder_lora, add_unet_lora, lora_spec, save_diffusers_lora
 from ..data.datasets import read_caption_folder
 from ..data.images import read_image, to_uint8, write_image
 from ..engine import TrainTask, per_sample_generators, per_sample_randint, per_sample_randn
@@ -109,12 +109,9 @@ class Text2ImageTrainer(TrainTask):
             raise ValueError(f"sd.resolution must be a multiple of {vae_factor}, got {s.resolution}")
         with torch.random.fork_rng():
             torch.manual_seed(opt.train.manual_seed)
-            self.sd.unet.requires_grad_(False)
-            self.sd.unet.add_adapter(_lora_config(_spec(s.lora), UNET_LORA_TARGETS))
+            add_unet_lora(self.sd.unet, lora_spec(s.lora))
             if s.text_encoder_lora is not None:
-                self.sd.text_encoder.requires_grad_(False)
-                self.sd.text_encoder.add_adapter(_lora_config(_spec(s.text_encoder_lora),
-                                                              ("q_proj", "k_proj", "v_proj", "out_proj")))
+                add_text_encoder_lora(self.sd.text_encoder, lora_spec(s.text_encoder_lora))
         self.model = Text2ImageModel(self.sd.unet, self.sd.text_encoder)
         if opt.runtime.gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
@@ -184,8 +181,3 @@ class Text2ImageTrainer(TrainTask):
         save_diffusers_lora(out, self.sd.unet, self.sd.text_encoder)
         logger.info("text-to-image LoRA saved to %s", out)
 
-
-def _spec(lora) -> Dict[str, Any]:
-    return {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout, "targets": lora.targets,
-            "use_dora": lora.use_dora, "init_lora_weights": lora.init_lora_weights
-            if lora.init_lora_weights is not True else "gaussian"}
