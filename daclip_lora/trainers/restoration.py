@@ -198,9 +198,7 @@ class RestorationTrainer(TrainTask):
         rows, scores = [], []
         for i in range(min(max_images, len(self._val))):
             sample = self._val[i]
-            restored = pipe(sample["LQ"][None], steps=s.steps, scheduler=s.scheduler, guidance_scale=s.guidance_scale,
-                            strength=s.strength, seed=s.seed)[0]
-            r, gt, lq = (x.permute(1, 2, 0).numpy() for x in (restored, sample["GT"], sample["LQ"]))
+            lq, r, gt = restore_sample(pipe, sample, s)
             scores.append(image_metrics(r, gt, s.crop_border))
             rows.append(np.concatenate([lq, r, gt], axis=1))
         grid = np.concatenate(rows, axis=0)
@@ -213,6 +211,13 @@ class RestorationTrainer(TrainTask):
 
 
 # --------------------------------------------------------------------------- evaluation
+def restore_sample(pipe: RestorationPipeline, sample: Dict[str, Any], sampling) -> tuple:
+    """``(lq, restored, gt)`` as ``(H, W, 3)`` arrays in [0, 1], sampled with the ``sampling`` options."""
+    restored = pipe(sample["LQ"][None], steps=sampling.steps, scheduler=sampling.scheduler,
+                    guidance_scale=sampling.guidance_scale, strength=sampling.strength, seed=sampling.seed)[0]
+    return tuple(x.permute(1, 2, 0).numpy() for x in (sample["LQ"], restored, sample["GT"]))
+
+
 def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional[bool] = None,
                          max_images: Optional[int] = None) -> Dict[str, Any]:
     """``daclip-lora test`` for ``task: restoration``: metrics per dataset and degradation, images, grids."""
@@ -229,9 +234,7 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
         n = len(dataset) if max_images is None else min(max_images, len(dataset))
         for i in range(n):
             sample = dataset[i]
-            restored = pipe(sample["LQ"][None], steps=s.steps, scheduler=s.scheduler, guidance_scale=s.guidance_scale,
-                            strength=s.strength, seed=s.seed)[0]
-            r, gt, lq = (x.permute(1, 2, 0).numpy() for x in (restored, sample["GT"], sample["LQ"]))
+            lq, r, gt = restore_sample(pipe, sample, s)
             deg = sample["degradation"] or "all"
             name = Path(sample["LQ_path"]).stem
             write_image(results_root / key / deg / f"{name}.png", r)
