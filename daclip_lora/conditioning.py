@@ -242,7 +242,12 @@ def add_unet_lora(unet: nn.Module, spec: Dict[str, Any], config: Any = None) -> 
 
 def add_text_encoder_lora(text_encoder: nn.Module, spec: Dict[str, Any]) -> None:
     text_encoder.requires_grad_(False)
-    text_encoder.add_adapter(_lora_config(spec, ("q_proj", "k_proj", "v_proj", "out_proj")))
+    config = _lora_config(spec, ("q_proj", "k_proj", "v_proj", "out_proj"))
+    try:
+        text_encoder.add_adapter(config)
+    except ValueError as e:
+        raise ValueError(f"text-encoder LoRA targets {list(config.target_modules)} match no module ({e}); CLIP "
+                         f"text encoders name them q_proj, k_proj, v_proj, out_proj, fc1, fc2") from None
 
 
 def _lora_metadata(module: nn.Module) -> Dict[str, Any]:
@@ -312,7 +317,8 @@ def load_restoration(model: RestorationUNet, folder: Union[str, Path], text_enco
     folder = Path(folder)
     lora_path = folder / LORA_WEIGHT_NAME
     if not lora_path.is_file():
-        raise FileNotFoundError(f"{folder} has no {LORA_WEIGHT_NAME}")
+        raise FileNotFoundError(f"{folder} has no {LORA_WEIGHT_NAME}; pass the folder a restoration run wrote "
+                                f"(experiments/<name>/models/restoration)")
     with safe_open(str(lora_path), framework="pt") as f:
         metadata = f.metadata() or {}
     state = load_file(str(lora_path))

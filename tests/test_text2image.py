@@ -102,3 +102,10 @@ def test_text2image_needs_a_caption_folder(assets, tmp_path):
                        overrides=["datasets.train.mode=LQGT", "datasets.train.dataroot_LQ=x", "datasets.train.dataroot_GT=y"])
     with pytest.raises(ValueError, match="set datasets.train.mode to captions"):
         Text2ImageTrainer(opt)
+
+
+def test_text_encoder_lora_targets_matching_nothing(assets, tmp_path):
+    opt = load_options(assets / "t2i.yml", is_train=True, root=tmp_path,
+                       overrides=["sd.text_encoder_lora.targets=[qproj]"])
+    with pytest.raises(ValueError, match=r"text-encoder LoRA targets \['qproj'\] match no module.*q_proj"):
+        Text2ImageTrainer(opt)
