@@ -25,18 +25,22 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn as nn
+
+from .backbone import SDBackbone
+from .lora_spec import LoraSpec
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ContextProjector", "DaclipConditioner", "LQConvIn", "RestorationConfig", "RestorationUNet",
            "UNET_LORA_TARGETS", "add_unet_lora", "add_text_encoder_lora", "save_restoration", "load_restoration",
-           "read_restoration_config", "save_diffusers_lora", "lora_spec", "LORA_WEIGHT_NAME"]
+           "read_restoration_config", "lora_spec", "LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS"]
 
-UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+UNET_LORA_TARGETS = SDBackbone.unet_lora_targets
+TEXT_ENCODER_LORA_TARGETS = SDBackbone.text_encoder_lora_targets
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 EXTRAS_NAME = "restoration_extras.safetensors"
 CONFIG_NAME = "restoration.json"
@@ -166,15 +170,38 @@ class RestorationUNet(nn.Module):
     def context(self, text_hidden, image_emb=None, degra_emb=None, keep_daclip=None) -> torch.Tensor:
         return self.conditioner(text_hidden, image_emb, degra_emb, keep_daclip)
 
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                lq_latents: Optional[torch.Tensor] = None, keep_lq: Optional[torch.Tensor] = None,
+                **unet_kwargs: Any) -> torch.Tensor:
+        """The one UNet call of training, validation and inference.
+
+        Args:
+            noisy: ``(B, C, h, w)`` noisy latents (already scaled by the scheduler for inference).
+            timesteps: ``(B,)`` on the latents' device.
+            context: ``(B, 77, D)`` from :meth:`context`.
+            lq_latents: ``(B, C, h, w)`` VAE latents of the LQ image (required when ``config.lq_latent``).
+            keep_lq: per-sample 0/1 (condition dropout of the LQ latent during training).
+            **unet_kwargs: the backbone's extra UNet arguments (none for SD 1.x/2.x).
+
+        Returns:
+            the UNet's prediction (of the scheduler's ``prediction_type``), shaped like ``noisy``.
+        """
+        if self.config.lq_latent:
+            if lq_latents is None:
+                raise ValueError("this restoration model conditions on the LQ latent (lq_latent: true): pass "
+                                 "lq_latents")
+            if keep_lq is not None:
+                lq_latents = lq_latents * keep_lq.to(lq_latents.dtype).view(-1, 1, 1, 1)
+            noisy = torch.cat([noisy, lq_latents.to(noisy.dtype)], dim=1)
+        return self.unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False, **unet_kwargs)[0]
+
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_hidden: torch.Tensor,
                 image_emb: Optional[torch.Tensor] = None, degra_emb: Optional[torch.Tensor] = None,
                 lq_latents: Optional[torch.Tensor] = None, keep_daclip: Optional[torch.Tensor] = None,
-                keep_lq: Optional[torch.Tensor] = None) -> torch.Tensor:
+                keep_lq: Optional[torch.Tensor] = None, **unet_kwargs: Any) -> torch.Tensor:
+        """Training entry point (one call, DDP-friendly): context from the embeddings, then :meth:`denoise`."""
         context = self.context(text_hidden, image_emb, degra_emb, keep_daclip)
-        if self.config.lq_latent:
-            lq = lq_latents if keep_lq is None else lq_latents * keep_lq.to(lq_latents.dtype).view(-1, 1, 1, 1)
-            noisy = torch.cat([noisy, lq.to(noisy.dtype)], dim=1)
-        return self.unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+        return self.denoise(noisy, timesteps, context, lq_latents, keep_lq, **unet_kwargs)
 
     def extras_state_dict(self) -> Dict[str, torch.Tensor]:
         """Projector weights and the widened ``conv_in`` (full weight and bias, as a plain conv would have)."""
@@ -206,30 +233,20 @@ class RestorationUNet(nn.Module):
                     conv.base.bias.copy_(state["conv_in.bias"])
 
 
-def _lora_config(spec: Dict[str, Any], default_targets) -> Any:
-    from peft import LoraConfig
-
-    rank = int(spec.get("rank", 8))
-    if rank < 1:
-        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
-    return LoraConfig(r=rank, lora_alpha=float(spec.get("alpha", rank)), lora_dropout=float(spec.get("dropout", 0.0)),
-                      target_modules=list(spec.get("targets") or default_targets),
-                      init_lora_weights=spec.get("init_lora_weights", "gaussian"),
-                      use_dora=bool(spec.get("use_dora", False)))
-
-
 def lora_spec(options: Any) -> Dict[str, Any]:
-    """The LoRA settings of a :class:`~daclip_lora.options.LoraOptions` block, as stored in restoration.json."""
-    return {k: v for k, v in asdict(options).items() if k != "blocks"}
+    """The LoRA settings of a :class:`~daclip_lora.lora_spec.LoraSpec` (or mapping), as stored in restoration.json."""
+    return LoraSpec.coerce(options).to_dict()
 
 
-def add_unet_lora(unet: nn.Module, spec: Dict[str, Any], config: Any = None) -> None:
+def add_unet_lora(unet: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], config: Any = None) -> None:
     """Freeze the UNet and add a LoRA adapter (peft via diffusers) on the attention projections.
 
     ``config`` (a peft ``LoraConfig``, e.g. read from a saved file's metadata) takes precedence over ``spec``.
     """
     unet.requires_grad_(False)
-    config = config or _lora_config(spec, UNET_LORA_TARGETS)
+    if config is None:
+        spec = LoraSpec.coerce(spec, "sd.lora").validate("sd.lora", allow_blocks=False)
+        config = spec.peft_config(spec.targets or UNET_LORA_TARGETS)
     try:
         unet.add_adapter(config)
     except ValueError as e:
@@ -240,9 +257,11 @@ def add_unet_lora(unet: nn.Module, spec: Dict[str, Any], config: Any = None) -> 
         unet.conv_in.lq.requires_grad_(True)
 
 
-def add_text_encoder_lora(text_encoder: nn.Module, spec: Dict[str, Any]) -> None:
+def add_text_encoder_lora(text_encoder: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None]) -> None:
+    """Freeze the text encoder and add a LoRA adapter on its attention projections (or ``spec.targets``)."""
     text_encoder.requires_grad_(False)
-    config = _lora_config(spec, ("q_proj", "k_proj", "v_proj", "out_proj"))
+    spec = LoraSpec.coerce(spec, "sd.text_encoder_lora").validate("sd.text_encoder_lora", allow_blocks=False)
+    config = spec.peft_config(spec.targets or TEXT_ENCODER_LORA_TARGETS)
     try:
         text_encoder.add_adapter(config)
     except ValueError as e:
@@ -250,40 +269,20 @@ def add_text_encoder_lora(text_encoder: nn.Module, spec: Dict[str, Any]) -> None
                          f"text encoders name them q_proj, k_proj, v_proj, out_proj, fc1, fc2") from None
 
 
-def _lora_metadata(module: nn.Module) -> Dict[str, Any]:
-    cfg = module.peft_config["default"].to_dict()
-    cfg["target_modules"] = sorted(cfg["target_modules"]) if isinstance(cfg["target_modules"], (set, list)) \
-        else cfg["target_modules"]
-    return cfg
-
-
-def save_diffusers_lora(out_dir: Union[str, Path], unet: nn.Module, text_encoder: Optional[nn.Module] = None) -> None:
-    """Write ``pytorch_lora_weights.safetensors`` (diffusers format, LoRA configs in the metadata)."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    def layers(module: nn.Module) -> Dict[str, torch.Tensor]:
-        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
-        return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-
-    kwargs: Dict[str, Any] = {"unet_lora_layers": layers(unet), "unet_lora_adapter_metadata": _lora_metadata(unet)}
-    if text_encoder is not None and getattr(text_encoder, "peft_config", None):
-        kwargs["text_encoder_lora_layers"] = layers(text_encoder)
-        kwargs["text_encoder_lora_adapter_metadata"] = _lora_metadata(text_encoder)
-    StableDiffusionPipeline.save_lora_weights(str(out_dir), weight_name=LORA_WEIGHT_NAME, **kwargs)
-
-
 def save_restoration(model: RestorationUNet, out_dir: Union[str, Path], text_encoder: Optional[nn.Module] = None,
-                     ) -> Path:
-    """Write LoRA (diffusers format), extras and ``restoration.json`` atomically into ``out_dir``."""
+                     backbone: Optional[SDBackbone] = None) -> Path:
+    """Write LoRA (diffusers format), extras and ``restoration.json`` atomically into ``out_dir``.
+
+    ``backbone`` writes the LoRA file in its family's format (SD 1.x/2.x by default).
+    """
     from safetensors.torch import save_file
+
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_diffusers_lora(tmp, model.unet, text_encoder)
+    (backbone or SDBackbone).save_lora(tmp, model.unet, text_encoder)
     extras = {k: v.detach().float().cpu().contiguous() for k, v in model.extras_state_dict().items()}
     if extras:
         save_file(extras, str(tmp / EXTRAS_NAME), metadata={"format": "pt"})

@@ -158,6 +158,15 @@ def per_sample_randn(gens: Sequence[torch.Generator], shape: Sequence[int], devi
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in gens]).to(device, dtype)
 
 
+def per_sample_noise(gens: Sequence[torch.Generator], shape: Sequence[int], device, offset: float = 0.0
+                     ) -> torch.Tensor:
+    """Diffusion noise per sample; ``offset`` adds per-channel constant noise (the "noise offset" trick)."""
+    noise = per_sample_randn(gens, shape, device)
+    if offset:
+        noise = noise + offset * per_sample_randn(gens, (shape[0], 1, 1), device)
+    return noise
+
+
 def per_sample_rand(gens: Sequence[torch.Generator], device) -> torch.Tensor:
     return torch.stack([torch.rand((), generator=g) for g in gens]).to(device)
 

@@ -42,6 +42,7 @@ __all__ = [
     "get_tokenizer",
     "is_daclip_lora_model",
     "list_models",
+    "load_daclip",
     "register_with_open_clip",
 ]
 
@@ -349,3 +350,25 @@ def match_model_names(state_dict: Dict[str, torch.Tensor]) -> list:
         if {k: tuple(v.shape) for k, v in target.state_dict().items()} == wanted:
             names.append(name)
     return names
+
+
+def load_daclip(model_name: str, pretrained: Optional[str] = None, adapter: Optional[str] = None,
+                seed: int = 0) -> nn.Module:
+    """A frozen-ready DA-CLIP for conditioning or training: pretrained (or random weights that are a function of
+    ``seed``), with a controller LoRA adapter folder merged in if ``adapter`` is given.
+
+    Args:
+        model_name: a registered DA-CLIP name, e.g. ``daclip_ViT-B-32``.
+        pretrained: a checkpoint file (see :func:`create_model`); ``None`` gives seeded random weights.
+        adapter: a controller-LoRA folder written by ``daclip-lora train`` (task controller).
+        seed: seeds the random initialisation (the global RNG is left untouched).
+    """
+    from .lora import load_controller_lora, merge_controller_lora
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = create_model(model_name, pretrained=pretrained)
+    if adapter:
+        load_controller_lora(model, adapter)
+        merge_controller_lora(model)
+    return model

@@ -17,13 +17,13 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import nn
 
 from .model import DaCLIP
-from .options import LoraOptions
+from .lora_spec import AdapterError, LoraSpec
 from .registry import suggest
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ ADAPTER_NAME = "default"
 PEFT_PREFIX = "base_model.model."
 META_FILE = "daclip_lora_adapter.json"
 EXTRAS_FILE = "controller_extras.safetensors"
-
-
-class AdapterError(ValueError):
-    """A LoRA specification or adapter folder is invalid or does not fit the model."""
 
 
 @dataclass
@@ -79,15 +75,10 @@ def _peft():
     return peft
 
 
-def controller_lora_config(spec: LoraOptions, num_blocks: int, zero_modules: str = "lora"):
+def controller_lora_config(spec: LoraSpec, num_blocks: int, zero_modules: str = "lora"):
     """A peft ``LoraConfig`` targeting the controller blocks and modules named in ``spec``."""
-    peft = _peft()
-    if spec.rank < 1:
-        raise AdapterError(f"LoRA rank must be at least 1, got {spec.rank}; typical values are 4-64")
-    if spec.alpha <= 0:
-        raise AdapterError(f"LoRA alpha must be positive, got {spec.alpha} (scale = alpha / rank)")
-    if not 0 <= spec.dropout < 1:
-        raise AdapterError(f"LoRA dropout must be in [0, 1), got {spec.dropout}")
+    _peft()
+    spec = LoraSpec.coerce(spec, "controller.lora").validate("controller.lora")
     if zero_modules not in ZERO_MODULE_MODES:
         raise AdapterError(f"zero_modules must be one of {', '.join(ZERO_MODULE_MODES)}, got {zero_modules!r}"
                            f"{suggest(zero_modules, ZERO_MODULE_MODES)}")
@@ -108,9 +99,7 @@ def controller_lora_config(spec: LoraOptions, num_blocks: int, zero_modules: str
     pattern = rf"transformer\.transformer\.resblocks\.({block_re})\.({'|'.join(map(re.escape, targets))})"
     if zero_modules == "lora":
         pattern += rf"|transformer\.zero_modules\.({block_re})"
-    return peft.LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                           target_modules=f"(?:{pattern})", use_dora=spec.use_dora,
-                           init_lora_weights=spec.init_lora_weights)
+    return spec.peft_config(f"(?:{pattern})")
 
 
 def has_controller_lora(model: DaCLIP) -> bool:
@@ -170,7 +159,7 @@ def _pin_mha_base_weights(root: nn.Module) -> int:
 
 def add_controller_lora(
     model: DaCLIP,
-    spec: Optional[LoraOptions] = None,
+    spec: Optional[LoraSpec] = None,
     zero_modules: str = "lora",
     train_logit_scale: bool = True,
 ) -> LoraReport:
@@ -191,7 +180,7 @@ def add_controller_lora(
         raise AdapterError(f"controller LoRA needs a DaCLIP model, got {type(model).__name__}")
     if has_controller_lora(model):
         raise AdapterError("this model already has a controller LoRA; merge it (merge_controller_lora) first")
-    spec = spec or LoraOptions()
+    spec = LoraSpec.coerce(spec, "controller.lora")
     reference = sum(p.numel() for p in model.visual_control.parameters())
     config = controller_lora_config(spec, model.num_layers, zero_modules)
     model.lock_clip()

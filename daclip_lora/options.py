@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from .lora_spec import LoraSpec
 from .registry import suggest
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,32 @@ __all__ = [
     "apply_overrides",
     "options_to_dict",
     "DEGRADATIONS",
+    "TASK_KEYS",
+    "SCHEDULERS",
+    "scheduler_name",
 ]
+
+SCHEDULERS = ("ddim", "dpm++", "euler")
+#: Other common scheduler names (diffusers class names, webui/k-diffusion names), matched case-insensitively.
+SCHEDULER_ALIASES = {"ddimscheduler": "ddim", "dpmpp": "dpm++", "dpmpp_2m": "dpm++", "dpm++_2m": "dpm++",
+                     "dpm++ 2m": "dpm++", "dpmsolver": "dpm++", "dpmsolvermultistepscheduler": "dpm++",
+                     "dpm_solver": "dpm++", "euler_discrete": "euler", "eulerdiscretescheduler": "euler",
+                     "k_euler": "euler"}
+
+
+def scheduler_name(name: str) -> str:
+    """The canonical scheduler name for ``name`` (case-insensitive, common aliases accepted).
+
+    Raises:
+        ValueError: an unknown name (the message lists the names and the closest match).
+    """
+    key = str(name).strip().lower()
+    key = SCHEDULER_ALIASES.get(key, key)
+    if key not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)} (aliases: "
+                         f"{', '.join(sorted(SCHEDULER_ALIASES))}).{suggest(key, SCHEDULERS)}")
+    return key
+
 
 DEGRADATIONS = ("motion-blurry", "hazy", "jpeg-compressed", "low-light", "noisy",
                 "raindrop", "rainy", "shadowed", "snowy", "uncompleted")
@@ -55,17 +81,8 @@ def _path() -> Any:
 
 
 # ------------------------------------------------------------------------------ schema
-@dataclass
-class LoraOptions:
-    """A LoRA adapter: rank, scaling, targets (module-name suffixes) and peft initialisation."""
-
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
-    targets: Optional[List[str]] = None  # None: the trainer's default targets
-    blocks: Optional[List[int]] = None  # transformer blocks to adapt; None: all
-    use_dora: bool = False
-    init_lora_weights: Union[bool, str] = True
+#: The LoRA block (``controller.lora``, ``sd.lora``, ``sd.text_encoder_lora``): one typed spec everywhere.
+LoraOptions = LoraSpec
 
 
 @dataclass
@@ -198,13 +215,16 @@ class RuntimeOptions:
 class SamplingOptions:
     """Restoration sampling (``test``)."""
 
-    scheduler: Literal["ddim", "dpm++", "euler"] = "ddim"
+    scheduler: str = "ddim"  # ddim, dpm++ or euler; case-insensitive, aliases such as DPMPP_2M accepted
     steps: int = 50
     guidance_scale: float = 1.0
     strength: float = 1.0
     seed: int = 0
     merge_lora: bool = True
     crop_border: int = 0
+    tile_size: Optional[int] = None  # pixels; None: tile images larger than the base's native size; 0: never
+    tile_overlap: Optional[int] = None  # pixels; None: a quarter of the tile
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the UNet and DA-CLIP at sampling
 
 
 @dataclass
@@ -232,6 +252,19 @@ class Options:
     source: Optional[str] = None
 
 
+_RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_steps", "runtime.gradient_checkpointing",
+                   "runtime.max_grad_norm", "runtime.weight_decay", "runtime.ema_decay", "runtime.device")
+#: The keys of our own blocks that each task reads (a prefix covers its sub-keys). A key that a file sets but
+#: its task never reads is an error naming the task, instead of a setting that silently does nothing.
+TASK_KEYS: Dict[str, Tuple[str, ...]] = {
+    "controller": ("daclip", "controller", *_RUNTIME_COMMON),
+    "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "runtime", "sampling"),
+    "text2image": ("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
+                   "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score", *_RUNTIME_COMMON,
+                   "runtime.snr_gamma", "runtime.noise_offset", "sampling.scheduler", "sampling.steps",
+                   "sampling.guidance_scale", "sampling.seed"),
+}
+
 _STRICT = {LoraOptions, DaclipOptions, ControllerOptions, ConditioningOptions, SDOptions, RuntimeOptions,
            SamplingOptions}
 _PHASES = ("train", "val", "test")
@@ -245,6 +278,7 @@ class _Ctx:
         self.source = source
         self.warnings: List[str] = []
         self.ignored: List[str] = []
+        self.set_keys: List[str] = []  # keys of our own (strict) blocks that the file sets
 
     def error(self, key: str, message: str) -> OptionsError:
         return OptionsError(f"{self.source}: {key}: {message}")
@@ -344,6 +378,8 @@ def _build(cls: type, data: Any, where: str, ctx: _Ctx) -> Any:
     for key, value in data.items():
         dotted = f"{where}.{key}" if where else str(key)
         if key in fields and key not in ("extra", "ignored", "source"):
+            if strict:
+                ctx.set_keys.append(dotted)
             kwargs[key] = _coerce(value, hints[key], dotted, ctx)
         elif strict:
             valid = [f for f in fields if f != "extra"]
@@ -485,6 +521,7 @@ def parse_options(
         if ds.distortion is None and ds.mode == "MD":
             ds.distortion = list(opt.distortion)
         opt.datasets[str(key)] = ds
+    _check_task_keys(opt, ctx)
     _derive_paths(opt, Path(root).expanduser())
     _expand_user(opt)
     _check_semantics(opt, ctx, check_paths)
@@ -522,6 +559,19 @@ def load_options(
     if opt.ignored:
         logger.info("%s: keys not used by daclip_lora (kept, ignored): %s", path, ", ".join(opt.ignored))
     return opt
+
+
+def _reads(task: str, key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in TASK_KEYS[task])
+
+
+def _check_task_keys(opt: Options, ctx: _Ctx) -> None:
+    for key in ctx.set_keys:
+        if _reads(opt.task, key) or any(k.startswith(key + ".") for k in TASK_KEYS[opt.task]):
+            continue
+        readers = [t for t in TASK_KEYS if _reads(t, key)]
+        hint = f" (it is read by task {' and '.join(readers)})" if readers else ""
+        raise ctx.error(key, f"set, but task {opt.task} never reads it{hint}; remove it from the file")
 
 
 def _derive_paths(opt: Options, root: Path) -> None:
@@ -580,6 +630,19 @@ def _check_semantics(opt: Options, ctx: _Ctx, check_paths: bool) -> None:
             raise ctx.error(f"datasets.{key}.batch_size", f"must be at least 1, got {ds.batch_size}")
     if opt.is_train and not any(ds.phase == "train" for ds in opt.datasets.values()):
         raise ctx.error("datasets", "training needs a dataset whose key starts with 'train'")
+    try:
+        opt.sampling.scheduler = scheduler_name(opt.sampling.scheduler)
+    except ValueError as e:
+        raise ctx.error("sampling.scheduler", str(e)) from None
+    s = opt.sampling
+    for key, value, low in (("steps", s.steps, 1), ("tile_size", s.tile_size, 0), ("tile_overlap", s.tile_overlap, 0)):
+        if value is not None and value < low:
+            raise ctx.error(f"sampling.{key}", f"must be at least {low}, got {value}")
+    if not 0 < s.strength <= 1:
+        raise ctx.error("sampling.strength", f"must be in (0, 1], got {s.strength}")
+    if s.tile_size and s.tile_overlap is not None and s.tile_overlap >= s.tile_size:
+        raise ctx.error("sampling.tile_overlap", f"must be smaller than sampling.tile_size ({s.tile_size}), "
+                                                 f"got {s.tile_overlap}")
     if opt.daclip.pretrained is None and opt.path.daclip is not None:
         opt.daclip.pretrained = opt.path.daclip
     if not check_paths:

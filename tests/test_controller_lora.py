@@ -112,7 +112,7 @@ def test_convert_with_adapter_writes_plain_daclip_checkpoint(tiny, images, tmp_p
 
 
 @pytest.mark.parametrize("spec,kwargs,pattern", [
-    (LoraOptions(rank=0), {}, r"LoRA rank must be at least 1, got 0"),
+    (LoraOptions(rank=0), {}, r"controller.lora.rank must be an integer >= 1, got 0"),
     (LoraOptions(targets=["attn.out_proj"]), {}, r"unknown controller LoRA target 'attn.out_proj' .*never called"),
     (LoraOptions(targets=["mlp.fc"]), {}, r"unknown controller LoRA target 'mlp.fc'.*Did you mean: mlp.c_fc"),
     (LoraOptions(blocks=[]), {}, r"blocks is empty: the adapter would match no module"),

@@ -214,7 +214,9 @@ def test_two_processes_match_one_process(assets, tmp_path):
     ref = single.trainable_state()
     assert ranks[0].keys() == ranks[1].keys() == ref.keys()
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ref)
-    assert max((ranks[0][k] - ref[k].detach()).abs().max().item() for k in ref) <= 1e-5
+    # The gloo all-reduce sums gradients in another order than one process does; Adam normalises every gradient,
+    # so those float-rounding differences move weights by O(lr * 1e-3) (measured 1.5e-5 with torch 2.14).
+    assert max((ranks[0][k] - ref[k].detach()).abs().max().item() for k in ref) <= 5e-5
 
 
 def test_cli_train_and_test_restoration(assets, tmp_path, capsys):

@@ -15,7 +15,7 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from .images import ImageError, list_images, read_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetError", "Pair", "Captioned", "RestorationDataset", "CaptionedDataset", "clip_tensor",
+__all__ = ["DatasetError", "Pair", "Captioned", "RestorationDataset", "CaptionedDataset", "clip_tensor", "clip_batch",
            "pair_lqgt", "pair_md", "read_daclip_csv", "read_caption_folder", "build_dataset"]
 
 OPENAI_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
@@ -151,15 +151,23 @@ def read_caption_folder(folder: Union[str, Path]) -> List[Captioned]:
 
 
 # ------------------------------------------------------------------------------ tensors
-def clip_tensor(image: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """CLIP-ready tensor from ``(3, H, W)`` in ``[0, 1]``: bicubic resize, centre crop, OpenAI mean/std."""
-    _, h, w = image.shape
+def clip_batch(images: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """CLIP-ready batch from ``(B, 3, H, W)`` in ``[0, 1]`` on any device: bicubic (antialiased) resize of
+    the short side to ``size``, centre crop, OpenAI mean/std."""
+    _, _, h, w = images.shape
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(image[None], size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)[0]
+    x = F.interpolate(images, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
     top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[:, top:top + size, left:left + size].clamp(0, 1)
-    return (x - OPENAI_MEAN) / OPENAI_STD
+    x = x[:, :, top:top + size, left:left + size].clamp(0, 1)
+    mean = OPENAI_MEAN.to(device=x.device, dtype=x.dtype)
+    std = OPENAI_STD.to(device=x.device, dtype=x.dtype)
+    return (x - mean) / std
+
+
+def clip_tensor(image: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """CLIP-ready tensor from ``(3, H, W)`` in ``[0, 1]``: bicubic resize, centre crop, OpenAI mean/std."""
+    return clip_batch(image[None], size)[0]
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:

@@ -20,14 +20,14 @@ from torch.utils.data import Dataset
 from ..data.datasets import Captioned, pair_md, read_daclip_csv
 from ..data.images import read_image, to_uint8
 from ..engine import TrainTask
-from ..factory import create_model, get_tokenizer
-from ..lora import add_controller_lora, load_controller_lora, merge_controller_lora, save_controller_lora
+from ..factory import get_tokenizer, load_daclip
+from ..lora import add_controller_lora, save_controller_lora
 from ..metrics import degradation_accuracy, write_degradation_report
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ControllerTrainer", "DegradationImages", "build_classification_set", "build_daclip", "daclip_loss",
-           "evaluate_controller", "load_daclip"]
+__all__ = ["ControllerTrainer", "DegradationImages", "build_classification_set", "daclip_loss",
+           "evaluate_controller"]
 
 
 def _infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -106,22 +106,10 @@ def build_classification_set(ds, classes: Sequence[str], distortion: Sequence[st
     return DegradationImages(_items(ds, distortion), classes, transform, tokenizer)
 
 
-def build_daclip(model_name: str, pretrained: Optional[str] = None, adapter: Optional[str] = None,
-                 seed: int = 0):
-    """A DA-CLIP (pretrained, or random weights that are a function of ``seed``), adapter merged in if given."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = create_model(model_name, pretrained=pretrained)
-    if adapter:
-        load_controller_lora(model, adapter)
-        merge_controller_lora(model)
-    return model
-
-
-def load_daclip(opt, adapter: Optional[str] = None):
-    """The DA-CLIP of ``opt.daclip`` (pretrained or random), with an adapter merged in if given."""
-    return build_daclip(opt.daclip.model, opt.daclip.pretrained, adapter or opt.daclip.adapter,
-                        seed=opt.train.manual_seed if opt.train else 0)
+def _daclip(opt, adapter: Optional[str] = None):
+    """The DA-CLIP of ``opt.daclip`` (pretrained or seeded random), with an adapter merged in if given."""
+    return load_daclip(opt.daclip.model, opt.daclip.pretrained, adapter or opt.daclip.adapter,
+                       seed=opt.train.manual_seed if opt.train else 0)
 
 
 class ControllerTrainer(TrainTask):
@@ -132,7 +120,7 @@ class ControllerTrainer(TrainTask):
         c = opt.controller
         with torch.random.fork_rng():  # LoRA initialisation draws from the RNG: make it a function of the seed
             torch.manual_seed(opt.train.manual_seed)
-            self.model = load_daclip(opt)
+            self.model = _daclip(opt)
             self.report = add_controller_lora(self.model, c.lora, zero_modules=c.zero_modules,
                                               train_logit_scale=c.train_logit_scale)
         if opt.runtime.gradient_checkpointing:
@@ -185,7 +173,7 @@ class ControllerTrainer(TrainTask):
 
 def evaluate_controller(opt, adapter: Optional[str] = None) -> Dict[str, Dict]:
     """``daclip-lora test`` for ``task: controller``: accuracy per test dataset, written under results."""
-    model = load_daclip(opt, adapter)
+    model = _daclip(opt, adapter)
     tokenizer = get_tokenizer(opt.daclip.model)
     results = {}
     for key, block in opt.datasets.items():

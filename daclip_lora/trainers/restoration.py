@@ -20,16 +20,16 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..backbone import SDBackbone, diffusion_loss, diffusion_target
 from ..conditioning import RestorationConfig, RestorationUNet, add_unet_lora, lora_spec, save_restoration
 from ..data.datasets import RestorationDataset, pair_lqgt, pair_md
 from ..data.images import write_image
-from ..engine import TrainTask, per_sample_generators, per_sample_rand, per_sample_randint, per_sample_randn
+from ..engine import TrainTask, per_sample_generators, per_sample_noise, per_sample_rand, per_sample_randint
+from ..factory import load_daclip
 from ..metrics import image_metrics
-from ..pipeline import RestorationPipeline, encode_prompt, load_sd_components
-from .controller import load_daclip
+from ..pipeline import RestorationPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def restoration_dataset(block, distortion, train: bool, crop: str = "random") ->
 
 
 def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
-    """The trainable model for ``opt`` on the loaded SD components (LoRA initialised from ``seed``)."""
+    """The trainable model for ``opt`` on the loaded SD components or backbone (LoRA initialised from ``seed``)."""
+    sd = sd.components if isinstance(sd, SDBackbone) else sd
     s, c = opt.sd, opt.sd.conditioning
     if c.num_tokens < 1 and (c.image_context or c.degra_context):
         raise ValueError(f"sd.conditioning.num_tokens must be at least 1, got {c.num_tokens}")
@@ -59,7 +60,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type,
-        text_encoder_lora=lora_spec(s.text_encoder_lora) if s.text_encoder_lora else None)
+        text_encoder_lora=None)
     if config.context_slots >= sd.tokenizer.model_max_length - 2:
         raise ValueError(f"{config.context_slots} DA-CLIP tokens leave no room for the prompt in "
                          f"{sd.tokenizer.model_max_length} positions; lower sd.conditioning.num_tokens")
@@ -89,15 +90,17 @@ class RestorationTrainer(TrainTask):
         if opt.sd.base is None:
             raise ValueError("sd.base is required: the path of a Stable Diffusion folder in diffusers format "
                              "(unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
-        self.sd = load_sd_components(opt.sd.base)
-        self.daclip = load_daclip(opt).eval()
+        self.backbone = SDBackbone.load(opt.sd.base)
+        self.sd = self.backbone.components
+        self.daclip = load_daclip(opt.daclip.model, opt.daclip.pretrained, opt.daclip.adapter,
+                                  seed=opt.train.manual_seed).eval()
         self.daclip.requires_grad_(False)
         self.model = build_restoration_model(opt, self.sd, self.daclip, seed=opt.train.manual_seed)
         self.config = self.model.config
         if opt.runtime.gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
         self.train_block = next(d for d in opt.datasets.values() if d.phase == "train")
-        vae_factor = 2 ** (len(self.sd.vae.config.block_out_channels) - 1)
+        vae_factor = self.backbone.vae_factor
         patch = self.train_block.patch_size
         if not patch or patch % vae_factor:
             raise ValueError(f"datasets.{self.train_block.phase}.patch_size must be set to a multiple of {vae_factor} "
@@ -120,23 +123,20 @@ class RestorationTrainer(TrainTask):
             m.to(device, dtype=dtype)
         self.model.to(device)
         self.device, self.dtype = device, dtype
+        self.precision = {"fp16": "fp16", "bf16": "bf16"}.get(accelerator.mixed_precision, "fp32")
         reserved = self.config.context_slots
         with torch.no_grad():
-            self.prompt_hidden = encode_prompt(self.sd.tokenizer, self.sd.text_encoder, [self.config.prompt],
-                                               reserved).float()
-            self.empty_hidden = encode_prompt(self.sd.tokenizer, self.sd.text_encoder, [""], reserved).float()
+            self.prompt_hidden = self.backbone.encode_prompt([self.config.prompt], reserved).float()
+            self.empty_hidden = self.backbone.encode_prompt([""], reserved).float()
         if self.opt.runtime.cache:
             self.cached = self._build_cache()
 
     @torch.no_grad()
     def frozen_features(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """VAE latents of GT and LQ and DA-CLIP embeddings of the LQ: the frozen models' work."""
-        vae, sf = self.sd.vae, self.sd.vae.config.scaling_factor
-        gt = batch["GT"].to(self.device, torch.float32)
-        lq = batch["LQ"].to(self.device, torch.float32)
         image_emb, degra_emb = self.daclip.encode_image(batch["LQ_clip"].to(self.device, self.dtype), control=True)
-        return {"z_gt": (vae.encode(gt * 2 - 1).latent_dist.mean * sf).float(),
-                "z_lq": (vae.encode(lq * 2 - 1).latent_dist.mean * sf).float(),
+        return {"z_gt": self.backbone.encode_latents(batch["GT"].to(self.device, torch.float32)).float(),
+                "z_lq": self.backbone.encode_latents(batch["LQ"].to(self.device, torch.float32)).float(),
                 "image_emb": image_emb.float(), "degra_emb": degra_emb.float()}
 
     def _build_cache(self) -> _Cached:
@@ -160,36 +160,26 @@ class RestorationTrainer(TrainTask):
         feats = batch if "z_gt" in batch else self.frozen_features(batch)
         z_gt, z_lq = feats["z_gt"], feats["z_lq"]
         rt, cond = self.opt.runtime, self.opt.sd.conditioning
-        b, device = z_gt.shape[0], z_gt.device
+        device = z_gt.device
         sched = self.sd.scheduler
         # Per-sample draws keyed by (seed, step, sample index): a run's trajectory does not depend on the
         # number of processes the global batch is split over.
         gens = per_sample_generators(self.seed, self.step, batch["_index"].tolist())
-        noise = per_sample_randn(gens, z_gt.shape[1:], device)
-        if rt.noise_offset:
-            noise = noise + rt.noise_offset * per_sample_randn(gens, (z_gt.shape[1], 1, 1), device)
+        noise = per_sample_noise(gens, z_gt.shape[1:], device, rt.noise_offset)
         t = per_sample_randint(gens, sched.config.num_train_timesteps, device)
         noisy = sched.add_noise(z_gt, noise, t)
-        kind = sched.config.prediction_type
-        target = {"epsilon": noise, "sample": z_gt}.get(kind) if kind != "v_prediction" else \
-            sched.get_velocity(z_gt, noise, t)
+        target = diffusion_target(sched, z_gt, noise, t)
         keep = lambda p: (per_sample_rand(gens, device) >= p).float()  # noqa: E731
         keep_text = keep(cond.drop_text).view(-1, 1, 1)
         text = keep_text * self.prompt_hidden + (1 - keep_text) * self.empty_hidden
         pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
                      keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
-        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        if rt.snr_gamma:
-            from diffusers.training_utils import compute_snr
-
-            snr = compute_snr(sched, t)
-            weight = torch.clamp(snr, max=rt.snr_gamma) / (snr + 1 if kind == "v_prediction" else snr)
-            loss = loss * weight
-        return {"loss": loss.mean()}
+        return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma)}
 
     # ------------------------------------------------------------------------- validation
     def pipeline(self) -> RestorationPipeline:
-        return RestorationPipeline(self.sd, self.model, self.daclip)
+        return RestorationPipeline(self.backbone, self.model, self.daclip,
+                                   precision=getattr(self, "precision", "fp32"))
 
     def validate(self, step: int, out_dir: Path, max_images: int = 4) -> Dict[str, float]:
         if self._val is None:
@@ -206,15 +196,21 @@ class RestorationTrainer(TrainTask):
         return {k: float(np.mean([m[k] for m in scores])) for k in ("psnr", "ssim")}
 
     def save_outputs(self, out_dir: Path) -> None:
-        path = save_restoration(self.model, Path(out_dir) / "restoration")
+        path = save_restoration(self.model, Path(out_dir) / "restoration", backbone=self.backbone)
         logger.info("restoration LoRA and extras saved to %s", path)
 
 
 # --------------------------------------------------------------------------- evaluation
+def sampling_kwargs(sampling) -> Dict[str, Any]:
+    """:meth:`RestorationPipeline.__call__` arguments from a ``sampling`` options block."""
+    return {"steps": sampling.steps, "scheduler": sampling.scheduler, "guidance_scale": sampling.guidance_scale,
+            "strength": sampling.strength, "seed": sampling.seed, "tile_size": sampling.tile_size,
+            "tile_overlap": sampling.tile_overlap}
+
+
 def restore_sample(pipe: RestorationPipeline, sample: Dict[str, Any], sampling) -> tuple:
     """``(lq, restored, gt)`` as ``(H, W, 3)`` arrays in [0, 1], sampled with the ``sampling`` options."""
-    restored = pipe(sample["LQ"][None], steps=sampling.steps, scheduler=sampling.scheduler,
-                    guidance_scale=sampling.guidance_scale, strength=sampling.strength, seed=sampling.seed)[0]
+    restored = pipe(sample["LQ"][None], **sampling_kwargs(sampling))[0]
     return tuple(x.permute(1, 2, 0).numpy() for x in (sample["LQ"], restored, sample["GT"]))
 
 
@@ -224,7 +220,9 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
     s = opt.sampling
     folder = folder or (Path(opt.path.root) / "experiments" / opt.name / "models" / "restoration")
     pipe = RestorationPipeline.from_pretrained(folder, base=opt.sd.base, daclip_pretrained=opt.daclip.pretrained,
-                                               merge_lora=s.merge_lora if merge_lora is None else merge_lora)
+                                               merge_lora=s.merge_lora if merge_lora is None else merge_lora,
+                                               device=opt.runtime.device or _default_device(),
+                                               precision=s.precision)
     results_root = Path(opt.path.results_root)
     report: Dict[str, Any] = {}
     rows = []
@@ -255,6 +253,10 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
         writer.writerow(["dataset", "degradation", *_COLUMNS, "n"])
         writer.writerows(rows)
     return report
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 _COLUMNS = ("lq_psnr", "psnr", "lq_ssim", "ssim", "lq_psnr_y", "psnr_y", "lq_ssim_y", "ssim_y")

@@ -16,16 +16,15 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..conditioning import add_text_encoder_lora, add_unet_lora, lora_spec, save_diffusers_lora
+from ..backbone import SDBackbone, diffusion_loss, diffusion_target
+from ..conditioning import add_text_encoder_lora, add_unet_lora
 from ..data.datasets import read_caption_folder
 from ..data.images import read_image, to_uint8, write_image
-from ..engine import TrainTask, per_sample_generators, per_sample_randint, per_sample_randn
-from ..pipeline import load_sd_components
+from ..engine import TrainTask, per_sample_generators, per_sample_noise, per_sample_randint
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +67,14 @@ class CaptionImages(Dataset):
 class Text2ImageModel(nn.Module):
     """UNet (+LoRA) and text encoder (+optional LoRA), called through ``forward`` (DDP-friendly)."""
 
-    def __init__(self, unet: nn.Module, text_encoder: nn.Module):
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module, unet_kwargs: Optional[Dict[str, Any]] = None):
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
+        self.unet_kwargs = unet_kwargs or {}
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         context = self.text_encoder(input_ids)[0]
-        return self.unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+        return self.unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False, **self.unet_kwargs)[0]
 
 
 @torch.no_grad()
@@ -99,19 +99,20 @@ class Text2ImageTrainer(TrainTask):
         s = opt.sd
         if s.base is None:
             raise ValueError("sd.base is required: the path of a Stable Diffusion folder in diffusers format")
-        self.sd = load_sd_components(s.base)
+        self.backbone = SDBackbone.load(s.base)
+        self.sd = self.backbone.components
         self.train_block = next(d for d in opt.datasets.values() if d.phase == "train")
         if self.train_block.mode != "captions":
             raise ValueError(f"task text2image trains on a caption folder: set datasets.{self.train_block.phase}.mode "
                              f"to captions (got {self.train_block.mode})")
-        vae_factor = 2 ** (len(self.sd.vae.config.block_out_channels) - 1)
+        vae_factor = self.backbone.vae_factor
         if s.resolution % vae_factor:
             raise ValueError(f"sd.resolution must be a multiple of {vae_factor}, got {s.resolution}")
         with torch.random.fork_rng():
             torch.manual_seed(opt.train.manual_seed)
-            add_unet_lora(self.sd.unet, lora_spec(s.lora))
+            add_unet_lora(self.sd.unet, s.lora)
             if s.text_encoder_lora is not None:
-                add_text_encoder_lora(self.sd.text_encoder, lora_spec(s.text_encoder_lora))
+                add_text_encoder_lora(self.sd.text_encoder, s.text_encoder_lora)
         self.model = Text2ImageModel(self.sd.unet, self.sd.text_encoder)
         if opt.runtime.gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
@@ -136,16 +137,14 @@ class Text2ImageTrainer(TrainTask):
         return self._train
 
     def training_step(self, model, batch) -> Dict[str, torch.Tensor]:
-        vae, sched = self.sd.vae, self.sd.scheduler
-        with torch.no_grad():
-            latents = vae.encode(batch["pixels"].float()).latent_dist.mean * vae.config.scaling_factor
+        sched, rt = self.sd.scheduler, self.opt.runtime
+        latents = self.backbone.encode_latents((batch["pixels"].float() + 1) / 2).float()
         gens = per_sample_generators(self.seed, self.step, batch["_index"].tolist())
-        noise = per_sample_randn(gens, latents.shape[1:], latents.device)
+        noise = per_sample_noise(gens, latents.shape[1:], latents.device, rt.noise_offset)
         t = per_sample_randint(gens, sched.config.num_train_timesteps, latents.device)
-        kind = sched.config.prediction_type
-        target = sched.get_velocity(latents, noise, t) if kind == "v_prediction" else noise
+        target = diffusion_target(sched, latents, noise, t)
         pred = model(sched.add_noise(latents, noise, t), t, batch["input_ids"])
-        return {"loss": F.mse_loss(pred.float(), target.float())}
+        return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma)}
 
     def validate(self, step: int, out_dir: Path) -> Dict[str, float]:
         if not self.prompts:
@@ -178,6 +177,6 @@ class Text2ImageTrainer(TrainTask):
 
     def save_outputs(self, out_dir: Path) -> None:
         out = Path(out_dir) / "text2image_lora"
-        save_diffusers_lora(out, self.sd.unet, self.sd.text_encoder)
+        self.backbone.save_lora(out, self.sd.unet, self.sd.text_encoder)
         logger.info("text-to-image LoRA saved to %s", out)
 

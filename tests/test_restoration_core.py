@@ -1,0 +1,344 @@
+"""The restoration core: device correctness (meta device), tiling, shared diffusion maths, LoRA spec, per-task
+option keys, scheduler names, folder restoration and layering."""
+
+import ast
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from daclip_lora.backbone import SDBackbone, diffusion_loss, diffusion_target
+from daclip_lora.cli import main
+from daclip_lora.conditioning import RestorationConfig, RestorationUNet, add_unet_lora, save_restoration
+from daclip_lora.data.synthetic import make_dataset
+from daclip_lora.factory import load_daclip
+from daclip_lora.lora_spec import AdapterError, LoraSpec
+from daclip_lora.options import OptionsError, load_options, scheduler_name
+from daclip_lora.pipeline import RestorationPipeline
+from daclip_lora.tiling import tile_starts, tiled_map
+from daclip_lora.tiny_sd import build_tiny_sd
+
+PACKAGE = Path(__file__).resolve().parents[1] / "daclip_lora"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny_sd", seed=0)
+
+
+def _pipeline(base, seed=0, **config) -> RestorationPipeline:
+    backbone = SDBackbone.load(base)
+    cfg = RestorationConfig(base=str(base), daclip_model="daclip_tiny", embed_dim=64, cross_attention_dim=32,
+                            num_tokens=2, lora={"rank": 4, "alpha": 4}, **config)
+    torch.manual_seed(seed)
+    model = RestorationUNet(backbone.unet, cfg)
+    add_unet_lora(model.unet, cfg.lora)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # non-zero LoRA, projector and LQ channels, so every path changes the output
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return RestorationPipeline(backbone, model, load_daclip("daclip_tiny").eval())
+
+
+def _lq(h=40, w=48, b=1, seed=0):
+    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- device slips
+def test_meta_device_catches_a_tensor_left_on_the_cpu():
+    """The technique below works: an op mixing a meta tensor and a CPU tensor raises."""
+    with pytest.raises(RuntimeError):
+        torch.ones(2, 3, device="meta") * torch.zeros(2, 1, 1)[:, :, 0]
+
+
+@pytest.mark.parametrize("scheduler,guidance,strength,tile", [
+    ("ddim", 1.0, 1.0, 0),
+    ("ddim", 3.0, 0.6, 0),        # classifier-free guidance builds the unconditional context
+    ("euler", 1.0, 1.0, 0),
+    ("ddim", 2.0, 1.0, 32),       # tiled VAE + tiled denoising
+])
+def test_pipeline_runs_with_every_model_on_meta(base, scheduler, guidance, strength, tile):
+    """Every model on the meta device: any tensor the pipeline creates on the CPU (instead of on the models'
+    device) makes an op mix devices and raise, as it would on CUDA."""
+    pipe = _pipeline(base).to("meta")
+    lq = torch.empty(2, 3, 72, 64, device="meta")
+    out = pipe(lq, steps=2, scheduler=scheduler, guidance_scale=guidance, strength=strength, tile_size=tile)
+    assert out.device.type == "meta" and tuple(out.shape) == (2, 3, 72, 64) and out.dtype == torch.float32
+
+
+def _restoration_options(tmp_path, base, cache):
+    ds = tmp_path / "ds"
+    make_dataset(ds, size=2, val_size=2, patch_size=32, distortions=["noisy", "hazy"], seed=0)
+    yml = tmp_path / "r.yml"
+    yml.write_text(f"""name: meta
+task: restoration
+distortion: [noisy, hazy]
+datasets:
+  train: {{mode: MD, dataroot: {ds / 'train'}, batch_size: 2, patch_size: 32}}
+daclip: {{model: daclip_tiny}}
+sd: {{base: {base}, lora: {{rank: 2, alpha: 2}}, conditioning: {{num_tokens: 1, drop_daclip: 0.5, drop_lq: 0.5}}}}
+train: {{niter: 1, warmup_iter: 0, val_freq: 0}}
+runtime: {{device: cpu, cache: {str(cache).lower()}, snr_gamma: 5.0, noise_offset: 0.05}}
+""")
+    return load_options(yml, is_train=True, root=tmp_path)
+
+
+def test_training_step_runs_with_every_model_on_meta(base, tmp_path):
+    from daclip_lora.trainers.restoration import RestorationTrainer
+
+    opt = _restoration_options(tmp_path, base, cache=False)
+    trainer = RestorationTrainer(opt)
+    trainer.setup(types.SimpleNamespace(device=torch.device("meta"), mixed_precision="no"))
+    trainer.seed, trainer.step = 0, 0
+    samples = [trainer.train_dataset()[i] for i in range(2)]
+    batch = {k: (torch.stack([s[k] for s in samples]) if torch.is_tensor(samples[0][k]) else [s[k] for s in samples])
+             for k in samples[0]}
+    batch["_index"] = torch.tensor([0, 1])
+    loss = trainer.training_step(trainer.model, batch)["loss"]
+    assert loss.device.type == "meta" and loss.ndim == 0
+
+
+# ------------------------------------------------------------------------------- tiling
+@pytest.mark.parametrize("size,tile,overlap,multiple,expected", [
+    (64, 64, 16, 1, [0]),
+    (40, 64, 16, 1, [0]),
+    (100, 64, 16, 1, [0, 36]),
+    (160, 64, 16, 8, [0, 48, 96]),
+    (130, 32, 8, 2, [0, 24, 48, 72, 96, 98]),
+])
+def test_tile_starts_cover_with_overlap(size, tile, overlap, multiple, expected):
+    starts = tile_starts(size, tile, overlap, multiple)
+    assert starts == expected
+    assert starts[-1] + min(tile, size) == size
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+@pytest.mark.parametrize("name,fn,scale,multiple", [
+    ("identity", lambda x: x, 1.0, 1),
+    ("upsample x2", lambda x: F.interpolate(x, scale_factor=2, mode="nearest"), 2.0, 1),
+    ("avg-pool /2", lambda x: F.avg_pool2d(x, 2), 0.5, 2),
+    ("pointwise", lambda x: torch.tanh(3 * x) + x ** 2, 1.0, 1),
+])
+def test_tiled_map_equals_whole_for_local_operations(name, fn, scale, multiple):
+    x = torch.randn(2, 3, 70, 54, generator=torch.Generator().manual_seed(0))
+    if multiple > 1:
+        x = x[:, :, :70 // multiple * multiple, :54 // multiple * multiple]
+    tiled = tiled_map(fn, x, tile=24, overlap=8, scale=scale, multiple=multiple)
+    assert tiled.shape == fn(x).shape
+    assert (tiled - fn(x)).abs().max().item() <= 1e-5, name
+
+
+def test_tiled_restoration_equals_whole_when_the_image_fits_one_tile(base):
+    pipe = _pipeline(base)
+    lq = _lq(40, 48)
+    whole = pipe(lq, steps=2, tile_size=0)
+    tiled = pipe(lq, steps=2, tile_size=64, tile_overlap=16)
+    assert (whole - tiled).abs().max().item() == 0.0
+
+
+def test_tiled_restoration_keeps_every_model_call_within_the_tile(base):
+    """Memory is bounded by the tile: no UNet or VAE call sees more than one tile (times the batch)."""
+    pipe = _pipeline(base)
+    seen = {"unet": [], "encoder": [], "decoder": []}
+    hooks = [pipe.model.unet.register_forward_pre_hook(lambda m, a: seen["unet"].append(a[0].shape[-2:])),
+             pipe.backbone.vae.encoder.register_forward_pre_hook(lambda m, a: seen["encoder"].append(a[0].shape[-2:])),
+             pipe.backbone.vae.decoder.register_forward_pre_hook(lambda m, a: seen["decoder"].append(a[0].shape[-2:]))]
+    lq = _lq(100, 132)
+    out = pipe(lq, steps=2, tile_size=32, tile_overlap=8)
+    for h in hooks:
+        h.remove()
+    f = pipe.vae_factor
+    assert tuple(out.shape) == (1, 3, 100, 132) and torch.isfinite(out).all()
+    assert max(max(s) for s in seen["encoder"]) <= 32
+    assert max(max(s) for s in seen["unet"]) <= 32 // f
+    assert max(max(s) for s in seen["decoder"]) <= 32 // f
+    assert len(seen["unet"]) > 2  # more than one tile per step
+
+
+def test_automatic_tiling_starts_above_the_native_size(base):
+    pipe = _pipeline(base)
+    native = pipe.backbone.native_resolution
+    assert pipe.tile_for(native, native, None) is None
+    assert pipe.tile_for(native + 8, native, None) == native
+    assert pipe.tile_for(4 * native, native, 0) is None
+    with pytest.raises(ValueError, match="tile_size must be >= 0"):
+        pipe.tile_for(64, 64, -1)
+
+
+# ------------------------------------------------------------------------- diffusion maths
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_diffusion_target_per_prediction_type(kind):
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(prediction_type=kind)
+    z, noise, t = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.tensor([10, 900])
+    expected = {"epsilon": noise, "sample": z, "v_prediction": sched.get_velocity(z, noise, t)}[kind]
+    assert torch.equal(diffusion_target(sched, z, noise, t), expected)
+
+
+def test_diffusion_target_rejects_an_unknown_prediction_type():
+    sched = types.SimpleNamespace(config=types.SimpleNamespace(prediction_type="flow"))
+    with pytest.raises(ValueError, match="prediction_type 'flow' is not supported; use one of epsilon"):
+        diffusion_target(sched, torch.zeros(1), torch.zeros(1), torch.zeros(1))
+
+
+def test_min_snr_weighting_changes_only_noisy_timesteps():
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    pred, target = torch.ones(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)
+    t = torch.tensor([999, 999])  # SNR << 5: weight min(snr, 5) / snr = 1
+    assert diffusion_loss(sched, pred, target, t, snr_gamma=5.0).item() == pytest.approx(1.0)
+    t = torch.tensor([1, 1])  # SNR >> 5: down-weighted
+    assert diffusion_loss(sched, pred, target, t, snr_gamma=5.0).item() < 0.01
+
+
+# ------------------------------------------------------------------------------ LoRA spec
+@pytest.mark.parametrize("spec,kwargs,pattern", [
+    (LoraSpec(rank=0), {}, r"sd.lora.rank must be an integer >= 1, got 0"),
+    (LoraSpec(alpha=-1), {}, r"sd.lora.alpha must be positive, got -1"),
+    (LoraSpec(dropout=1.0), {}, r"sd.lora.dropout must be in \[0, 1\), got 1.0"),
+    (LoraSpec(targets=[]), {}, r"sd.lora.targets must be a non-empty list"),
+    (LoraSpec(blocks=[0]), {"allow_blocks": False}, r"sd.lora.blocks: only the DA-CLIP controller LoRA"),
+    (LoraSpec(init_lora_weights="magic"), {}, r"init_lora_weights must be true, false or one of gaussian"),
+])
+def test_lora_spec_validation(spec, kwargs, pattern):
+    with pytest.raises(AdapterError, match=pattern):
+        spec.validate("sd.lora", **kwargs)
+
+
+def test_lora_spec_from_dict_rejects_unknown_keys_and_round_trips():
+    spec = LoraSpec(rank=4, alpha=2.0, targets=["to_q"])
+    assert LoraSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(AdapterError, match=r"unknown LoRA setting\(s\) \['rnak'\]"):
+        LoraSpec.from_dict({"rnak": 4})
+
+
+def test_unet_lora_refuses_blocks(base):
+    backbone = SDBackbone.load(base)
+    with pytest.raises(AdapterError, match="sd.lora.blocks"):
+        add_unet_lora(backbone.unet, {"rank": 2, "blocks": [0]})
+
+
+# ------------------------------------------------------------------------ per-task option keys
+@pytest.mark.parametrize("task,block,error", [
+    ("restoration", "sd: {text_encoder_lora: {rank: 4}}", "sd.text_encoder_lora: set, but task restoration never "
+                                                          "reads it (it is read by task text2image)"),
+    ("text2image", "runtime: {cache: true}", "runtime.cache: set, but task text2image never reads it (it is read "
+                                             "by task restoration)"),
+    ("controller", "sampling: {steps: 10}", "sampling.steps: set, but task controller never reads it"),
+    ("controller", "sd: {lora: {rank: 4}}", "sd.lora: set, but task controller never reads it"),
+    ("restoration", "runtime: {snr_gamma: 5.0, cache: true}", None),
+    ("text2image", "runtime: {snr_gamma: 5.0, noise_offset: 0.1}", None),
+    ("controller", "controller: {lora: {rank: 4}}\nruntime: {ema_decay: 0.99}", None),
+])
+def test_unused_keys_are_errors_naming_the_task(tmp_path, task, block, error):
+    yml = tmp_path / "o.yml"
+    yml.write_text(f"name: x\ntask: {task}\n{block}\n")
+    if error is None:
+        assert load_options(yml, is_train=False, check_paths=False).task == task
+    else:
+        with pytest.raises(OptionsError, match=error.replace("(", r"\(").replace(")", r"\)")):
+            load_options(yml, is_train=False, check_paths=False)
+
+
+@pytest.mark.parametrize("name,expected", [("DDIM", "ddim"), ("dpmpp_2m", "dpm++"), ("DPM++", "dpm++"),
+                                           ("Euler", "euler"), ("DPMSolverMultistepScheduler", "dpm++")])
+def test_scheduler_names_are_case_insensitive_with_aliases(name, expected):
+    assert scheduler_name(name) == expected
+
+
+def test_unknown_scheduler_is_a_one_line_option_error(tmp_path):
+    yml = tmp_path / "o.yml"
+    yml.write_text("name: x\nsampling: {scheduler: ddmi}\n")
+    with pytest.raises(OptionsError, match=r"sampling.scheduler: unknown scheduler 'ddmi'.*Did you mean: ddim"):
+        load_options(yml, is_train=False, check_paths=False)
+
+
+# -------------------------------------------------------------------------- folder restoration
+@pytest.fixture(scope="module")
+def weights(base, tmp_path_factory):
+    pipe = _pipeline(base)
+    return save_restoration(pipe.model, tmp_path_factory.mktemp("w") / "restoration")
+
+
+def _write_inputs(folder: Path) -> None:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / "c.png")
+    Image.fromarray(rng.integers(0, 255, (33, 30, 3), dtype=np.uint8)).save(folder / "b.jpg", quality=95)
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(folder / "gray.bmp")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+
+
+def test_restore_command_on_a_folder_of_mixed_sizes(weights, tmp_path, capsys):
+    _write_inputs(tmp_path / "in")
+    code = main(["restore", "--weights", str(weights), "--input", str(tmp_path / "in"), "--output",
+                 str(tmp_path / "out"), "--steps", "2", "--batch-size", "2", "--grid", "--scheduler", "DPMPP_2M"])
+    out = capsys.readouterr().out
+    assert code == 1  # one unreadable file
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file()) == ["a.png", "b.jpg", "c.png",
+                                                                                    "gray.bmp"]
+    for name, size in (("a.png", (48, 40)), ("b.jpg", (30, 33)), ("gray.bmp", (20, 20))):
+        with Image.open(tmp_path / "out" / name) as im:
+            assert im.size == size and im.format == {"png": "PNG", "jpg": "JPEG", "bmp": "BMP"}[name[-3:]]
+    assert sorted(p.name for p in (tmp_path / "out" / "grids").iterdir()) == ["a.png", "b.png", "c.png", "gray.png"]
+    assert "restored 4 image(s)" in out and "not an image, not restored" in out and "broken.png" in out
+
+
+def test_restore_folder_batches_same_size_images_identically(weights, tmp_path):
+    """Batching is an optimisation only: a batch of two gives what two single calls give."""
+    pipe = RestorationPipeline.from_pretrained(weights)
+    _write_inputs(tmp_path / "in")
+    one = pipe.restore_folder(tmp_path / "in", tmp_path / "b1", batch_size=1, progress=False, steps=2)
+    two = pipe.restore_folder(tmp_path / "in", tmp_path / "b2", batch_size=2, progress=False, steps=2)
+    assert len(one.written) == len(two.written) == 4 and len(one.failed) == 1 and len(one.skipped) == 1
+    for name in ("a.png", "c.png"):
+        a = np.asarray(Image.open(tmp_path / "b1" / name), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "b2" / name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1
+
+
+def test_restore_refuses_to_overwrite_its_input(weights, tmp_path, capsys):
+    _write_inputs(tmp_path / "in")
+    code = main(["restore", "--weights", str(weights), "--input", str(tmp_path / "in"), "--output",
+                 str(tmp_path / "in"), "--steps", "1"])
+    assert code == 2 and "is the input folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- layering
+def _imports(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            yield "." * node.level + (node.module or "")
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+
+
+@pytest.mark.parametrize("module,forbidden", [
+    ("pipeline.py", ("trainers", "cli", "demo", "engine")),
+    ("conditioning.py", ("trainers", "pipeline", "cli", "demo", "engine")),
+    ("backbone.py", ("trainers", "pipeline", "conditioning", "cli", "demo", "engine")),
+    ("tiling.py", ("daclip_lora", ".")),
+    ("lora_spec.py", ("daclip_lora", ".")),
+    ("lora.py", ("trainers", "pipeline", "options", "cli", "demo")),
+    ("factory.py", ("trainers", "pipeline", "options", "cli", "demo")),
+])
+def test_lower_modules_never_import_higher_ones(module, forbidden):
+    for name in _imports(PACKAGE / module):
+        stripped = name.lstrip(".")
+        for f in forbidden:
+            if f == ".":
+                assert not name.startswith("."), f"{module} imports {name}"
+            elif f == "daclip_lora":
+                assert not name.startswith("daclip_lora"), f"{module} imports {name}"
+            else:
+                assert stripped.split(".")[0] != f, f"{module} imports {name}"
