@@ -14,7 +14,9 @@ setup(
     packages=find_packages(include=["daclip_lora", "daclip_lora.*"]) + ["daclip_lora.model_configs"],
     # The top-level model_configs/ folder ships inside the wheel as daclip_lora/model_configs.
     package_dir={"daclip_lora.model_configs": "model_configs"},
-    package_data={"daclip_lora.model_configs": ["*.json"]},
+    # the tiny pretrained SD base (daclip-lora make-tiny-base), in diffusers format
+    package_data={"daclip_lora.model_configs": ["*.json"],
+                  "daclip_lora": ["assets/tiny_sd/*.json", "assets/tiny_sd/*/*"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",

@@ -7,13 +7,14 @@ Stages (each writes its inputs and outputs under ``--out`` so any stage can be r
 2. a tiny DA-CLIP with deterministic random weights (``daclip_tiny``), saved as a checkpoint;
 3. zero-shot degradation accuracy of that base on the held-out split (before);
 4. controller-LoRA training on the train split, then the same evaluation (after);
-5. a tiny Stable Diffusion folder with deterministic random weights and a real CLIP tokenizer;
-6. degradation-aware SD LoRA training conditioned on the adapted DA-CLIP, with cached latents;
-7. restoration of the held-out split: PSNR/SSIM table, restored images and LQ|restored|GT grids.
+5. the tiny *pretrained* Stable Diffusion base that ships with the package (:mod:`daclip_lora.tiny_bases`:
+   a VAE trained to reconstruct and a UNet trained as a denoiser on scikit-image photographs);
+6. degradation-aware SD LoRA training on it, conditioned on the adapted DA-CLIP, with cached latents;
+7. restoration of the held-out split: PSNR/SSIM table (restored vs LQ), restored images, LQ|restored|GT
+   grids and ``overview.png`` (one row per degradation).
 
-Random tiny bases know nothing about images or language: the demo shows that the machinery learns
-(accuracy rises well above the 1-in-10 chance level) and that every stage runs and writes what a real
-run writes. A random VAE cannot reconstruct images, so the restoration numbers say nothing about quality.
+The DA-CLIP base is random (nothing here can teach it language), so its accuracy starts at chance and the
+rise shows what the controller LoRA learns; the SD base is pretrained, so the restoration numbers are real.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import yaml
@@ -32,12 +33,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["run_demo", "DEMO_PRESETS"]
 
-DEMO_PRESETS: Dict[str, Dict[str, int]] = {
-    # clean train patches, clean val patches, patch size, controller steps, controller batch
+DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
     "full": {"size": 24, "val_size": 8, "patch": 64, "controller_steps": 400, "controller_batch": 32,
-             "sd_steps": 200, "sd_batch": 16, "sample_steps": 20},
+             "sd_steps": 600, "sd_batch": 8, "sd_lr": 1e-3, "sd_lora": {"rank": 8, "alpha": 8},
+             "sd_conditioning": {"num_tokens": 2}, "sample_steps": 20, "sampling": {}},
     "quick": {"size": 4, "val_size": 2, "patch": 32, "controller_steps": 6, "controller_batch": 8,
-              "sd_steps": 4, "sd_batch": 8, "sample_steps": 2},
+              "sd_steps": 4, "sd_batch": 8, "sd_lr": 1e-3, "sd_lora": {"rank": 4, "alpha": 4},
+              "sd_conditioning": {"num_tokens": 2}, "sample_steps": 2, "sampling": {}},
 }
 
 
@@ -56,14 +58,69 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def demo_data(out: Path, preset: str = "full", seed: int = 0) -> Dict[str, Any]:
+    """Stage 1: the synthetic dataset under ``out/data`` (returns its manifest)."""
+    from .data.synthetic import make_dataset
+
+    p = DEMO_PRESETS[preset]
+    return make_dataset(out / "data", source="builtin", size=p["size"], val_size=p["val_size"],
+                        patch_size=p["patch"], seed=seed)
+
+
+def restoration_options(out: Path, name: str, distortion: List[str], daclip: Dict[str, Any], preset: str = "full",
+                        seed: int = 0, conditioning: Optional[Dict[str, Any]] = None,
+                        lora: Optional[Dict[str, Any]] = None, sampling: Optional[Dict[str, Any]] = None,
+                        steps: Optional[int] = None) -> Tuple[Path, Path]:
+    """Training and test options of a restoration run on the demo data and the shipped tiny SD base."""
+    from .tiny_bases import embedded_sd_base
+
+    p = DEMO_PRESETS[preset]
+    data = out / "data"
+    steps = steps or p["sd_steps"]
+    common = {"distortion": distortion, "task": "restoration", "daclip": daclip,
+              "sd": {"base": str(embedded_sd_base()), "lora": {**p["sd_lora"], **(lora or {})},
+                     "conditioning": {**p["sd_conditioning"], **(conditioning or {})}},
+              "sampling": {"steps": p["sample_steps"], "scheduler": "ddim", **p["sampling"], **(sampling or {})}}
+    train = _write_yaml(out / "options" / f"{name}_train.yml", {
+        "name": name, **common,
+        "datasets": {"train": {"mode": "MD", "dataroot": str(data / "train"), "batch_size": p["sd_batch"],
+                               "patch_size": p["patch"]},
+                     "val": {"mode": "MD", "dataroot": str(data / "val")}},
+        "train": {"lr_G": p["sd_lr"], "niter": steps, "warmup_iter": min(20, steps // 10), "val_freq": steps,
+                  "manual_seed": seed},
+        "logger": {"print_freq": max(1, steps // 4), "save_checkpoint_freq": steps},
+        "runtime": {"device": "cpu", "cache": True},
+    })
+    test = _write_yaml(out / "options" / f"{name}_test.yml", {
+        "name": name, **common, "runtime": {"device": "cpu"},
+        "datasets": {"val": {"mode": "MD", "dataroot": str(data / "val")}},
+    })
+    return train, test
+
+
+def write_overview(results: Path, distortion: List[str], path: Path, per_row: int = 2) -> Path:
+    """One row per degradation with the first ``per_row`` held-out LQ | restored | GT grids side by side."""
+    import numpy as np
+
+    from .data.images import read_image, write_image
+
+    rows = []
+    for deg in distortion:
+        grids = sorted((results / "val" / deg / "grids").glob("*.png"))[:per_row]
+        if grids:
+            rows.append(np.concatenate([read_image(g) for g in grids], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows]
+    return write_image(path, np.concatenate(rows, axis=0))
+
+
 def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = False) -> Dict[str, Any]:
     """Run the embedded demo into ``out`` and return (and write) ``out/summary.json``."""
     from .checkpoint import save_model
-    from .data.synthetic import make_dataset
     from .engine import Engine
     from .factory import create_model
     from .options import load_options
-    from .tiny_sd import build_tiny_sd
+    from .tiny_bases import embedded_sd_base
     from .trainers.controller import ControllerTrainer, evaluate_controller
     from .trainers.restoration import RestorationTrainer, evaluate_restoration
 
@@ -75,10 +132,8 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
     start = time.perf_counter()
 
     logger.info("[1/7] synthetic dataset from scikit-image photographs")
-    data = out / "data"
-    manifest = make_dataset(data, source="builtin", size=p["size"], val_size=p["val_size"],
-                            patch_size=p["patch"], seed=seed)
-    distortion = manifest["distortions"]
+    manifest = demo_data(out, preset, seed)
+    data, distortion = out / "data", manifest["distortions"]
 
     logger.info("[2/7] tiny DA-CLIP with deterministic random weights")
     with torch.random.fork_rng():
@@ -114,28 +169,12 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
     adapter = Path(opt.path.models) / "controller_lora"
     after = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"), adapter=str(adapter))["val"]
 
-    logger.info("[5/7] tiny Stable Diffusion folder with deterministic random weights")
-    sd_base = build_tiny_sd(out / "models" / "tiny_sd", seed=seed)
+    logger.info("[5/7] the shipped tiny pretrained Stable Diffusion base")
+    sd_base = embedded_sd_base()
 
     logger.info("[6/7] degradation-aware SD LoRA training (%d steps, cached latents)", p["sd_steps"])
-    sd_common = {**common, "task": "restoration",
-                 "daclip": {**common["daclip"], "adapter": str(adapter)},
-                 "sd": {"base": str(sd_base), "lora": {"rank": 4, "alpha": 4}, "conditioning": {"num_tokens": 2}},
-                 "sampling": {"steps": p["sample_steps"], "scheduler": "ddim"}}
-    sd_train = _write_yaml(out / "options" / "restoration_train.yml", {
-        "name": "demo_restoration", **sd_common,
-        "datasets": {"train": {"mode": "MD", "dataroot": str(data / "train"), "batch_size": p["sd_batch"],
-                               "patch_size": p["patch"]},
-                     "val": {"mode": "MD", "dataroot": str(data / "val")}},
-        "train": {"lr_G": 1e-3, "niter": p["sd_steps"], "warmup_iter": 0, "val_freq": p["sd_steps"],
-                  "manual_seed": seed},
-        "logger": {"print_freq": max(1, p["sd_steps"] // 4), "save_checkpoint_freq": p["sd_steps"]},
-        "runtime": {**common["runtime"], "cache": True},
-    })
-    sd_test = _write_yaml(out / "options" / "restoration_test.yml", {
-        "name": "demo_restoration", **sd_common,
-        "datasets": {"val": {"mode": "MD", "dataroot": str(data / "val")}},
-    })
+    sd_train, sd_test = restoration_options(out, "demo_restoration", distortion,
+                                            {**common["daclip"], "adapter": str(adapter)}, preset, seed)
     opt = load_options(sd_train, is_train=True, root=out / "runs")
     sd_result = Engine(opt, RestorationTrainer(opt)).fit()
     sd_lora = Path(opt.path.models) / "restoration"
@@ -144,6 +183,8 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
     test = load_options(sd_test, is_train=False, root=out / "runs")
     report = evaluate_restoration(test, folder=str(sd_lora))["val"]
     mean = report["mean"]
+    overview = write_overview(Path(test.path.results_root), distortion, out / "overview.png")
+    per = {k: v for k, v in report.items() if k != "mean"}
 
     summary = {
         "preset": preset,
@@ -167,8 +208,11 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
         "psnr_restored": mean["psnr"],
         "ssim_lq": mean["lq_ssim"],
         "ssim_restored": mean["ssim"],
-        "restoration_per_degradation": {k: v for k, v in report.items() if k != "mean"},
+        "degradations_improved": sum(v["psnr"] > v["lq_psnr"] for v in per.values()),
+        "restoration_per_degradation": per,
+        "sampling": {k: v for k, v in vars(test.sampling).items()},
         "results": str(test.path.results_root),
+        "overview": str(overview),
         "seconds": round(time.perf_counter() - start, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

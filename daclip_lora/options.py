@@ -178,6 +178,7 @@ class ConditioningOptions:
     drop_text: float = 0.05
     drop_daclip: float = 0.05
     drop_lq: float = 0.05
+    lq_start: float = 0.0  # share of training samples noised from the LQ latent (for strength < 1 sampling)
 
 
 @dataclass

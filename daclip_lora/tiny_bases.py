@@ -207,7 +207,7 @@ def train_tiny_sd(out: Union[str, Path], seed: int = 0, vae_steps: int = 1500, u
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .pipeline import encode_prompt
+    from .backbone import encode_prompt
     from .tiny_sd import SD_SCHEDULER, TINY_TEXT, build_clip_tokenizer
 
     out = Path(out)

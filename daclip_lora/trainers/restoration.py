@@ -168,8 +168,16 @@ class RestorationTrainer(TrainTask):
         noise = per_sample_noise(gens, z_gt.shape[1:], device, rt.noise_offset)
         t = per_sample_randint(gens, sched.config.num_train_timesteps, device)
         noisy = sched.add_noise(z_gt, noise, t)
-        target = diffusion_target(sched, z_gt, noise, t)
         keep = lambda p: (per_sample_rand(gens, device) >= p).float()  # noqa: E731
+        if cond.lq_start:
+            # LQ-start samples: x_t noised from the LQ latent, as `strength < 1` sampling starts; the target is
+            # the noise that puts x_t on the GT trajectory, so one step from it lands on the restored image.
+            lq_start = (1 - keep(cond.lq_start)).view(-1, 1, 1, 1)
+            from_lq = sched.add_noise(z_lq, noise, t)
+            alpha = sched.alphas_cumprod.to(device)[t].float().view(-1, 1, 1, 1)
+            noise = lq_start * (from_lq - alpha.sqrt() * z_gt) / (1 - alpha).sqrt() + (1 - lq_start) * noise
+            noisy = lq_start * from_lq + (1 - lq_start) * noisy
+        target = diffusion_target(sched, z_gt, noise, t)
         keep_text = keep(cond.drop_text).view(-1, 1, 1)
         text = keep_text * self.prompt_hidden + (1 - keep_text) * self.empty_hidden
         pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
