@@ -102,11 +102,23 @@ def _safetensors_load(path: Path, device: Union[str, torch.device]) -> StateDict
 
 
 def read_safetensors_metadata(path: Union[str, Path]) -> Dict[str, str]:
-    """The string metadata stored in a ``.safetensors`` header (``{}`` if none)."""
+    """The string metadata stored in a ``.safetensors`` header (``{}`` if none).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: the file is truncated or not a safetensors file.
+    """
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own SafetensorError (and OSError) for damaged files
+        raise CheckpointError(f"{path}: cannot read the .safetensors header ({e}); the file is truncated or not a "
+                              f"safetensors file: download or convert it again") from None
 
 
 def load_state_dict(checkpoint_path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> StateDict:

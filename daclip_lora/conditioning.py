@@ -347,4 +347,9 @@ def load_restoration(model: RestorationUNet, folder: Union[str, Path], text_enco
 
             if not getattr(text_encoder, "peft_config", None):
                 add_text_encoder_lora(text_encoder, model.config.text_encoder_lora or {})
-            set_peft_model_state_dict(text_encoder, convert_state_dict_to_peft(te_state), adapter_name="default")
+            try:
+                set_peft_model_state_dict(text_encoder, convert_state_dict_to_peft(te_state), adapter_name="default")
+            except RuntimeError as e:  # size mismatch: dozens of lines from load_state_dict
+                raise ValueError(f"{lora_path}: its text-encoder LoRA does not fit this text encoder "
+                                 f"({str(e).splitlines()[-1].strip()}); it was trained with another "
+                                 f"sd.text_encoder_lora rank or on another base model") from None

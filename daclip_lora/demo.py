@@ -36,7 +36,8 @@ __all__ = ["run_demo", "DEMO_PRESETS"]
 DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
     "full": {"size": 24, "val_size": 8, "patch": 64, "controller_steps": 400, "controller_batch": 32,
              "sd_steps": 600, "sd_batch": 8, "sd_lr": 1e-3, "sd_lora": {"rank": 8, "alpha": 8},
-             "sd_conditioning": {"num_tokens": 2}, "sample_steps": 20, "sampling": {}},
+             "sd_conditioning": {"num_tokens": 2, "lq_start": 0.5}, "sample_steps": 20,
+             "sampling": {"strength": 0.4}},
     "quick": {"size": 4, "val_size": 2, "patch": 32, "controller_steps": 6, "controller_batch": 8,
               "sd_steps": 4, "sd_batch": 8, "sd_lr": 1e-3, "sd_lora": {"rank": 4, "alpha": 4},
               "sd_conditioning": {"num_tokens": 2}, "sample_steps": 2, "sampling": {}},

@@ -629,6 +629,8 @@ def _check_semantics(opt: Options, ctx: _Ctx, check_paths: bool) -> None:
             raise ctx.error(f"datasets.{key}", "mode MD needs degradation names: set top-level `distortion: [...]`")
         if ds.batch_size < 1:
             raise ctx.error(f"datasets.{key}.batch_size", f"must be at least 1, got {ds.batch_size}")
+    if opt.train is not None and opt.train.niter < 1:
+        raise ctx.error("train.niter", f"must be at least 1 (training steps), got {opt.train.niter}")
     if opt.is_train and not any(ds.phase == "train" for ds in opt.datasets.values()):
         raise ctx.error("datasets", "training needs a dataset whose key starts with 'train'")
     try:

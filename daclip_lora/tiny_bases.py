@@ -56,7 +56,7 @@ def embedded_sd_base() -> Path:
     """The shipped tiny pretrained SD folder (raises with the re-create command if it is missing)."""
     if not (EMBEDDED_SD / "model_index.json").is_file():
         raise FileNotFoundError(f"the embedded tiny SD base is missing from {EMBEDDED_SD}; re-create it with "
-                                f"`daclip-lora make-tiny-base {EMBEDDED_SD}` (about 10 minutes on 2 CPU cores)")
+                                f"`daclip-lora make-tiny-base {EMBEDDED_SD}` (about 28 minutes on 2 CPU cores)")
     return EMBEDDED_SD
 
 

@@ -342,3 +342,36 @@ def test_lower_modules_never_import_higher_ones(module, forbidden):
                 assert not name.startswith("daclip_lora"), f"{module} imports {name}"
             else:
                 assert stripped.split(".")[0] != f, f"{module} imports {name}"
+
+
+# ------------------------------------------------------------------ one-line errors (issue 12 regressions)
+@pytest.mark.parametrize("niter", [0, -5])
+def test_train_niter_below_one_is_an_option_error(tmp_path, niter):
+    yml = tmp_path / "o.yml"
+    yml.write_text(f"name: x\ntask: controller\ntrain: {{niter: {niter}}}\n")
+    with pytest.raises(OptionsError, match=rf"train.niter: must be at least 1 \(training steps\), got {niter}"):
+        load_options(yml, is_train=True, check_paths=False)
+
+
+def test_truncated_safetensors_is_a_checkpoint_error(tmp_path):
+    from daclip_lora.checkpoint import CheckpointError, read_safetensors_metadata, save_model
+
+    path = tmp_path / "m.safetensors"
+    save_model(load_daclip("daclip_tiny"), path, model_name="daclip_tiny")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot read the .safetensors header"):
+        read_safetensors_metadata(path)
+
+
+def test_text_encoder_lora_of_another_rank_is_one_line(base, tmp_path):
+    from daclip_lora.conditioning import add_text_encoder_lora, load_restoration
+
+    pipe = _pipeline(base)
+    add_text_encoder_lora(pipe.backbone.text_encoder, {"rank": 4})
+    out = save_restoration(pipe.model, tmp_path / "r", text_encoder=pipe.backbone.text_encoder)
+    fresh = SDBackbone.load(base)
+    add_text_encoder_lora(fresh.text_encoder, {"rank": 2})
+    model = RestorationUNet(fresh.unet, pipe.model.config)
+    with pytest.raises(ValueError, match=r"text-encoder LoRA does not fit this text encoder .*another") as e:
+        load_restoration(model, out, text_encoder=fresh.text_encoder)
+    assert "\n" not in str(e.value)
