@@ -115,8 +115,9 @@ def diffusion_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
 
 
 def diffusion_loss(scheduler: Any, pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
-                   snr_gamma: Optional[float] = None) -> torch.Tensor:
-    """Per-sample MSE (fp32), optionally Min-SNR-gamma weighted (Hang et al. 2023), averaged over the batch."""
+                   snr_gamma: Optional[float] = None, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-sample MSE (fp32), optionally Min-SNR-gamma weighted (Hang et al. 2023) and multiplied by per-sample
+    ``weights``, averaged over the batch."""
     loss = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
     if snr_gamma:
         from diffusers.training_utils import compute_snr
@@ -128,6 +129,8 @@ def diffusion_loss(scheduler: Any, pred: torch.Tensor, target: torch.Tensor, tim
         else:
             weight = torch.clamp(snr, max=snr_gamma) / (snr + 1 if kind == "v_prediction" else snr)
         loss = loss * weight.to(loss.dtype)
+    if weights is not None:
+        loss = loss * weights.to(loss.dtype).view(-1)
     return loss.mean()
 
 

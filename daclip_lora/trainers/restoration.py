@@ -177,12 +177,18 @@ class RestorationTrainer(TrainTask):
             alpha = sched.alphas_cumprod.to(device)[t].float().view(-1, 1, 1, 1)
             noise = lq_start * (from_lq - alpha.sqrt() * z_gt) / (1 - alpha).sqrt() + (1 - lq_start) * noise
             noisy = lq_start * from_lq + (1 - lq_start) * noisy
+            # that target grows like sqrt(snr) * (z_lq - z_gt) at low noise: weight those samples by min(1, 1/snr)
+            # (their x0-space error there), or they dominate every batch
+            snr = alpha / (1 - alpha)
+            weights = (lq_start * torch.clamp(1 / snr, max=1.0) + (1 - lq_start)).view(-1)
+        else:
+            weights = None
         target = diffusion_target(sched, z_gt, noise, t)
         keep_text = keep(cond.drop_text).view(-1, 1, 1)
         text = keep_text * self.prompt_hidden + (1 - keep_text) * self.empty_hidden
         pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
                      keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
-        return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma)}
+        return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma, weights)}
 
     # ------------------------------------------------------------------------- validation
     def pipeline(self) -> RestorationPipeline:
