@@ -173,9 +173,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from .pipeline import RestorationPipeline
 
-    device = args.device or ("cuda" if _cuda() else "cpu")
     pipe = RestorationPipeline.from_pretrained(args.weights, base=args.base, daclip_pretrained=args.daclip,
-                                               merge_lora=not args.no_merge, device=device,
+                                               merge_lora=not args.no_merge, device=args.device,
                                                precision=args.precision)
     report = pipe.restore_folder(args.input, args.output, batch_size=args.batch_size, grid=args.grid,
                                  steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance,
@@ -188,12 +187,6 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     for path, reason in report.failed:
         print(f"  failed: {reason}")
     return 1 if report.failed else 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _cmd_make_tiny_base(args: argparse.Namespace) -> int:

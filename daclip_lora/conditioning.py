@@ -277,7 +277,6 @@ def save_restoration(model: RestorationUNet, out_dir: Union[str, Path], text_enc
     """
     from safetensors.torch import save_file
 
-
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -211,7 +211,7 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
         "ssim_restored": mean["ssim"],
         "degradations_improved": sum(v["psnr"] > v["lq_psnr"] for v in per.values()),
         "restoration_per_degradation": per,
-        "sampling": {k: v for k, v in vars(test.sampling).items()},
+        "sampling": dict(vars(test.sampling)),
         "results": str(test.path.results_root),
         "overview": str(overview),
         "seconds": round(time.perf_counter() - start, 1),

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from .backbone import SDBackbone, SDComponents, backbone_for, encode_prompt, load_sd_components
 from .conditioning import LQConvIn, RestorationConfig, RestorationUNet, load_restoration, read_restoration_config
@@ -80,7 +81,7 @@ class RestorationPipeline:
     @classmethod
     def from_pretrained(cls, folder: Union[str, Path], base: Optional[str] = None,
                         daclip_pretrained: Optional[str] = None, merge_lora: bool = True,
-                        device: Union[str, torch.device] = "cpu", precision: str = "fp32",
+                        device: Optional[Union[str, torch.device]] = None, precision: str = "fp32",
                         ) -> "RestorationPipeline":
         """Rebuild from a saved restoration folder (``restoration.json`` says which base models).
 
@@ -88,7 +89,8 @@ class RestorationPipeline:
             folder: what a restoration run wrote (``experiments/<name>/models/restoration``).
             base, daclip_pretrained: override the base SD folder / DA-CLIP checkpoint recorded in the folder.
             merge_lora: bake LoRA into the UNet and fuse the widened ``conv_in`` (faster, same outputs).
-            device: where to run. precision: autocast dtype (``fp32``, ``bf16``, ``fp16``).
+            device: where to run (``None``: CUDA if available, else the CPU).
+            precision: autocast dtype (``fp32``, ``bf16``, ``fp16``).
         """
         from .factory import load_daclip
 
@@ -101,7 +103,7 @@ class RestorationPipeline:
         pipe = cls(backbone, model, daclip.eval().requires_grad_(False), precision=precision)
         if merge_lora:
             pipe.merge_lora()
-        return pipe.to(device)
+        return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def to(self, device: Union[str, torch.device]) -> "RestorationPipeline":
         for m in (self.backbone.text_encoder, self.backbone.vae, self.model, self.daclip):
@@ -209,8 +211,8 @@ class RestorationPipeline:
         sched.set_timesteps(steps)  # timesteps stay on the CPU: schedulers index their tables with them
         timesteps = sched.timesteps
         # every image gets the noise of `seed`, as if restored alone: results do not depend on the batching
-        noise = torch.stack([torch.randn(z_lq.shape[1:], generator=torch.Generator().manual_seed(seed))
-                             for _ in range(b)]).to(device)
+        noise = torch.randn(z_lq.shape[1:], generator=torch.Generator().manual_seed(seed)).to(device)
+        noise = noise.expand(b, *noise.shape).contiguous()
         if strength < 1:
             start = steps - max(1, int(round(steps * strength)))
             timesteps = timesteps[start * sched.order:]
@@ -234,7 +236,7 @@ class RestorationPipeline:
             u, cnd = both.float().chunk(2)
             return u + guidance_scale * (cnd - u)
 
-        bar = _progress(len(timesteps), progress)
+        bar = tqdm(total=len(timesteps), desc="denoise", unit="step", leave=False, disable=not progress)
         for i, t in enumerate(timesteps):
             model_in = sched.scale_model_input(latents, t)
             if self.config.lq_latent:
@@ -262,8 +264,6 @@ class RestorationPipeline:
         files that are not images. ``grid`` also writes ``output/grids/<name>.png`` (LQ | restored).
         ``sampling`` goes to :meth:`__call__` (steps, scheduler, guidance_scale, strength, seed, tile_size, ...).
         """
-        from tqdm import tqdm
-
         from .data.images import ImageError, list_images, read_image, write_image
 
         input, output = Path(input).expanduser(), Path(output).expanduser()
@@ -305,18 +305,3 @@ class RestorationPipeline:
         bar.close()
         return report
 
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, show: bool) -> Any:
-    if not show:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="denoise", unit="step", leave=False)

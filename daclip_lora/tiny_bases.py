@@ -222,9 +222,8 @@ def train_tiny_sd(out: Union[str, Path], seed: int = 0, vae_steps: int = 1500, u
             vae, vae_psnr = _train_vae(vae_steps, batch, 32, 2e-3, seed, held_out, log_every)
             t_vae = time.perf_counter() - start
             with torch.no_grad():
-                latents = torch.cat([vae.encode(_random_crops(_photographs(False), 64, 64,
-                                                              torch.Generator().manual_seed(seed + 5)) * 2 - 1
-                                                ).latent_dist.mean])
+                crops = _random_crops(_photographs(False), 64, 64, torch.Generator().manual_seed(seed + 5))
+                latents = vae.encode(crops * 2 - 1).latent_dist.mean
             scaling = round(1.0 / float(latents.std()), 5)
             vae.register_to_config(scaling_factor=scaling)
             torch.manual_seed(seed + 6)

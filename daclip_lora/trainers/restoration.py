@@ -47,8 +47,7 @@ def restoration_dataset(block, distortion, train: bool, crop: str = "random") ->
 
 
 def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
-    """The trainable model for ``opt`` on the loaded SD components or backbone (LoRA initialised from ``seed``)."""
-    sd = sd.components if isinstance(sd, SDBackbone) else sd
+    """The trainable model for ``opt`` on the loaded SD components (LoRA initialised from ``seed``)."""
     s, c = opt.sd, opt.sd.conditioning
     if c.num_tokens < 1 and (c.image_context or c.degra_context):
         raise ValueError(f"sd.conditioning.num_tokens must be at least 1, got {c.num_tokens}")
@@ -235,7 +234,7 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
     folder = folder or (Path(opt.path.root) / "experiments" / opt.name / "models" / "restoration")
     pipe = RestorationPipeline.from_pretrained(folder, base=opt.sd.base, daclip_pretrained=opt.daclip.pretrained,
                                                merge_lora=s.merge_lora if merge_lora is None else merge_lora,
-                                               device=opt.runtime.device or _default_device(),
+                                               device=opt.runtime.device,
                                                precision=s.precision)
     results_root = Path(opt.path.results_root)
     report: Dict[str, Any] = {}
@@ -267,10 +266,6 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
         writer.writerow(["dataset", "degradation", *_COLUMNS, "n"])
         writer.writerows(rows)
     return report
-
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 _COLUMNS = ("lq_psnr", "psnr", "lq_ssim", "ssim", "lq_psnr_y", "psnr_y", "lq_ssim_y", "ssim_y")
