@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from typing import Any, List
 
-import open_clip as _open_clip
-from open_clip import (
+from ._upstream import bind_open_clip as _bind_open_clip
+
+_bind_open_clip()  # before anything imports open_clip: a UIR checkout's open_clip/ fork must not shadow it
+
+import open_clip as _open_clip  # noqa: E402
+from open_clip import (  # noqa: E402
     OPENAI_DATASET_MEAN,
     OPENAI_DATASET_STD,
     CLIP,
@@ -36,6 +40,7 @@ from .factory import (
     list_models,
     register_with_open_clip,
 )
+from .loss import ClipLoss, DaClipLoss, create_loss
 from .model import ControlTransformer, DaCLIP
 from .registry import ConfigError, add_model_config, get_model_config, list_families, register_family
 
@@ -44,9 +49,11 @@ __version__ = "0.1.0"
 __all__ = [
     "CLIP",
     "CheckpointError",
+    "ClipLoss",
     "ConfigError",
     "ControlTransformer",
     "DaCLIP",
+    "DaClipLoss",
     "LoadResult",
     "OPENAI_DATASET_MEAN",
     "OPENAI_DATASET_STD",
@@ -55,6 +62,7 @@ __all__ = [
     "add_model_config",
     "checkpoint_kind",
     "convert_checkpoint",
+    "create_loss",
     "create_model",
     "create_model_and_transforms",
     "create_model_from_pretrained",

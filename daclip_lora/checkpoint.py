@@ -256,6 +256,7 @@ def load_checkpoint(
     checkpoint_path: Union[str, Path],
     strict: bool = True,
     device: Union[str, torch.device] = "cpu",
+    controller_init: str = "by_name",
 ) -> LoadResult:
     """Load a checkpoint into a :class:`DaCLIP` (or a plain CLIP).
 
@@ -268,6 +269,8 @@ def load_checkpoint(
         checkpoint_path: ``.pt``/``.pth``/``.bin``/``.safetensors`` file.
         strict: raise on missing or unexpected keys (shapes are always checked).
         device: where tensors are read to before copying into the model.
+        controller_init: how a plain CLIP checkpoint initialises the controller: ``by_name`` or
+            ``reference`` (the original code's by-position copy; see :meth:`DaCLIP.initial_controller`).
 
     Returns:
         :class:`LoadResult` with the detected kind and the unmatched keys (empty when strict).
@@ -280,7 +283,7 @@ def load_checkpoint(
             result = _load_strict(model, _fill_aliases(state_dict), strict, source, "this DA-CLIP model")
         else:
             result = _load_strict(model.clip, state_dict, strict, source, "this DA-CLIP model's CLIP")
-            model.initial_controller()
+            model.initial_controller(controller_init)
             model.lock_clip()
             logger.info("%s is a plain CLIP checkpoint: loaded into model.clip, controller initialised "
                         "from it, CLIP locked", source)

@@ -129,6 +129,65 @@ def _check_pretrained_name(model_name: str, pretrained: str) -> None:
             logger.warning("%s was written for model %r, loading it as %r", pretrained, stored, model_name)
 
 
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def _open_clip_base(model_name: str, model_cfg: Dict[str, Any]) -> str:
+    """The open_clip model whose pretrained tags a DA-CLIP config uses (``base_model``, else the name
+    without its ``daclip_`` prefix)."""
+    return model_cfg.get("base_model") or (model_name[len("daclip_"):] if model_name.startswith("daclip_")
+                                           else model_name)
+
+
+def resolve_pretrained_tag(model_name: str, model_cfg: Dict[str, Any], tag: str,
+                           cache_dir: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
+    """An open_clip pretrained tag of a DA-CLIP model's CLIP (e.g. ``laion2b_s34b_b79k``, ``openai``) as a
+    local checkpoint file, through open_clip's own registry and cache (downloaded when online).
+
+    Returns:
+        ``(checkpoint path, open_clip's pretrained config of the tag)``.
+
+    Raises:
+        FileNotFoundError: ``tag`` is neither a file nor a tag of the base model, or it is not cached and
+            cannot be downloaded (offline); the message names the cache folder and how to pass a file.
+    """
+    import open_clip.pretrained as oc_pretrained
+
+    if "/" in tag or "\\" in tag or Path(tag).suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt"):
+        raise FileNotFoundError(f"pretrained checkpoint {tag!r} for {model_name!r} does not exist; check the path "
+                                f"(or pass an open_clip tag of the base CLIP, e.g. 'laion2b_s34b_b79k')")
+    base = _open_clip_base(model_name, model_cfg)
+    tag_cfg = oc_pretrained.get_pretrained_cfg(base, tag)
+    if not tag_cfg:
+        tags = oc_pretrained.list_pretrained_tags_by_model(base)
+        raise FileNotFoundError(
+            f"pretrained {tag!r} for {model_name!r} is neither a file nor an open_clip tag of {base}"
+            f"{suggest(tag, tags)} (tags: {', '.join(tags) or 'none'}); pass a checkpoint file path or a tag")
+    try:
+        path = oc_pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
+    except Exception as e:  # offline (HF_HUB_OFFLINE), no network, HTTP errors: all mean "not available here"
+        where = cache_dir or _hub_cache()
+        raise FileNotFoundError(
+            f"pretrained tag {tag!r} of {base} (for {model_name!r}) is not in open_clip's cache ({where}) and "
+            f"could not be downloaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"connect once to download it, or pass the checkpoint file: pretrained='/path/to/"
+            f"open_clip_pytorch_model.bin'") from None
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"open_clip resolved pretrained tag {tag!r} of {base} to {path!r}, which is not "
+                                f"a file; pass a checkpoint file path instead")
+    logger.info("pretrained tag %r of %s -> %s", tag, base, path)
+    return str(path), dict(tag_cfg)
+
+
+def _hub_cache() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - huggingface_hub is an open_clip dependency
+        return "~/.cache/huggingface/hub"
+
+
 # --------------------------------------------------------------------------- factories
 def create_model(
     model_name: str,
@@ -155,7 +214,9 @@ def create_model(
         model_name: e.g. ``'daclip_ViT-B-32'`` (ours) or ``'ViT-B-32'`` (open_clip).
         pretrained: for DA-CLIP models, a checkpoint file: a released DA-CLIP checkpoint
             (loaded strictly into the whole model) or a plain CLIP one (loaded into ``model.clip``,
-            then the controller is initialised from it). Pretrained *tags* are open_clip's.
+            then the controller is initialised from it); or an open_clip pretrained *tag* of the base
+            CLIP (``'laion2b_s34b_b79k'``, ``'openai'``: resolved through open_clip's registry and cache,
+            see :func:`resolve_pretrained_tag`).
         precision: one of ``fp32, amp, amp_bf16, fp16, bf16, pure_fp16, pure_bf16`` (open_clip's).
         device: device to put the model on; ``'meta'`` builds it without allocating weights
             (for parameter counts and state-dict layouts).
@@ -166,7 +227,11 @@ def create_model(
         force_preprocess_cfg: override entries of the preprocessing config (mean, std, ...).
         output_dict: set ``output_dict`` on the inner CLIP.
         require_pretrained: raise if ``pretrained`` is not given.
-        **model_kwargs: extra ``open_clip.CLIP`` constructor arguments (highest priority).
+        **model_kwargs: extra ``open_clip.CLIP`` constructor arguments (highest priority); for DA-CLIP
+            models also ``controller_init`` (``'by_name'``, default: the controller is an exact copy of
+            CLIP's vision tower, as the paper describes; ``'reference'``: the original code's by-position
+            copy, for bit-exact reproduction) and ``lock_clip`` (default ``True``: CLIP frozen, the
+            paper's method; ``False`` trains it too, as the original script does from a DA-CLIP file).
 
     Returns:
         the model (a :class:`DaCLIP` for DA-CLIP names), in eval mode like open_clip's.
@@ -189,12 +254,20 @@ def create_model(
     # Loader options of open_clip.create_model that open_clip's own create_model_and_transforms
     # passes along once register_with_open_clip() is active; tower-specific weights do not apply.
     load_weights = model_kwargs.pop("load_weights", True)
+    controller_init = model_kwargs.pop("controller_init", "by_name")
+    lock_clip = model_kwargs.pop("lock_clip", True)
+    if controller_init not in ("by_name", "reference"):
+        raise ValueError(f"controller_init must be 'by_name' or 'reference', got {controller_init!r}")
     if not model_kwargs.pop("weights_only", True):
         raise ValueError("weights_only=False is refused: daclip_lora never unpickles arbitrary objects")
+    cache_dir = model_kwargs.get("cache_dir")
     for key in _OPEN_CLIP_LOADER_KWARGS:
         model_kwargs.pop(key, None)
     if not load_weights:
         pretrained = None
+    tag_cfg: Dict[str, Any] = {}
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        pretrained, tag_cfg = resolve_pretrained_tag(model_name, model_cfg, str(pretrained), cache_dir)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if jit:
@@ -203,12 +276,10 @@ def create_model(
         logger.info("force_custom_text ignored: DA-CLIP always wraps a plain open_clip CLIP")
     if require_pretrained and not pretrained:
         raise ValueError(f"model {model_name!r} requires pretrained=<checkpoint file>, got {pretrained!r}")
-    if pretrained and not Path(pretrained).expanduser().is_file():
-        raise FileNotFoundError(
-            f"pretrained checkpoint {pretrained!r} for {model_name!r} does not exist; DA-CLIP models take a "
-            f"file path (e.g. daclip_ViT-B-32.pt from the DA-CLIP release), not a download tag"
-        )
-
+    if tag_cfg.get("quick_gelu") and not model_cfg.get("quick_gelu"):
+        logger.info("pretrained tag of %s was trained with QuickGELU: building %s with quick_gelu=True",
+                    _open_clip_base(model_name, model_cfg), model_name)
+        model_cfg["quick_gelu"] = True
     if force_quick_gelu:
         model_cfg["quick_gelu"] = True
     if force_patch_dropout is not None:
@@ -217,7 +288,8 @@ def create_model(
         model_cfg["vision_cfg"]["image_size"] = force_image_size
     if force_context_length is not None:
         model_cfg["text_cfg"]["context_length"] = force_context_length
-    preprocess_cfg = {**asdict(PreprocessCfg()), **model_cfg.get("preprocess_cfg", {})}
+    preprocess_cfg = {**asdict(PreprocessCfg()), **model_cfg.get("preprocess_cfg", {}),
+                      **{k: v for k, v in tag_cfg.items() if k in _PREPROCESS_KEYS}}
 
     factory = get_family_factory(get_model_family(model_cfg))
     on_meta = torch.device(device).type == "meta"
@@ -227,10 +299,13 @@ def create_model(
         model = factory(model_cfg, cast_dtype=get_cast_dtype(precision), **model_kwargs)
     if pretrained:
         _check_pretrained_name(model_name, pretrained)
-        result = load_checkpoint(model, Path(pretrained).expanduser())
+        result = load_checkpoint(model, Path(pretrained).expanduser(), controller_init=controller_init)
         logger.info("loaded %s checkpoint %s into %s", result.kind, pretrained, model_name)
     else:
         logger.info("no pretrained weights for %r: randomly initialised", model_name)
+    if not lock_clip:
+        model.clip.requires_grad_(True)
+        logger.info("lock_clip=False: the wrapped CLIP of %s is trainable", model_name)
     _set_device_and_precision(model, device, precision)
     inner = model.clip if isinstance(model, DaCLIP) else model
     if output_dict is not None:

@@ -168,8 +168,29 @@ class DaCLIP(nn.Module):
 
     # ------------------------------------------------------------------ set-up
     @torch.no_grad()
-    def initial_controller(self) -> None:
-        """Copy CLIP's vision weights (and logit scale) into the controller; zero modules stay zero."""
+    def initial_controller(self, mode: str = "by_name") -> None:
+        """Initialise the controller from CLIP's vision tower (and the logit scale from CLIP's).
+
+        Args:
+            mode: ``"by_name"`` (default): every vision parameter is copied to the controller parameter of
+                the same name and the zero modules stay zero, so the controlled CLIP starts exactly as the
+                plain CLIP (the paper's design). ``"reference"``: the original code's copy *by position*,
+                reproduced for bit-exact comparisons: zipping the two parameter lists pairs CLIP's
+                ``ln_post`` weight/bias with the controller's ``zero_modules.0`` weight/bias (the weight is
+                broadcast into every row), and the controller's own ``ln_post`` keeps its value.
+        """
+        if mode == "reference":
+            for (name, param_v), (_, param_c) in zip(self.clip.visual.named_parameters(),
+                                                     self.visual_control.named_parameters()):
+                if "transformer" not in name:
+                    param_c.data.copy_(param_v.data)
+            for param_v, param_c in zip(self.clip.visual.transformer.parameters(),
+                                        self.visual_control.transformer.parameters()):
+                param_c.data.copy_(param_v.data)
+            self.logit_scale.data.copy_(self.clip.logit_scale.data)
+            return
+        if mode != "by_name":
+            raise ValueError(f"controller_init must be 'by_name' or 'reference', got {mode!r}")
         control_params = dict(self.visual_control.named_parameters())
         for name, param in self.clip.visual.named_parameters():
             target = name.replace("transformer.", "transformer.transformer.", 1) if name.startswith(

@@ -86,9 +86,13 @@ def test_missing_file(tmp_path):
         daclip_lora.load_state_dict(tmp_path / "nope.pt")
 
 
-def test_missing_pretrained_in_create_model(tmp_path):
-    with pytest.raises(FileNotFoundError, match="take a file path .* not a download tag"):
-        daclip_lora.create_model(TINY, pretrained="openai")
+@pytest.mark.parametrize("pretrained, message", [
+    ("openai", "'openai' for 'daclip_tiny' is neither a file nor an open_clip tag of tiny"),
+    ("weights/daclip.pt", "pretrained checkpoint 'weights/daclip.pt' for 'daclip_tiny' does not exist"),
+    ("daclip.safetensors", "'daclip.safetensors' for 'daclip_tiny' does not exist")])
+def test_missing_pretrained_in_create_model(pretrained, message):
+    with pytest.raises(FileNotFoundError, match=message):
+        daclip_lora.create_model(TINY, pretrained=pretrained)
 
 
 def test_truncated_file(trained, tmp_path):
