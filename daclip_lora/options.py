@@ -16,6 +16,7 @@ Two kinds of blocks:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import re
 import typing
@@ -309,6 +310,9 @@ def _coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
         for a in options:  # exact type first (bool before str in Union[bool, str])
             if a in (bool, int, float, str) and type(value) is a:
                 return value
+        for a in options:  # a mapping given for a block: that block's own error names the bad key inside it
+            if isinstance(value, dict) and (dataclasses.is_dataclass(a) or typing.get_origin(a) in (dict, Dict)):
+                return _coerce(value, a, key, ctx)
         for a in options:
             try:
                 return _coerce(value, a, key, ctx)
@@ -388,6 +392,10 @@ def _build(cls: type, data: Any, where: str, ctx: _Ctx) -> Any:
         else:
             extra[key] = value
             ctx.ignored.append(dotted)
+            close = difflib.get_close_matches(str(key), [f for f in fields if f != "extra"], n=1, cutoff=0.8)
+            if close:  # a UIR key we do not read, or a typo of one we do
+                ctx.warnings.append(f"{dotted}: not read by daclip_lora (kept, ignored); did you mean "
+                                    f"{where + '.' if where else ''}{close[0]}?")
     missing = [n for n, f in fields.items()
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs]
     if missing:

@@ -353,6 +353,28 @@ def test_train_niter_below_one_is_an_option_error(tmp_path, niter):
         load_options(yml, is_train=True, check_paths=False)
 
 
+@pytest.mark.parametrize("block, key, value, message", [
+    ("train", "niter", "lots", "train.niter: expected an integer, got the text 'lots'"),
+    ("train", "lr_G", "fast", "train.lr_G: expected a number, got the text 'fast'"),
+])
+def test_bad_value_inside_optional_block_blames_the_key(tmp_path, block, key, value, message):
+    yml = tmp_path / "o.yml"
+    yml.write_text(f"name: x\ntask: controller\n{block}: {{{key}: {value}}}\n")
+    with pytest.raises(OptionsError, match=message):
+        load_options(yml, is_train=True, check_paths=False)
+
+
+def test_typo_in_uir_block_is_warned_with_the_key_it_resembles(tmp_path, caplog):
+    yml = tmp_path / "o.yml"
+    yml.write_text("name: x\ntask: controller\ntrain: {nitre: 5, T_period: [1]}\n")
+    with caplog.at_level("WARNING"):
+        opt = load_options(yml, is_train=False, check_paths=False)
+    assert opt.train.niter == 1000 and opt.ignored == ["train.nitre", "train.T_period"]
+    hints = [r.getMessage() for r in caplog.records if "did you mean" in r.getMessage()]
+    assert len(hints) == 1 and "train.nitre: not read by daclip_lora (kept, ignored); did you mean train.niter?" \
+        in hints[0]
+
+
 def test_truncated_safetensors_is_a_checkpoint_error(tmp_path):
     from daclip_lora.checkpoint import CheckpointError, read_safetensors_metadata, save_model
 
