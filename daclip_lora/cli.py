@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .engine import CheckpointWriteError
+
 logger = logging.getLogger("daclip_lora.cli")
 
 EXIT_USER_ERROR = 2
+
 # Errors that mean "the user gave us something wrong": shown as one line, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError)
+               PermissionError, CheckpointWriteError)
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -238,6 +241,8 @@ def _load_cli_options(args: argparse.Namespace, is_train: bool):
 
     overrides = [f"{key}={getattr(args, dest)}" for dest, key in SHORT_FLAGS.items()
                  if getattr(args, dest, None) is not None]
+    if getattr(args, "resume", False):
+        overrides.append("path.resume_state=auto")
     return load_options(args.opt_file, is_train=is_train, root=args.root, overrides=overrides + (args.opt or []),
                         check_paths=not getattr(args, "no_check_paths", False))
 
@@ -291,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DA-CLIP controller; task: restoration trains the degradation-aware SD LoRA). "
                                    "Outputs go to <root>/experiments/<name>/.")
     _add_options_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's newest complete checkpoint (path.resume_state: auto); starts "
+                        "from step 0 when there is none")
     short = p.add_argument_group("short flags (text-to-image LoRA style; same as --opt overrides)")
     short.add_argument("-d", dest="dataset", metavar="DIR", help="training folder (datasets.train.dataroot)")
     short.add_argument("-gp", dest="prompts", metavar="FILE", help="validation prompts file (sd.validation_prompts)")
@@ -401,8 +409,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"daclip-lora {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # engine.TrainingInterrupted says where the checkpoint is
+        print(f"daclip-lora {args.command}: {e or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -6,17 +6,29 @@ gradient accumulation, AdamW with weight-decay exclusions, warm-up + cosine/mult
 gradient clipping, optional EMA of the trainable weights, deterministic sharded sampling, periodic
 validation, atomic checkpoints and exact resume (weights, optimizer, scheduler, RNG, step), tqdm.
 
+Crash consistency: a checkpoint is written to ``<step>.tmp`` and renamed to ``<step>`` only when complete,
+so a ``training_state/<step>`` folder is always whole (a kill, a full disk or a read-only folder leaves at
+most a ``.tmp`` that the next save removes). ``path.resume_state: auto`` resumes from the newest complete
+checkpoint of the run (or starts fresh when there is none). Every step's logged values go to
+``<experiments_root>/losses.csv`` (rows past the resumed step are dropped on resume, so the file always
+reads as one uninterrupted run). SIGINT (Ctrl-C) finishes the current step, saves a checkpoint and raises
+:class:`TrainingInterrupted`; a second SIGINT stops at once.
+
 Batches: ``datasets.train.batch_size`` is the *global* batch (as in UIR); with N processes each takes
 ``batch_size / N`` samples of every global batch, so a run's trajectory does not depend on N.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
+import os
 import random
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -29,7 +41,32 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainTask", "Engine", "ShardedBatchSampler", "build_lr_lambda", "param_groups", "TrainResult",
-           "per_sample_generators", "per_sample_randn", "per_sample_rand", "per_sample_randint"]
+           "per_sample_generators", "per_sample_randn", "per_sample_rand", "per_sample_randint",
+           "TrainingInterrupted", "CheckpointWriteError", "latest_checkpoint", "LOSS_LOG"]
+
+LOSS_LOG = "losses.csv"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT during training: the current step finished and a checkpoint was saved (``checkpoint``)."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}; continue with --resume "
+                         f"(path.resume_state: auto)")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint or output could not be written (full disk, read-only folder); nothing partial was kept."""
+
+
+def latest_checkpoint(training_state: Any) -> Optional[Path]:
+    """The newest *complete* checkpoint folder under ``training_state`` (``None`` if there is none)."""
+    folder = Path(training_state)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and (p / "state.json").is_file()]
+    return max(done, key=lambda p: int(p.name)) if done else None
 
 NO_DECAY_KEYS = ("bias", "ln_", "norm", "logit_scale", "embedding", "positional_embedding", "class_embedding")
 
@@ -268,22 +305,30 @@ class Engine:
 
         final = self._checkpoint_dir(step)
         tmp = final.with_name(final.name + ".tmp")
-        if accelerator.is_main_process:
+        try:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                state = {k: v.detach().float().contiguous().cpu() for k, v in self.task.trainable_state().items()}
+                save_file(state, str(tmp / "trainable.safetensors"))
+                if ema is not None:
+                    save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                           tmp / "optim.pt")
+            accelerator.wait_for_everyone()
+            torch.save(_rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:  # state.json last: its presence marks a complete folder
+                (tmp / "state.json").write_text(json.dumps({"step": step, "name": self.opt.name,
+                                                            "world": accelerator.num_processes}))
+                shutil.rmtree(final, ignore_errors=True)
+                tmp.rename(final)
+        except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            state = {k: v.detach().float().contiguous().cpu() for k, v in self.task.trainable_state().items()}
-            save_file(state, str(tmp / "trainable.safetensors"))
-            if ema is not None:
-                save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": step, "name": self.opt.name,
-                                                        "world": accelerator.num_processes}))
-        accelerator.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
-        accelerator.wait_for_everyone()
+            raise CheckpointWriteError(f"could not write the step-{step} checkpoint to {final.parent} ({e.strerror or e}); "
+                                       f"free disk space or make the folder writable, then continue with --resume "
+                                       f"(the last complete checkpoint is {latest_checkpoint(final.parent)})") from None
         if accelerator.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
             older = sorted(p for p in final.parent.iterdir() if p.is_dir() and p.name.isdigit())[:-self.keep]
             for p in older:
                 shutil.rmtree(p, ignore_errors=True)
@@ -340,17 +385,26 @@ class Engine:
         ema = {n: p.detach().clone() for n, p in task.trainable_state().items()} if rt.ema_decay else None
         step = 0
         resume = resume or self.paths.resume_state
+        if resume == "auto":
+            resume = latest_checkpoint(self.paths.training_state)
+            if resume is None:
+                logger.info("resume_state auto: no complete checkpoint in %s, starting from step 0",
+                            self.paths.training_state)
         if resume:
             step, saved_ema = self._load_checkpoint(Path(resume), accelerator, optimizer, scheduler)
             ema = saved_ema if saved_ema is not None else ema
+        loss_log = self._open_loss_log(step) if accelerator.is_main_process else None
 
         dataset = task.train_dataset()
         accum = rt.gradient_accumulation_steps
         sampler = ShardedBatchSampler(len(dataset), self.train_opt.batch_size, accelerator.process_index,
                                       accelerator.num_processes, seed=tr.manual_seed,
                                       shuffle=self.train_opt.use_shuffle, start=step * accum)
+        # a private generator: creating the loader's iterator draws a worker base seed, which must not advance
+        # the global RNG (a resumed run creates its iterator after restoring that RNG, the original did not)
         loader = DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=self.train_opt.n_workers,
-                            collate_fn=task.collate)
+                            collate_fn=task.collate,
+                            generator=torch.Generator().manual_seed(tr.manual_seed + step * accum))
         task.seed = tr.manual_seed
         batches = iter(loader)
         result = TrainResult(step=step)
@@ -358,6 +412,63 @@ class Engine:
         bar = tqdm(total=tr.niter, initial=step, desc=f"train {opt.name}", unit="step",
                    disable=True if not accelerator.is_main_process else None, dynamic_ncols=True)
         model.train()
+        interrupt = _SigintFlag()
+        try:
+            with interrupt:
+                step = self._loop(accelerator, model, optimizer, scheduler, batches, named, ema, step, result, bar,
+                                  out_dir, loss_log, interrupt)
+        finally:
+            bar.close()
+            if loss_log is not None:
+                loss_log.close()
+        if accelerator.is_main_process:
+            if ema is not None:
+                _swap_in(task, ema)
+            try:
+                task.save_outputs(Path(self.paths.models))
+            except OSError as e:
+                raise CheckpointWriteError(f"could not write the trained outputs to {self.paths.models} "
+                                           f"({e.strerror or e}); free disk space or make the folder writable, "
+                                           f"then run again with --resume (the checkpoints are complete)") from None
+        accelerator.wait_for_everyone()
+        result.step = step
+        result.seconds = time.perf_counter() - start_time
+        self.accelerator = accelerator
+        return result
+
+    def _open_loss_log(self, step: int):
+        """``losses.csv`` holding exactly the rows of steps ``<= step`` (a resumed run drops the rest; a line cut
+        by a kill is dropped too)."""
+        path = Path(self.paths.experiments_root) / LOSS_LOG
+        header: Optional[List[str]] = None
+        rows: List[List[str]] = []
+        if step and path.is_file():
+            with open(path, newline="") as f:
+                for row in csv.reader(f):
+                    if row and row[0] == "step":
+                        header = row
+                    elif header and len(row) == len(header) and row[0].isdigit() and int(row[0]) <= step:
+                        rows.append(row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:  # rewritten aside and swapped in: a kill here loses nothing
+            if header:
+                csv.writer(f).writerows([header, *rows])
+        os.replace(tmp, path)
+        self._loss_header = header
+        return open(path, "a", newline="")
+
+    def _log_losses(self, f, step: int, logs: Dict[str, float]) -> None:
+        if self._loss_header is None:
+            self._loss_header = ["step", *sorted(logs)]
+            csv.writer(f).writerow(self._loss_header)
+        csv.writer(f).writerow([step, *(repr(float(logs.get(k, float("nan")))) for k in self._loss_header[1:])])
+        f.flush()
+
+    def _loop(self, accelerator, model, optimizer, scheduler, batches, named, ema, step: int, result: TrainResult,
+              bar, out_dir: Path, loss_log, interrupt: "_SigintFlag") -> int:
+        opt, task, rt, tr = self.opt, self.task, self.opt.runtime, self.opt.train
+        accum = rt.gradient_accumulation_steps
         while step < tr.niter:
             logs: Dict[str, float] = {}
             for micro in range(accum):
@@ -388,18 +499,14 @@ class Engine:
                             " ".join(f"{k} {v:.5f}" for k, v in logs.items()))
             if tr.val_freq and (step % tr.val_freq == 0 or step == tr.niter):
                 result.validations[step] = self._validate(accelerator, model, step, out_dir)
-            if step % opt.logger.save_checkpoint_freq == 0 or step == tr.niter:
-                self._save_checkpoint(accelerator, optimizer, scheduler, step, ema)
-        bar.close()
-        if accelerator.is_main_process:
-            if ema is not None:
-                _swap_in(task, ema)
-            task.save_outputs(Path(self.paths.models))
-        accelerator.wait_for_everyone()
-        result.step = step
-        result.seconds = time.perf_counter() - start_time
-        self.accelerator = accelerator
-        return result
+            if loss_log is not None:
+                self._log_losses(loss_log, step, logs)
+            stop = interrupt.is_set(accelerator)
+            if stop or step % opt.logger.save_checkpoint_freq == 0 or step == tr.niter:
+                saved = self._save_checkpoint(accelerator, optimizer, scheduler, step, ema)
+                if stop and step < tr.niter:
+                    raise TrainingInterrupted(step, saved)
+        return step
 
     def _validate(self, accelerator, model: nn.Module, step: int, out_dir: Path) -> Dict[str, float]:
         metrics: Dict[str, float] = {}
@@ -412,6 +519,37 @@ class Engine:
                 logger.info("validation @ %d: %s", step, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         accelerator.wait_for_everyone()
         return metrics
+
+
+class _SigintFlag:
+    """While active (main thread only), the first SIGINT sets a flag checked after each step; the second
+    one raises ``KeyboardInterrupt`` at once. With several processes the flag is all-reduced, so every
+    process stops after the same step."""
+
+    def __init__(self):
+        self._set = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_SigintFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._set:
+            raise KeyboardInterrupt
+        self._set = True
+        logger.warning("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)")
+
+    def is_set(self, accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self._set
+        flag = torch.tensor([float(self._set)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, "sum").item() > 0)
 
 
 def _swap_in(task: TrainTask, ema: Dict[str, torch.Tensor]) -> None:

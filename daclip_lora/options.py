@@ -113,7 +113,7 @@ class DatasetOptions:
 @dataclass
 class PathOptions:
     daclip: Optional[str] = _path()
-    resume_state: Optional[str] = _path()
+    resume_state: Optional[str] = _path()  # a training_state/<step> folder, or "auto": the run's newest
     root: str = "."
     experiments_root: Optional[str] = None
     models: Optional[str] = None
@@ -417,9 +417,15 @@ def _phase(key: str, source: str) -> str:
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
+    if path.is_dir():
+        raise IsADirectoryError(f"options file {path} is a folder; pass a .yml file")
     if not path.is_file():
         raise FileNotFoundError(f"options file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise OptionsError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); save "
+                           f"the options file as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
@@ -617,7 +623,7 @@ def _all_path_fields(opt: Options) -> List[Tuple[str, Any, str, dataclasses.Fiel
 def _expand_user(opt: Options) -> None:
     for _, obj, name, _ in _all_path_fields(opt):
         value = getattr(obj, name)
-        if value is not None:
+        if value is not None and value != "auto":
             setattr(obj, name, str(Path(value).expanduser()))
 
 
@@ -660,7 +666,7 @@ def _check_semantics(opt: Options, ctx: _Ctx, check_paths: bool) -> None:
         return
     for dotted, obj, name, f in _all_path_fields(opt):
         value = getattr(obj, name)
-        if value is not None and not Path(value).exists():
+        if value is not None and not Path(value).exists() and not (dotted == "path.resume_state" and value == "auto"):
             raise ctx.error(dotted, f"path {value} does not exist (relative paths are taken from the current folder)")
 
 

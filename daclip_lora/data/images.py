@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageError", "list_images", "read_image", "write_image", "to_uint8"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageError", "list_images", "read_image", "write_image", "to_uint8", "MAX_PIXELS"]
+
+#: Images with more pixels are refused *before* decoding (a 1-GB decode from a 50-kB file is a classic
+#: decompression bomb). Change it for the process (``daclip_lora.data.images.MAX_PIXELS = ...``) or per call.
+MAX_PIXELS = 16384 * 16384
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -20,22 +25,39 @@ class ImageError(ValueError):
     """An image file is missing, corrupt, or not an image."""
 
 
-def read_image(path: Union[str, Path]) -> np.ndarray:
+def read_image(path: Union[str, Path], max_pixels: Optional[int] = None) -> np.ndarray:
     """Read an image as ``float32`` RGB ``(H, W, 3)`` in ``[0, 1]``.
 
     Grayscale and 1-bit images are replicated to three channels, RGBA/LA/palette images lose their
     alpha channel, 16-bit grayscale is scaled by 65535 (16-bit RGB PNGs are decoded to 8 bits by
     Pillow, correctly scaled), CMYK is converted to RGB.
 
+    Args:
+        max_pixels: refuse larger images before decoding them (default :data:`MAX_PIXELS`).
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ImageError: the file is corrupt or not an image.
+        ImageError: the file is corrupt, not an image, or larger than ``max_pixels``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
+        raise FileNotFoundError(f"image {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # our own limit below replaces Pillow's bomb check and its warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                opened = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with opened as im:
+            w, h = im.size
+            if w * h > limit:
+                raise ImageError(f"{path}: {w}x{h} image has {w * h} pixels, above the limit of {limit}; refused "
+                                 f"before decoding (raise daclip_lora.data.images.MAX_PIXELS if it is genuine)")
+            if w < 1 or h < 1:
+                raise ImageError(f"{path}: empty image ({w}x{h})")
             im.load()
             mode = im.mode
             if mode.startswith("I;16") or mode == "I":
@@ -44,8 +66,11 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
                 arr = np.asarray(im, dtype=np.float32)
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: cannot read image (corrupt or not an image): {e}") from None
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        reason = " ".join(str(e).split())  # one line
+        raise ImageError(f"{path}: cannot read image (corrupt or not an image): {reason}") from None
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
