@@ -265,9 +265,6 @@ def create_model(
         model_kwargs.pop(key, None)
     if not load_weights:
         pretrained = None
-    tag_cfg: Dict[str, Any] = {}
-    if pretrained and not Path(pretrained).expanduser().is_file():
-        pretrained, tag_cfg = resolve_pretrained_tag(model_name, model_cfg, str(pretrained), cache_dir)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if jit:
@@ -276,6 +273,9 @@ def create_model(
         logger.info("force_custom_text ignored: DA-CLIP always wraps a plain open_clip CLIP")
     if require_pretrained and not pretrained:
         raise ValueError(f"model {model_name!r} requires pretrained=<checkpoint file>, got {pretrained!r}")
+    tag_cfg: Dict[str, Any] = {}  # resolved after the cheap checks: it may download
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        pretrained, tag_cfg = resolve_pretrained_tag(model_name, model_cfg, str(pretrained), cache_dir)
     if tag_cfg.get("quick_gelu") and not model_cfg.get("quick_gelu"):
         logger.info("pretrained tag of %s was trained with QuickGELU: building %s with quick_gelu=True",
                     _open_clip_base(model_name, model_cfg), model_name)

@@ -87,7 +87,7 @@ def create_loss(args: Any) -> torch.nn.Module:
         open_clip's ``create_loss`` returns for the same arguments.
     """
     values = {k: getattr(args, k, default) for k, default in LOSS_ARG_DEFAULTS.items()}
-    filled = argparse.Namespace(**{**vars(args), **values} if hasattr(args, "__dict__") else values)
+    filled = argparse.Namespace(**{**getattr(args, "__dict__", {}), **values})
     if "daclip" in str(values["model"]).lower() and not values["distill"]:
         return DaClipLoss(local_loss=values["local_loss"], gather_with_grad=values["gather_with_grad"],
                           cache_labels=True, rank=values["rank"], world_size=values["world_size"],

@@ -27,6 +27,21 @@ def tiny():
     return daclip_lora.create_model(TINY)
 
 
+SD_DEGS = ["noisy", "hazy"]
+
+
+@pytest.fixture(scope="session")
+def sd_assets(tmp_path_factory):
+    """A random tiny SD folder (``tiny_sd/``) and a 2-degradation MD dataset (``ds/``), shared by the SD tests."""
+    from daclip_lora.data.synthetic import make_dataset
+    from daclip_lora.tiny_sd import build_tiny_sd
+
+    root = tmp_path_factory.mktemp("sd")
+    build_tiny_sd(root / "tiny_sd", seed=0)
+    make_dataset(root / "ds", size=4, val_size=2, patch_size=32, distortions=SD_DEGS, seed=0)
+    return root
+
+
 @pytest.fixture
 def images():
     return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))

@@ -21,23 +21,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from daclip_lora.data.synthetic import make_dataset
 from daclip_lora.engine import CheckpointWriteError, Engine, latest_checkpoint
 from daclip_lora.options import load_options
-from daclip_lora.tiny_sd import build_tiny_sd
 
-DEGS = ["noisy", "hazy"]
+from conftest import SD_DEGS
+
+DEGS = SD_DEGS
 STEPS = 10
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel")
-    build_tiny_sd(root / "tiny_sd", seed=0)
-    make_dataset(root / "ds", size=4, val_size=1, patch_size=32, distortions=DEGS, seed=0)
-    return root
+def assets(sd_assets):
+    return sd_assets
 
 
 def _options(folder: Path, assets: Path, kind: str) -> Path:

@@ -15,22 +15,19 @@ from safetensors.torch import load_file
 from daclip_lora.cli import main
 from daclip_lora.conditioning import (RestorationConfig, RestorationUNet, add_unet_lora, load_restoration,
                                       read_restoration_config, save_restoration)
-from daclip_lora.data.synthetic import make_dataset
 from daclip_lora.engine import Engine
 from daclip_lora.options import load_options
 from daclip_lora.pipeline import RestorationPipeline, load_sd_components
-from daclip_lora.tiny_sd import build_tiny_sd
 from daclip_lora.trainers.restoration import RestorationTrainer
 
-DEGS = ["noisy", "hazy"]
+from conftest import SD_DEGS
+
+DEGS = SD_DEGS
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd")
-    build_tiny_sd(root / "tiny_sd", seed=0)
-    make_dataset(root / "ds", size=4, val_size=2, patch_size=32, distortions=DEGS, seed=0)
-    return root
+def assets(sd_assets):
+    return sd_assets
 
 
 def _opt(tmp_path, assets, *overrides, is_train=True):
