@@ -16,7 +16,8 @@ setup(
     package_dir={"daclip_lora.model_configs": "model_configs"},
     # the tiny pretrained SD base (daclip-lora make-tiny-base), in diffusers format
     package_data={"daclip_lora.model_configs": ["*.json"],
-                  "daclip_lora": ["assets/tiny_sd/*.json", "assets/tiny_sd/*/*"]},
+                  "daclip_lora": ["assets/tiny_sd/*.json", "assets/tiny_sd/*/*", "assets/tiny_restorer/*.json",
+                                  "assets/tiny_restorer/*.safetensors", "assets/tiny_restorer/*/*"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -35,6 +36,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
+        # the web app (daclip-lora app) and its browser test (Selenium drives Debian's chromium/chromedriver)
+        "app": ["gradio>=5.0,<7", "gradio_client", "selenium>=4.10"],
     },
     entry_points={"console_scripts": ["daclip-lora=daclip_lora.cli:main"]},
     classifiers=[

@@ -193,13 +193,35 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_tiny_base(args: argparse.Namespace) -> int:
-    from .tiny_bases import train_tiny_sd
+    from .tiny_bases import train_tiny_restorer, train_tiny_sd
+
+    if args.restorer:
+        record = train_tiny_restorer(args.out, seed=args.seed)
+        demo = record["demo"]
+        print(f"tiny restorer -> {args.out}: degradation accuracy {demo['controller_accuracy_after']:.3f}, "
+              f"held-out PSNR {demo['psnr_lq']:.2f} (LQ) -> {demo['psnr_restored']:.2f} dB (recipe.json has the "
+              f"details)")
+        return 0
 
     record = train_tiny_sd(args.out, seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                            batch=args.batch)
     print(f"tiny pretrained SD base -> {args.out} in {record['seconds']:.0f} s: VAE held-out reconstruction PSNR "
           f"{record['vae']['held_out_reconstruction_psnr_db']:.2f} dB, UNet held-out noise MSE "
           f"{record['unet']['held_out_noise_mse']} (recipe.json has the details)")
+    return 0
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from .app import AppSettings, launch
+
+    for flag, path in (("--weights", args.weights), ("-opt", args.opt_file)):
+        if path is not None and not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"{flag} {path} does not exist")
+    settings = AppSettings(weights=args.weights and str(args.weights), options=args.opt_file and str(args.opt_file),
+                           base=args.base, daclip_pretrained=args.daclip, degradations=args.degradations,
+                           device=args.device, max_pixels=args.max_pixels)
+    print(f"daclip-lora app on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    launch(settings, host=args.host, port=args.port, share=args.share)
     return 0
 
 
@@ -374,6 +396,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (slower; same outputs to 1e-4)")
     p.set_defaults(func=_cmd_restore)
 
+    p = sub.add_parser("app", help="web page: degradation probabilities and before/after restoration (Gradio)",
+                       description="Serve the restoration web app (pip install -e \".[app]\"). Without --weights or "
+                                   "-opt it runs the embedded tiny models on the CPU.")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="restoration folder (experiments/<name>/models/restoration) or a demo output folder")
+    p.add_argument("-opt", "--options", dest="opt_file", type=Path, default=None,
+                   help="a restoration test options file (its weights, base, DA-CLIP and degradation words)")
+    p.add_argument("--base", default=None, help="SD base folder (default: the one recorded in the weights)")
+    p.add_argument("--daclip", default=None, help="DA-CLIP checkpoint (default: the one recorded in the weights)")
+    p.add_argument("--degradations", nargs="+", metavar="WORD",
+                   help="degradation words for DA-CLIP's probabilities (default: the options' or the ten)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest upload in pixels (default 1 Mpx)")
+    p.set_defaults(func=_cmd_app)
+
     p = sub.add_parser("make-tiny-base", help="re-create the tiny pretrained SD base that ships with the package",
                        description="Train the tiny SD base (VAE, then UNet denoiser) from scikit-image photographs, "
                                    "deterministically, and write it in diffusers format with recipe.json. The "
@@ -383,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--unet-steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--restorer", action="store_true",
+                   help="make the tiny restorer the web app starts with instead (the embedded demo's DA-CLIP, "
+                        "controller LoRA and restoration LoRA; shipped copy: daclip_lora/assets/tiny_restorer)")
     p.set_defaults(func=_cmd_make_tiny_base)
 
     p = sub.add_parser("check-options", help="load and validate an options file, print the resolved options",

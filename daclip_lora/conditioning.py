@@ -300,6 +300,12 @@ def read_restoration_config(folder: Union[str, Path]) -> RestorationConfig:
                                 f"experiments/<name>/models/restoration")
     data = json.loads(path.read_text())
     known = {f for f in RestorationConfig.__dataclass_fields__}
+    # relative paths of the base models resolve against this folder when they exist there (a folder that
+    # travels with its base models, like the shipped tiny restorer), else they are kept as written
+    for key in ("base", "daclip_pretrained", "daclip_adapter"):
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (folder / value).exists():
+            data[key] = str((folder / value).resolve())
     return RestorationConfig(**{k: v for k, v in data.items() if k in known})
 
 

@@ -27,17 +27,19 @@ import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EMBEDDED_SD", "HELD_OUT_IMAGES", "PRETRAINED_UNET", "PRETRAINED_VAE", "embedded_sd_base",
-           "train_tiny_sd"]
+__all__ = ["EMBEDDED_SD", "EMBEDDED_RESTORER", "HELD_OUT_IMAGES", "PRETRAINED_UNET", "PRETRAINED_VAE",
+           "embedded_sd_base", "embedded_restorer", "train_tiny_sd", "train_tiny_restorer"]
 
 #: Where the shipped tiny pretrained SD folder lives inside the installed package.
 EMBEDDED_SD = Path(__file__).resolve().parent / "assets" / "tiny_sd"
+#: The shipped trained tiny restorer (DA-CLIP + controller LoRA + restoration LoRA) that ``daclip-lora app`` uses.
+EMBEDDED_RESTORER = Path(__file__).resolve().parent / "assets" / "tiny_restorer"
 #: scikit-image photographs never seen by the VAE or UNet of the shipped base.
 HELD_OUT_IMAGES = ("chelsea", "coffee", "gravel")
 
@@ -61,6 +63,68 @@ def embedded_sd_base() -> Path:
 
 
 # ----------------------------------------------------------------------------------- data
+def embedded_restorer() -> Tuple[Path, Path, Path, Path]:
+    """The shipped tiny restorer: ``(restoration folder, SD base, DA-CLIP checkpoint, controller LoRA folder)``.
+
+    Raises:
+        FileNotFoundError: it is missing (with the command that re-creates it).
+    """
+    folder = EMBEDDED_RESTORER
+    parts = (folder / "restoration", embedded_sd_base(), folder / "daclip_tiny.safetensors", folder / "controller_lora")
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"the embedded tiny restorer is incomplete (missing {', '.join(missing)}); re-create "
+                                f"it with `daclip-lora make-tiny-base {folder} --restorer` (about 4 minutes on 2 CPU "
+                                f"cores), or pass trained weights with --weights")
+    return parts
+
+
+def train_tiny_restorer(out: Union[str, Path], seed: int = 0, threads: Optional[int] = 2) -> Dict[str, Any]:
+    """Train the tiny restorer the web app starts with: exactly the embedded demo (``daclip-lora demo``, preset
+    ``full``, ``seed``) on the shipped SD base, then keep its DA-CLIP (fp16), controller LoRA and restoration
+    LoRA in ``out`` with ``recipe.json`` (the demo's numbers).
+    """
+    import shutil
+    import tempfile
+
+    from .checkpoint import save_model
+    from .demo import run_demo
+    from .factory import create_model
+
+    out = Path(out)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="daclip_lora_restorer_") as tmp:
+            summary = run_demo(Path(tmp) / "demo", preset="full", seed=seed)
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            model = create_model("daclip_tiny", pretrained=summary["daclip_base"])
+            save_model(model.half(), out / "daclip_tiny.safetensors", model_name="daclip_tiny")
+            shutil.copytree(summary["controller_lora"], out / "controller_lora")
+            shutil.copytree(summary["sd_lora"], out / "restoration")
+        config_path = out / "restoration" / "restoration.json"
+        config = json.loads(config_path.read_text())
+        # where the parts live inside the package; embedded_restorer() passes them explicitly
+        config.update(base="../../tiny_sd", daclip_pretrained="../daclip_tiny.safetensors",
+                      daclip_adapter="../controller_lora")
+        config_path.write_text(json.dumps(config, indent=2))
+        keep = ("controller_accuracy_before", "controller_accuracy_after", "psnr_lq", "psnr_restored", "ssim_lq",
+                "ssim_restored", "degradations_improved", "restoration_per_degradation", "sampling", "seconds")
+        record = {"recipe": "daclip_lora.tiny_bases.train_tiny_restorer",
+                  "command": f"daclip-lora make-tiny-base {out.name} --restorer --seed {seed}", "seed": seed,
+                  "what": "the embedded demo (preset full) on the shipped tiny SD base; DA-CLIP stored as float16",
+                  "threads": torch.get_num_threads(),
+                  "demo": {k: summary[k] for k in keep},
+                  "versions": {"torch": torch.__version__, "python": platform.python_version()}}
+        (out / "recipe.json").write_text(json.dumps(record, indent=2))
+        return record
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
 def _photographs(held_out: bool) -> List[torch.Tensor]:
     from .data.synthetic import builtin_images
 

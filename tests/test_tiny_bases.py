@@ -24,6 +24,19 @@ def test_shipped_base_is_small_and_records_its_recipe():
 
 
 @torch.no_grad()
+def test_shipped_weights_together_stay_under_25_mb_and_the_restorer_records_its_recipe():
+    from daclip_lora.tiny_bases import EMBEDDED_RESTORER, embedded_restorer
+
+    assets = EMBEDDED_SD.parent
+    size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
+    assert size <= 25 * 2 ** 20, size
+    assert all(p.exists() for p in embedded_restorer())
+    record = json.loads((EMBEDDED_RESTORER / "recipe.json").read_text())
+    assert record["recipe"] == "daclip_lora.tiny_bases.train_tiny_restorer"
+    assert "--restorer" in record["command"]
+    assert record["demo"]["psnr_lq"] > 0 and 0 <= record["demo"]["controller_accuracy_after"] <= 1
+
+
 def test_vae_reconstructs_held_out_photographs_above_28_db(backbone):
     """Measured on the shipped (fp16-stored) weights, on photographs the VAE never saw."""
     images = _random_crops(_photographs(held_out=True), 32, 64, torch.Generator().manual_seed(7))

@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageError", "list_images", "read_image", "write_image", "to_uint8", "MAX_PIXELS"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageError", "ImageTooLarge", "list_images", "read_image", "write_image", "to_uint8", "MAX_PIXELS"]
 
 #: Images with more pixels are refused *before* decoding (a 1-GB decode from a 50-kB file is a classic
 #: decompression bomb). Change it for the process (``daclip_lora.data.images.MAX_PIXELS = ...``) or per call.
@@ -23,6 +23,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 
 class ImageError(ValueError):
     """An image file is missing, corrupt, or not an image."""
+
+
+class ImageTooLarge(ImageError):
+    """An image has more pixels than allowed (found from its header, before decoding)."""
+
+    def __init__(self, message: str, width: int, height: int, limit: int):
+        super().__init__(message)
+        self.width, self.height, self.limit = width, height, limit
 
 
 def read_image(path: Union[str, Path], max_pixels: Optional[int] = None) -> np.ndarray:
@@ -54,8 +62,9 @@ def read_image(path: Union[str, Path], max_pixels: Optional[int] = None) -> np.n
         with opened as im:
             w, h = im.size
             if w * h > limit:
-                raise ImageError(f"{path}: {w}x{h} image has {w * h} pixels, above the limit of {limit}; refused "
-                                 f"before decoding (raise daclip_lora.data.images.MAX_PIXELS if it is genuine)")
+                raise ImageTooLarge(f"{path}: {w}x{h} image has {w * h} pixels, above the limit of {limit}; refused "
+                                    f"before decoding (raise daclip_lora.data.images.MAX_PIXELS if it is genuine)",
+                                    w, h, limit)
             if w < 1 or h < 1:
                 raise ImageError(f"{path}: empty image ({w}x{h})")
             im.load()
