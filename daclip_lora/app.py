@@ -27,7 +27,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Restorer", "AppSettings", "build_app", "example_image", "degraded_example", "read_upload",
+__all__ = ["Restorer", "AppSettings", "MissingExtraError", "require_gradio", "build_app", "example_image", "degraded_example", "read_upload",
            "resolve_weights", "DEFAULT_MAX_PIXELS", "EXAMPLE_SIZE", "API_NAME"]
 
 #: Largest upload the app restores by default (pixels): 1024 x 1024. ``--max-pixels`` changes it.
@@ -37,6 +37,19 @@ EXAMPLE_SIZE = 128
 #: The endpoint name for ``gradio_client``: ``Client(url).predict(..., api_name="/restore")``.
 API_NAME = "restore"
 NO_DEGRADATION = "none (clean)"
+
+
+class MissingExtraError(RuntimeError):
+    """An optional dependency of the app is not installed (the message says which extra to install)."""
+
+
+def require_gradio() -> None:
+    """Raise :class:`MissingExtraError` unless Gradio is importable."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise MissingExtraError('the web app needs Gradio, which is not installed: pip install -e ".[app]" '
+                                '(with -c constraints.txt on a CPU machine)')
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -317,10 +330,9 @@ class _Session:
 def build_app(settings: Optional[AppSettings] = None,
               loader: Optional[Callable[[AppSettings], Restorer]] = None) -> Any:
     """The Gradio page (a ``gr.Blocks``) for ``settings``; ``loader`` replaces :meth:`Restorer.load` (tests)."""
-    try:
-        import gradio as gr
-    except ImportError:
-        raise ImportError('the web app needs Gradio: pip install -e ".[app]"') from None
+    require_gradio()
+    import gradio as gr
+
     from .options import SCHEDULERS
 
     settings = settings or AppSettings()

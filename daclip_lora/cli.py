@@ -212,8 +212,9 @@ def _cmd_make_tiny_base(args: argparse.Namespace) -> int:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    from .app import AppSettings, launch
+    from .app import AppSettings, launch, require_gradio
 
+    require_gradio()
     for flag, path in (("--weights", args.weights), ("-opt", args.opt_file)):
         if path is not None and not Path(path).expanduser().exists():
             raise FileNotFoundError(f"{flag} {path} does not exist")
@@ -438,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple:
+    from .app import MissingExtraError
+
+    return USER_ERRORS + (MissingExtraError,)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -447,7 +454,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     try:
         return args.func(args)
-    except USER_ERRORS as e:
+    except _user_errors() as e:
         if args.debug:
             raise
         print(f"daclip-lora {args.command}: error: {e}", file=sys.stderr)

@@ -158,6 +158,16 @@ def test_cli_app_missing_weights_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "--weights" in err[0] and "does not exist" in err[0]
 
 
+def test_cli_app_without_gradio_says_which_extra(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert main(["app"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'pip install -e ".[app]"' in err[0]
+
+
 # --------------------------------------------------------------------------- served page
 @pytest.fixture(scope="module")
 def served(restorer):
