@@ -200,11 +200,8 @@ class Restorer:
         else:
             from .tiny_bases import embedded_restorer
 
-            folder, base, daclip, adapter = embedded_restorer()
+            folder = embedded_restorer()
             source = f"embedded tiny models ({folder.parent})"
-            pipe = RestorationPipeline.from_pretrained(folder, base=str(base), daclip_pretrained=str(daclip),
-                                                       daclip_adapter=str(adapter), device=settings.device)
-            return cls(pipe, words or list(DEGRADATION_FUNCTIONS), source)
         pipe = RestorationPipeline.from_pretrained(folder, base=base, daclip_pretrained=daclip,
                                                    device=settings.device)
         return cls(pipe, words or list(DEGRADATION_FUNCTIONS), source)

@@ -80,16 +80,14 @@ class RestorationPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: Union[str, Path], base: Optional[str] = None,
-                        daclip_pretrained: Optional[str] = None, daclip_adapter: Optional[str] = None,
-                        merge_lora: bool = True,
+                        daclip_pretrained: Optional[str] = None, merge_lora: bool = True,
                         device: Optional[Union[str, torch.device]] = None, precision: str = "fp32",
                         ) -> "RestorationPipeline":
         """Rebuild from a saved restoration folder (``restoration.json`` says which base models).
 
         Args:
             folder: what a restoration run wrote (``experiments/<name>/models/restoration``).
-            base, daclip_pretrained, daclip_adapter: override the base SD folder / DA-CLIP checkpoint / controller
-                LoRA folder recorded in the folder.
+            base, daclip_pretrained: override the base SD folder / DA-CLIP checkpoint recorded in the folder.
             merge_lora: bake LoRA into the UNet and fuse the widened ``conv_in`` (faster, same outputs).
             device: where to run (``None``: CUDA if available, else the CPU).
             precision: autocast dtype (``fp32``, ``bf16``, ``fp16``).
@@ -101,7 +99,7 @@ class RestorationPipeline:
         model = RestorationUNet(backbone.unet, config)
         load_restoration(model, folder, text_encoder=backbone.text_encoder)
         daclip = load_daclip(config.daclip_model, daclip_pretrained or config.daclip_pretrained,
-                             daclip_adapter or config.daclip_adapter)
+                             config.daclip_adapter)
         pipe = cls(backbone, model, daclip.eval().requires_grad_(False), precision=precision)
         if merge_lora:
             pipe.merge_lora()

@@ -27,7 +27,7 @@ import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -63,20 +63,22 @@ def embedded_sd_base() -> Path:
 
 
 # ----------------------------------------------------------------------------------- data
-def embedded_restorer() -> Tuple[Path, Path, Path, Path]:
-    """The shipped tiny restorer: ``(restoration folder, SD base, DA-CLIP checkpoint, controller LoRA folder)``.
+def embedded_restorer() -> Path:
+    """The shipped tiny restorer's restoration folder; its ``restoration.json`` points, by paths relative to it, at
+    the shipped SD base, DA-CLIP checkpoint and controller LoRA.
 
     Raises:
-        FileNotFoundError: it is missing (with the command that re-creates it).
+        FileNotFoundError: a part is missing (with the command that re-creates it).
     """
     folder = EMBEDDED_RESTORER
-    parts = (folder / "restoration", embedded_sd_base(), folder / "daclip_tiny.safetensors", folder / "controller_lora")
+    parts = (folder / "restoration" / "restoration.json", embedded_sd_base(), folder / "daclip_tiny.safetensors",
+             folder / "controller_lora")
     missing = [str(p) for p in parts if not p.exists()]
     if missing:
         raise FileNotFoundError(f"the embedded tiny restorer is incomplete (missing {', '.join(missing)}); re-create "
                                 f"it with `daclip-lora make-tiny-base {folder} --restorer` (about 4 minutes on 2 CPU "
                                 f"cores), or pass trained weights with --weights")
-    return parts
+    return folder / "restoration"
 
 
 def train_tiny_restorer(out: Union[str, Path], seed: int = 0, threads: Optional[int] = 2) -> Dict[str, Any]:
@@ -107,7 +109,7 @@ def train_tiny_restorer(out: Union[str, Path], seed: int = 0, threads: Optional[
             shutil.copytree(summary["sd_lora"], out / "restoration")
         config_path = out / "restoration" / "restoration.json"
         config = json.loads(config_path.read_text())
-        # where the parts live inside the package; embedded_restorer() passes them explicitly
+        # where the parts live inside the package, relative to restoration.json's folder
         config.update(base="../../tiny_sd", daclip_pretrained="../daclip_tiny.safetensors",
                       daclip_adapter="../controller_lora")
         config_path.write_text(json.dumps(config, indent=2))

@@ -1,6 +1,7 @@
 """The shipped tiny pretrained SD base: present, small, documented, and actually trained (measured here)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +31,10 @@ def test_shipped_weights_together_stay_under_25_mb_and_the_restorer_records_its_
     assets = EMBEDDED_SD.parent
     size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
     assert size <= 25 * 2 ** 20, size
-    assert all(p.exists() for p in embedded_restorer())
+    from daclip_lora.conditioning import read_restoration_config
+
+    config = read_restoration_config(embedded_restorer())
+    assert all(Path(p).exists() for p in (config.base, config.daclip_pretrained, config.daclip_adapter))
     record = json.loads((EMBEDDED_RESTORER / "recipe.json").read_text())
     assert record["recipe"] == "daclip_lora.tiny_bases.train_tiny_restorer"
     assert "--restorer" in record["command"]

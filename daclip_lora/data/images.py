@@ -12,7 +12,8 @@ from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageError", "ImageTooLarge", "list_images", "read_image", "write_image", "to_uint8", "MAX_PIXELS"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageError", "ImageTooLarge", "list_images", "read_image", "write_image", "to_uint8",
+           "MAX_PIXELS"]
 
 #: Images with more pixels are refused *before* decoding (a 1-GB decode from a 50-kB file is a classic
 #: decompression bomb). Change it for the process (``daclip_lora.data.images.MAX_PIXELS = ...``) or per call.
