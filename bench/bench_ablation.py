@@ -1,16 +1,18 @@
 """Ablation of the degradation-aware SD LoRA on the embedded demo's data (one run, same steps and seed).
 
 Variants, each trained from the shipped tiny pretrained SD base with the demo's settings, on the demo's cached
-training split, then evaluated on the held-out split with the same sampler and seed:
+training split, then evaluated on the held-out split with the same seed:
 
-    full            DA-CLIP content + degradation tokens, LQ latent, LoRA rank 8 (the demo's model)
+    full            one-step objective, DA-CLIP content + degradation tokens, LQ latent, LoRA rank 8 on every
+                    conv/linear layer, fusion head (the demo's model)
     no_degra        without the degradation-embedding tokens
     no_image        without the image-content-embedding tokens
-    no_daclip       without any DA-CLIP token (LQ latent only)
     no_lq           without the LQ latent (DA-CLIP tokens only)
     rank4, rank16   LoRA rank 4 / 16 (alpha = rank)
-
-plus a ``strength`` sweep of the full model at inference (1.0 = start from pure noise).
+    no_fusion       without the fusion head (the decoded restored latent is the output)
+    head_only       the fusion head over a LoRA trained for one step (what the head does without the LoRA)
+    diffusion       the diffusion objective (half the samples noised from the LQ latent), sampled with 20 DDIM
+                    steps, no fusion head; evaluated at several ``strength`` values (1.0 = from pure noise)
 
 Usage (after ``daclip-lora demo --out runs/demo``, whose data and controller LoRA it reuses)::
 
@@ -34,12 +36,15 @@ VARIANTS = {
     "full": {},
     "no_degra": {"conditioning": {"degra_context": False}},
     "no_image": {"conditioning": {"image_context": False}},
-    "no_daclip": {"conditioning": {"image_context": False, "degra_context": False}},
     "no_lq": {"conditioning": {"lq_latent": False}},
     "rank4": {"lora": {"rank": 4, "alpha": 4}},
     "rank16": {"lora": {"rank": 16, "alpha": 16}},
+    "no_fusion": {"objective": {"fusion": False}},
+    "head_only": {"steps": 1},
+    "diffusion": {"objective": {"objective": "diffusion", "fusion": False}, "conditioning": {"lq_start": 0.5},
+                  "sampling": {"steps": 20}},
 }
-STRENGTHS = (1.0, 0.8, 0.6, 0.4)
+STRENGTHS = (1.0, 0.6, 0.4, 0.2)  # the diffusion variant's sweep
 
 
 def main() -> None:
@@ -73,19 +78,20 @@ def main() -> None:
     rows, results = [], {}
     for name in args.variants:
         change = VARIANTS[name]
+        change = dict(change, steps=change.get("steps", args.steps))
         train_yml, test_yml = restoration_options(out, f"ablation_{name}", distortion, daclip, seed=summary["seed"],
-                                                  steps=args.steps, **change)
+                                                  **change)
         opt = load_options(train_yml, is_train=True, root=out / "runs")
         t0 = time.perf_counter()
         Engine(opt, RestorationTrainer(opt)).fit()
         seconds = time.perf_counter() - t0
         weights = Path(opt.path.models) / "restoration"
-        strengths = args.strengths if name == "full" else [None]
+        strengths = args.strengths if name == "diffusion" else [None]
         for strength in strengths:
             overrides = [] if strength is None else [f"sampling.strength={strength}"]
             test = load_options(test_yml, is_train=False, root=out / "runs" / f"s{strength}", overrides=overrides)
             report = evaluate_restoration(test, folder=str(weights))["val"]
-            label = name if strength is None else f"full, strength {strength}"
+            label = name if strength is None else f"{name}, strength {strength}"
             results[label] = {"report": report, "train_seconds": round(seconds, 1)}
             rows.append((label, report))
             print(f"{label}: PSNR {report['mean']['lq_psnr']:.2f} -> {report['mean']['psnr']:.2f} dB", flush=True)

@@ -133,12 +133,37 @@ def main() -> None:
         bare_unet = UNet2DConditionModel(**unet_cfg).to(device).eval()
         base = _time(base_loop, device, 1)
         out = pipe(lq, steps=args.steps)
-        assert out.device == device and torch.isfinite(out).all()
+        # torch.device("cuda") != torch.device("cuda:0"): compare the device type and index the tensor reports
+        if out.device.type != device.type:
+            raise SystemExit(f"gpu_smoke: restored output is on {out.device}, expected {device.type}")
+        if not torch.isfinite(out).all():
+            raise SystemExit(f"gpu_smoke: {int((~torch.isfinite(out)).sum())} non-finite values in the output")
         big = torch.rand(1, 3, 2 * args.resolution, 2 * args.resolution, device=device)
         tiled = pipe(big, steps=2, tile_size=args.resolution)
-        assert tiled.shape == big.shape and torch.isfinite(tiled).all()
+        if tiled.shape != big.shape or not torch.isfinite(tiled).all():
+            raise SystemExit(f"gpu_smoke: tiled output {tuple(tiled.shape)} for {tuple(big.shape)} input, "
+                             f"{int((~torch.isfinite(tiled)).sum())} non-finite values")
     print(f"sampling {args.steps} steps at {args.resolution} px: merged {merged:.2f} s, unmerged {unmerged:.2f} s, "
           f"bare UNet loop {base:.2f} s; merged / bare {merged / base:.2f}x")
+
+    # the one-step objective with a (fitted) fusion head: one UNet call and two decodes per image
+    from dataclasses import replace
+
+    one_cfg = replace(cfg, objective="one_step", one_step_t=50, fusion=True)
+    one = RestorationUNet(UNet2DConditionModel(**unet_cfg), one_cfg)
+    add_unet_lora(one.unet, one_cfg.lora)
+    one.fusion.fitted = True
+    one.to(device)
+    one_pipe = RestorationPipeline(backbone, one, daclip, precision=args.precision)
+    with torch.no_grad():
+        one_pipe.merge_lora()
+        one_s = _time(lambda: one_pipe(lq), device, args.repeats)
+        out = one_pipe(lq)
+        if out.device.type != device.type or not torch.isfinite(out).all():
+            raise SystemExit(f"gpu_smoke: one-step output on {out.device}, "
+                             f"{int((~torch.isfinite(out)).sum())} non-finite values")
+    print(f"one-step restoration + fusion head at {args.resolution} px: {one_s * 1000:.0f} ms per image "
+          f"({merged / one_s:.1f}x faster than {args.steps}-step sampling)")
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB")
     print("gpu_smoke: OK")

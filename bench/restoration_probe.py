@@ -1,117 +1,192 @@
-"""Experiment (issue 8): which restoration objective learns on the tiny base, and what a gated pixel skip adds.
+"""Experiment (issue 8): one-step restoration objectives on the tiny base, side by side.
 
-Trains a UNet LoRA on the cached latents of a `daclip-lora demo` output folder (its data and controller LoRA) with
-the LQ latent as x_t (multi-step, t < --tmax, x0-space loss) or one-step x0 regression at t=--onestep, then
-reports held-out PSNR of D(z) + g * (LQ - D(z_LQ)) for g in {0, 0.5, 1} per degradation ("best-g": the best
-fixed g per degradation, an upper bound for a gate predicted from DA-CLIP's degradation embedding).
+Trains a UNet LoRA (+ DA-CLIP tokens, LQ latent) on the cached latents of a `daclip-lora demo` output folder
+(its data and controller LoRA): one step at timestep --t from x_t = sqrt(abar_t) z_LQ to x0 (OSEDiff-style),
+with a latent or a pixel loss, and decodes with an optional gated pixel skip
+``D(z) + g * (LQ - D(z_LQ))`` (g from DA-CLIP's degradation embedding, or fixed). Prints held-out PSNR per
+degradation and one JSON line.
 
-    python bench/restoration_probe.py --demo runs/demo --targets convt --rank 16 --steps 1200 --onestep 200
+    python bench/restoration_probe.py --demo runs/demo --t 200 --loss pixel --gate learned --steps 600
 """
-import torch, numpy as np, time, argparse
+import argparse
+import json
+import time
 from pathlib import Path
+
+import numpy as np
+import torch
 import torch.nn.functional as F
+
 from daclip_lora.backbone import SDBackbone
-from daclip_lora.tiny_bases import embedded_sd_base
-from daclip_lora.data.images import read_image
 from daclip_lora.conditioning import RestorationConfig, RestorationUNet, add_unet_lora
-from daclip_lora.factory import load_daclip
 from daclip_lora.data.datasets import clip_batch
-from daclip_lora.pipeline import make_scheduler
+from daclip_lora.data.images import read_image
+from daclip_lora.factory import load_daclip
+from daclip_lora.tiny_bases import embedded_sd_base
+
+TARGETS = {
+    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
+    "conv": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj",
+             "ff.net.2"],
+    "convt": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj",
+              "ff.net.2", "time_emb_proj", "conv_out", "conv"],
+}
+
 ap = argparse.ArgumentParser()
-ap.add_argument('--demo', default='runs/demo')
-ap.add_argument('--targets', default='attn')
-ap.add_argument('--steps', type=int, default=600)
-ap.add_argument('--lr', type=float, default=1e-3)
-ap.add_argument('--rank', type=int, default=8)
-ap.add_argument('--tmax', type=int, default=400)
-ap.add_argument('--loss', default='x0')
-ap.add_argument('--batch', type=int, default=8)
-ap.add_argument('--nodeg', action='store_true')
-ap.add_argument('--onestep', type=int, default=0)
+ap.add_argument("--demo", default="runs/demo")
+ap.add_argument("--data", default=None, help="dataset folder (default: DEMO/data)")
+ap.add_argument("--targets", default="convt", choices=list(TARGETS))
+ap.add_argument("--steps", type=int, default=600)
+ap.add_argument("--lr", type=float, default=1e-3)
+ap.add_argument("--rank", type=int, default=8)
+ap.add_argument("--batch", type=int, default=8)
+ap.add_argument("--t", type=int, default=200)
+ap.add_argument("--loss", default="pixel", choices=["pixel", "latent", "logl"])
+ap.add_argument("--param", default="x0", choices=["x0", "rezero", "resid"])
+ap.add_argument("--gate", default="learned", choices=["none", "one", "learned"])
+ap.add_argument("--cond", default="full", choices=["full", "nodeg", "noimg", "none"])
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--tag", default="")
 a = ap.parse_args()
-torch.set_num_threads(2); torch.manual_seed(0)
+torch.set_num_threads(a.threads)
+torch.manual_seed(0)
+dev = torch.device(a.device)
 bb = SDBackbone.load(embedded_sd_base())
-d3 = Path(a.demo)
-daclip = load_daclip('daclip_tiny', str(d3/'models/daclip_tiny_base.safetensors'), str(d3/'runs/experiments/demo_controller/models/controller_lora')).eval()
+bb.to(dev)
+demo = Path(a.demo)
+daclip = load_daclip("daclip_tiny", str(demo / "models/daclip_tiny_base.safetensors"),
+                     str(demo / "runs/experiments/demo_controller/models/controller_lora")).eval().to(dev)
+
+
 def load(split):
-    root = d3/'data'/split; G=[];L=[];D=[]
-    for deg in sorted(p.name for p in root.iterdir()):
-        for p in sorted((root/deg/'GT').glob('*.png')):
-            G.append(torch.from_numpy(read_image(p)).permute(2,0,1).float()); L.append(torch.from_numpy(read_image(root/deg/'LQ'/p.name)).permute(2,0,1).float()); D.append(deg)
-    G=torch.stack(G); L=torch.stack(L)
+    root = Path(a.data or demo / "data") / split
+    G, L, D = [], [], []
+    for deg in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        for p in sorted((root / deg / "GT").glob("*.png")):
+            G.append(torch.from_numpy(read_image(p)).permute(2, 0, 1).float())
+            L.append(torch.from_numpy(read_image(root / deg / "LQ" / p.name)).permute(2, 0, 1).float())
+            D.append(deg)
+    G, L = torch.stack(G).to(dev), torch.stack(L).to(dev)
     with torch.no_grad():
         ie, de = daclip.encode_image(clip_batch(L), control=True)
-    return G, L, D, bb.encode_latents(G), bb.encode_latents(L), ie, de
-G,L,D,zg,zl,ie,de = load('train')
-vG,vL,vD,vzg,vzl,vie,vde = load('val')
-print('train', G.shape, 'val', vG.shape, flush=True)
-targets = {'attn': ["to_q","to_k","to_v","to_out.0"],
-           'conv': ["to_q","to_k","to_v","to_out.0","conv1","conv2","proj_in","proj_out","ff.net.0.proj","ff.net.2"],
-           'convt': ["to_q","to_k","to_v","to_out.0","conv1","conv2","proj_in","proj_out","ff.net.0.proj","ff.net.2","time_emb_proj","conv_out","conv"]}[a.targets]
-cfg = RestorationConfig(base='x', daclip_model='daclip_tiny', embed_dim=int(ie.shape[1]), cross_attention_dim=32, num_tokens=2,
-    image_context=not a.nodeg, degra_context=not a.nodeg, lq_latent=True, latent_channels=4)
+        zg, zl = bb.encode_latents(G), bb.encode_latents(L)
+        dl = bb.decode_latents(zl)
+    return G, L, D, zg, zl, dl, ie, de
+
+
+G, L, D, zg, zl, dl, ie, de = load("train")
+vG, vL, vD, vzg, vzl, vdl, vie, vde = load("val")
+cfg = RestorationConfig(base="x", daclip_model="daclip_tiny", embed_dim=int(ie.shape[1]), cross_attention_dim=32,
+                        num_tokens=2, image_context=a.cond in ("full", "nodeg") and a.cond != "noimg",
+                        degra_context=a.cond in ("full", "noimg"), lq_latent=True, latent_channels=4)
+if a.cond == "nodeg":
+    cfg.degra_context, cfg.image_context = False, True
 model = RestorationUNet(bb.unet, cfg)
-add_unet_lora(model.unet, {'rank': a.rank, 'alpha': a.rank, 'targets': targets})
-params = [p for p in model.parameters() if p.requires_grad]
-print('trainable', sum(p.numel() for p in params), flush=True)
+add_unet_lora(model.unet, {"rank": a.rank, "alpha": a.rank, "targets": TARGETS[a.targets]})
+gate = torch.nn.Sequential(torch.nn.LayerNorm(de.shape[1]), torch.nn.Linear(de.shape[1], 1))
+torch.nn.init.zeros_(gate[1].weight)
+torch.nn.init.constant_(gate[1].bias, 4.0)
+step_head = torch.nn.Sequential(torch.nn.LayerNorm(de.shape[1]), torch.nn.Linear(de.shape[1], 1))
+torch.nn.init.zeros_(step_head[1].weight)
+torch.nn.init.zeros_(step_head[1].bias)
+model.to(dev)
+gate.to(dev)
+step_head.to(dev)
+params = [p for p in model.parameters() if p.requires_grad] + (list(gate.parameters()) if a.gate == "learned" else [])
+params += list(step_head.parameters()) if a.param == "rezero" else []
 opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0)
-sched = bb.scheduler
-ac = sched.alphas_cumprod
+ac = bb.scheduler.alphas_cumprod.to(dev)
+al = ac[a.t].float()
 with torch.no_grad():
-    text = bb.encode_prompt([''], cfg.context_slots)
-t0=time.time()
+    text = bb.encode_prompt([""], cfg.context_slots).to(dev)
+vae = bb.vae
+sf = vae.config.scaling_factor
+
+
+def g_of(deg_emb):
+    if a.gate == "none":
+        return torch.zeros(len(deg_emb), 1, 1, 1, device=dev)
+    if a.gate == "one":
+        return torch.ones(len(deg_emb), 1, 1, 1, device=dev)
+    return torch.sigmoid(gate(deg_emb)).view(-1, 1, 1, 1)
+
+
+def restore(zq, ie_, de_, lq, dlq):
+    t = torch.full((len(zq),), a.t, device=dev)
+    xt = al.sqrt() * zq
+    pred = model(xt, t, text.expand(len(zq), -1, -1), ie_, de_, zq)
+    if a.param == "x0":
+        z = (xt - (1 - al).sqrt() * pred) / al.sqrt()
+    elif a.param == "rezero":
+        z = zq - step_head(de_).view(-1, 1, 1, 1) * pred
+    else:
+        with torch.no_grad():
+            model.unet.disable_adapters()
+            base = model(xt, t, text.expand(len(zq), -1, -1), ie_ * 0, de_ * 0, zq, keep_lq=torch.zeros(len(zq), device=dev))
+            model.unet.enable_adapters()
+        z = zq - ((1 - al) / al).sqrt() * (pred - base)
+    return z, ((vae.decode(z / sf).sample + 1) / 2) + g_of(de_) * (lq - dlq)
+
+
+t0 = time.time()
+print("setup done", flush=True)
 n = len(G)
+gen = torch.Generator().manual_seed(0)
 for step in range(a.steps):
-    idx = torch.randint(0, n, (a.batch,))
-    z0, zq = zg[idx], zl[idx]
-    # flips
-    if torch.rand(1) < 0.5: z0, zq = z0.flip(-1), zq.flip(-1)
-    t = torch.randint(0, a.tmax, (a.batch,)) if not a.onestep else torch.full((a.batch,), a.onestep)
-    eps = torch.randn_like(z0)
-    al = ac[t].view(-1,1,1,1)
-    xt = al.sqrt()*zq + (1-al).sqrt()*eps if not a.onestep else al.sqrt()*zq
-    lr = a.lr * min(1, (step+1)/20) * 0.5*(1+np.cos(np.pi*step/a.steps))
-    for g in opt.param_groups: g['lr']=lr
-    pred = model(xt, t, text.expand(a.batch,-1,-1), ie[idx], de[idx], zq)
-    x0 = (xt - (1-al).sqrt()*pred)/al.sqrt()
-    if a.loss == 'x0':
-        loss = F.mse_loss(x0, z0)
-    else:
-        target = (xt - al.sqrt()*z0)/(1-al).sqrt()
-        loss = ((pred-target)**2).mean((1,2,3)).mul(torch.clamp(al/(1-al),max=1).view(-1)*0+torch.clamp((1-al)/al,max=1).view(-1)).mean()
-    opt.zero_grad(); loss.backward(); opt.step()
-    if step % 100 == 0 or step == a.steps-1: print(step, round(loss.item(),4), round(time.time()-t0,1), flush=True)
+    idx = torch.randint(0, n, (a.batch,), generator=gen).to(dev)
+    flip = torch.rand(1, generator=gen).item() < 0.5
+    f = (lambda x: x.flip(-1)) if flip else (lambda x: x)
+    lr = a.lr * min(1, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * step / a.steps))
+    for grp in opt.param_groups:
+        grp["lr"] = lr
+    z, out = restore(f(zl[idx]), ie[idx], de[idx], f(L[idx]), f(dl[idx]))
+    if a.loss == "pixel":
+        loss = F.mse_loss(out, f(G[idx]))
+    elif a.loss == "latent":
+        loss = F.mse_loss(z, f(zg[idx]))
+    else:  # mean PSNR-like: per-sample log MSE
+        loss = torch.log((z - f(zg[idx])).pow(2).mean((1, 2, 3)) + 1e-4).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+train_s = time.time() - t0
 model.eval()
-def psnr(a,b): return float(10*torch.log10(1/((a-b)**2).mean()))
-@torch.no_grad()
-def sample(zq, ie_, de_, strength, steps):
-    s = make_scheduler('ddim', sched); s.set_timesteps(steps)
-    ts = s.timesteps
-    start = steps - max(1, int(round(steps*strength))); ts = ts[start:]
-    noise = torch.randn(zq.shape, generator=torch.Generator().manual_seed(0))
-    x = s.add_noise(zq, noise, ts[:1].repeat(len(zq)))
-    for t in ts:
-        pred = model(x, t.expand(len(zq)), text.expand(len(zq),-1,-1), ie_, de_, zq)
-        x = s.step(pred, t, x).prev_sample
-    return x
-dl = bb.decode_latents(vzl)
-for strength, steps in [(0.4, 20), (0.2, 20)]:
-    if a.onestep:
-        if steps != 20: continue
-        t = torch.full((len(vzl),), a.onestep); al = ac[t].view(-1,1,1,1); xt = al.sqrt()*vzl
-        with torch.no_grad(): pred = model(xt, t, text.expand(len(vzl),-1,-1), vie, vde, vzl)
-        z = (xt - (1-al).sqrt()*pred)/al.sqrt()
-    else:
-        z = sample(vzl, vie, vde, strength, steps)
-    dz = bb.decode_latents(z)
-    rows = {}
-    for deg in sorted(set(vD)):
-        m = torch.tensor([d==deg for d in vD])
-        r = {'lq': np.mean([psnr(x,y) for x,y in zip(vL[m],vG[m])])}
-        for g in (0.0, 0.5, 1.0):
-            o=(dz[m]+g*(vL[m]-dl[m])).clamp(0,1); r[f'g{g}']=np.mean([psnr(x,y) for x,y in zip(o,vG[m])])
-        rows[deg]=r
-    print(f'strength {strength} steps {steps}')
-    for d,r in rows.items(): print(f'  {d:16s}', ' '.join(f'{k}={v:6.2f}' for k,v in r.items()))
-    best = [max(r['g0.0'], r['g0.5'], r['g1.0']) for r in rows.values()]
-    print('  mean            ', ' '.join(f'{k}={np.mean([r[k] for r in rows.values()]):6.2f}' for k in r), 'best-g', round(np.mean(best),2), 'improved', sum(b>r['lq'] for b,r in zip(best, rows.values())), flush=True)
+if a.gate == "learned" and a.loss != "pixel":  # fit the gate afterwards on the training set's decodes (cheap)
+    with torch.no_grad():
+        dz = torch.cat([restore(zl[i:i + 64], ie[i:i + 64], de[i:i + 64], L[i:i + 64], dl[i:i + 64])[1]
+                        - g_of(de[i:i + 64]) * (L[i:i + 64] - dl[i:i + 64]) for i in range(0, n, 64)])
+    gopt = torch.optim.Adam(gate.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = F.mse_loss(dz + g_of(de) * (L - dl), G)
+        gopt.zero_grad()
+        loss.backward()
+        gopt.step()
+fit_s = time.time() - t0 - train_s
+
+
+def psnr(x, y):
+    return float(10 * torch.log10(1 / ((x - y) ** 2).mean()))
+
+
+with torch.no_grad():
+    _, out = restore(vzl, vie, vde, vL, vdl)
+    gv = g_of(vde)
+    dz = out - gv * (vL - vdl)
+    outs = {"g0": dz.clamp(0, 1), "g1": (dz + vL - vdl).clamp(0, 1), "gate": out.clamp(0, 1)}
+    gv = gv.view(-1)
+rows = {}
+for deg in sorted(set(vD)):
+    m = torch.tensor([d == deg for d in vD], device=dev)
+    rows[deg] = {"lq": np.mean([psnr(x, y) for x, y in zip(vL[m], vG[m])]),
+                 **{k: np.mean([psnr(x, y) for x, y in zip(o[m], vG[m])]) for k, o in outs.items()},
+                 "g": float(gv[m].mean())}
+    print(f"  {deg:16s} " + " ".join(f"{k} {v:6.2f}" for k, v in rows[deg].items()))
+res = {"tag": a.tag, "data": a.data, "n_train": n, "param": a.param, "t": a.t, "loss": a.loss, "gate": a.gate, "cond": a.cond, "targets": a.targets, "rank": a.rank,
+       "steps": a.steps, "lr": a.lr, "batch": a.batch, "train_s": round(train_s, 1), "fit_s": round(fit_s, 1),
+       "lq": round(float(np.mean([r["lq"] for r in rows.values()])), 2)}
+for k in outs:
+    res["out_" + k] = round(float(np.mean([r[k] for r in rows.values()])), 2)
+    res["out_" + k + "_improved"] = int(sum(r[k] > r["lq"] for r in rows.values()))
+res["per_gate"] = {k: round(float(r["gate"] - r["lq"]), 2) for k, r in rows.items()}
+print("RESULT " + json.dumps(res), flush=True)

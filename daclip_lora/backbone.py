@@ -30,7 +30,7 @@ from .tiling import tiled_map
 logger = logging.getLogger(__name__)
 
 __all__ = ["SDComponents", "SDBackbone", "backbone_for", "load_sd_components", "encode_prompt",
-           "diffusion_target", "diffusion_loss", "PREDICTION_TYPES", "SD_SUBFOLDERS"]
+           "diffusion_target", "diffusion_loss", "predicted_x0", "PREDICTION_TYPES", "SD_SUBFOLDERS"]
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -110,6 +110,22 @@ def diffusion_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
         return scheduler.get_velocity(latents, noise, timesteps)
     if kind == "sample":
         return latents
+    raise ValueError(f"scheduler prediction_type {kind!r} is not supported; use one of "
+                     f"{', '.join(PREDICTION_TYPES)} (scheduler/scheduler_config.json of the base model)")
+
+
+def predicted_x0(scheduler: Any, pred: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The clean latent implied by the UNet's prediction ``pred`` at ``noisy`` and ``timesteps`` (any
+    ``prediction_type``): the one-step restoration's output."""
+    kind = scheduler.config.prediction_type
+    alpha = scheduler.alphas_cumprod.to(noisy.device)[timesteps.long()].float().view(-1, 1, 1, 1)
+    pred = pred.float()
+    if kind == "epsilon":
+        return (noisy - (1 - alpha).sqrt() * pred) / alpha.sqrt()
+    if kind == "v_prediction":
+        return alpha.sqrt() * noisy - (1 - alpha).sqrt() * pred
+    if kind == "sample":
+        return pred
     raise ValueError(f"scheduler prediction_type {kind!r} is not supported; use one of "
                      f"{', '.join(PREDICTION_TYPES)} (scheduler/scheduler_config.json of the base model)")
 

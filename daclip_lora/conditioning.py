@@ -10,8 +10,20 @@
   the UNet, its LoRA file and diffusers' stock attention processors are unchanged.
 * **LQ latent.** ``conv_in`` is widened from 4 to 8 input channels: the LQ image's VAE latent is
   concatenated to the noisy latent, and the new channels' weights start at zero.
-* **LoRA** (peft, through diffusers) on the UNet's attention projections; only LoRA, the projector and
-  the new ``conv_in`` channels are trained.
+* **LoRA** (peft, through diffusers) on the UNet's attention projections (or ``sd.lora.targets``); only
+  LoRA, the projector and the new ``conv_in`` channels are trained.
+* **Objective.** ``diffusion``: the UNet is trained as a conditional denoiser and sampled (steps,
+  strength). ``one_step``: the UNet maps the LQ latent, read as ``x_t = sqrt(abar_t) z_LQ`` at a fixed small
+  ``t``, to the restored latent in one call (x0 from its prediction), as one-step SD restorers do
+  (OSEDiff, Wu et al. 2024); trained on a per-image log-MSE, i.e. on mean PSNR, not on total squared error
+  (which lets the large errors of hazy or low-light images drown out JPEG or blur).
+* **Fusion head** (optional, :class:`FusionHead`). The VAE cannot reproduce an image better than its own
+  reconstruction error, so decoding alone caps the output below mildly degraded inputs. The head blends
+  the LQ image, the decoded restored latent and the decoded LQ latent (``LQ + D(z) - D(z_LQ)`` is the
+  latent's correction added to the LQ pixels), then applies a per-channel affine colour correction; the
+  blend weights and the correction come from DA-CLIP's degradation and content embeddings and the LQ's
+  colour statistics. It starts as the identity (output = LQ) and is fitted after the LoRA, on the
+  training images' decodes (:func:`fit_fusion_head`).
 
 Saved outputs (a folder): ``pytorch_lora_weights.safetensors`` (diffusers format, LoRA config in its
 metadata, loadable by ``StableDiffusionPipeline.load_lora_weights``), ``restoration_extras.safetensors``
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +48,7 @@ from .lora_spec import LoraSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContextProjector", "DaclipConditioner", "LQConvIn", "RestorationConfig", "RestorationUNet",
+__all__ = ["ContextProjector", "DaclipConditioner", "FusionHead", "fit_fusion_head", "LQConvIn", "RestorationConfig", "RestorationUNet",
            "UNET_LORA_TARGETS", "add_unet_lora", "add_text_encoder_lora", "save_restoration", "load_restoration",
            "read_restoration_config", "lora_spec", "LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS"]
 
@@ -63,6 +76,9 @@ class RestorationConfig:
     prompt: str = ""
     latent_channels: int = 4
     prediction_type: str = "epsilon"
+    objective: str = "diffusion"  # or "one_step" (see the module docstring)
+    one_step_t: int = 50
+    fusion: bool = False
     lora: Dict[str, Any] = field(default_factory=dict)
     text_encoder_lora: Optional[Dict[str, Any]] = None
     version: int = 1
@@ -119,6 +135,90 @@ class DaclipConditioner(nn.Module):
         return torch.cat([text_hidden[:, :-k], text_hidden[:, -k:] + tokens], dim=1)
 
 
+class FusionHead(nn.Module):
+    """Degradation-aware output fusion: ``a * (c1 LQ + c2 D(z) + c3 D(z_LQ)) + b`` per image.
+
+    ``(c1, c2, c3)`` and the per-channel affine ``(a, b)`` are predicted from DA-CLIP's content and
+    degradation embeddings and the LQ image's per-channel mean and standard deviation. The last layer starts
+    at zero, where ``(c, a, b) = ((1, 0, 0), 1, 0)``: the output is the LQ image.
+    """
+
+    def __init__(self, embed_dim: int, hidden: int = 64, channels: int = 3):
+        super().__init__()
+        self.channels = channels
+        self.norm = nn.LayerNorm(2 * embed_dim)
+        self.fc1 = nn.Linear(2 * embed_dim + 2 * channels, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, 3 + 2 * channels)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+        # set by fit_fusion_head (and saved); until then the pipeline decodes without the head (training-time
+        # validation). A Python flag, not a buffer: reading it never syncs a device
+        self.fitted = False
+
+    def coefficients(self, lq: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor) -> torch.Tensor:
+        """``(B, 3 + 2C)``: blend weights, colour scales and offsets (at their identity values when untrained)."""
+        p = self.fc1.weight
+        stats = torch.cat([lq.mean((2, 3)), lq.std((2, 3))], dim=1).to(p.dtype)
+        emb = self.norm(torch.cat([image_emb, degra_emb], dim=1).to(p.dtype))
+        h = self.fc2(self.act(self.fc1(torch.cat([emb, stats], dim=1))))
+        c = self.channels
+        identity = torch.tensor([1.0, 0.0, 0.0] + [1.0] * c + [0.0] * c, device=h.device, dtype=h.dtype)
+        return h + identity
+
+    def forward(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor, image_emb: torch.Tensor,
+                degra_emb: torch.Tensor) -> torch.Tensor:
+        k = self.coefficients(lq, image_emb, degra_emb).float().view(lq.shape[0], -1, 1, 1)
+        c = self.channels
+        mixed = k[:, 0:1] * lq + k[:, 1:2] * decoded + k[:, 2:3] * decoded_lq
+        return k[:, 3:3 + c] * mixed + k[:, 3 + c:]
+
+
+def fit_fusion_head(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor,
+                    gt: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor, steps: int = 400,
+                    lr: float = 3e-3, batch: int = 256, seed: int = 0) -> Dict[str, float]:
+    """Fit ``head`` on training images (tensors ``(N, 3, H, W)`` in [0, 1] and ``(N, E)`` embeddings).
+
+    Loss: mean over images of ``log(MSE)`` (maximises mean PSNR). Deterministic for a given ``seed``.
+    Returns the training set's mean PSNR of the LQ, of ``LQ + D(z) - D(z_LQ)`` and of the head's output.
+    """
+    n = lq.shape[0]
+    if n == 0:
+        raise ValueError("fit_fusion_head needs at least one training image")
+    device = next(head.parameters()).device
+    head.requires_grad_(True).train()
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+
+    def log_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.log((out.float() - target.float()).pow(2).mean((1, 2, 3)) + 1e-8)
+
+    def take(idx: torch.Tensor):
+        return [t[idx].to(device, torch.float32) for t in (lq, decoded, decoded_lq, gt, image_emb, degra_emb)]
+
+    for step in range(steps):
+        idx = torch.randperm(n, generator=gen)[:batch]
+        x, d, dl, y, ie, de = take(idx)
+        for group in opt.param_groups:  # cosine decay
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = log_mse(head(x, d, dl, ie, de), y).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    head.requires_grad_(False).eval()
+    head.fitted = True
+    psnr = lambda v: float((-10 / math.log(10)) * v.mean())  # noqa: E731
+    with torch.no_grad():
+        lq_l, res_l, out_l = [], [], []
+        for i in range(0, n, batch):
+            x, d, dl, y, ie, de = take(torch.arange(i, min(n, i + batch)))
+            lq_l.append(log_mse(x, y))
+            res_l.append(log_mse((x + d - dl).clamp(0, 1), y))
+            out_l.append(log_mse(head(x, d, dl, ie, de).clamp(0, 1), y))
+    return {"psnr_lq": psnr(torch.cat(lq_l)), "psnr_residual": psnr(torch.cat(res_l)),
+            "psnr_fused": psnr(torch.cat(out_l))}
+
+
 class LQConvIn(nn.Module):
     """``conv_in`` widened to take ``[noisy latent, LQ latent]``: base conv + zero-initialised LQ conv."""
 
@@ -162,8 +262,12 @@ class RestorationUNet(nn.Module):
         if unet.config.cross_attention_dim != config.cross_attention_dim:
             raise ValueError(f"UNet cross_attention_dim {unet.config.cross_attention_dim} != "
                              f"{config.cross_attention_dim} expected by the conditioning")
+        if config.objective not in ("diffusion", "one_step"):
+            raise ValueError(f"restoration objective must be 'diffusion' or 'one_step', got {config.objective!r}")
         self.unet = unet
         self.conditioner = DaclipConditioner(config)
+        # fitted after the LoRA, never by the training loop's optimiser
+        self.fusion = FusionHead(config.embed_dim).requires_grad_(False) if config.fusion else None
         if config.lq_latent:
             unet.conv_in = LQConvIn(unet.conv_in, config.latent_channels)
 
@@ -206,6 +310,9 @@ class RestorationUNet(nn.Module):
     def extras_state_dict(self) -> Dict[str, torch.Tensor]:
         """Projector weights and the widened ``conv_in`` (full weight and bias, as a plain conv would have)."""
         out = {f"conditioner.{k}": v for k, v in self.conditioner.state_dict().items()}
+        if self.fusion is not None:
+            out.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
+            out["fusion.fitted"] = torch.tensor(float(self.fusion.fitted))
         if self.config.lq_latent:
             conv = self.unet.conv_in
             out["conv_in.weight"] = conv.weight.detach()
@@ -218,6 +325,14 @@ class RestorationUNet(nn.Module):
         missing, unexpected = self.conditioner.load_state_dict(cond, strict=False)
         if missing or unexpected:
             raise ValueError(f"restoration extras do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        if self.fusion is not None:
+            fusion = {k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")}
+            if not fusion:
+                raise ValueError("restoration.json has fusion: true but the extras hold no fusion head weights "
+                                 "(fusion.*); re-save the folder with the trainer that wrote it")
+            fitted = fusion.pop("fitted", torch.tensor(1.0))
+            self.fusion.load_state_dict(fusion)
+            self.fusion.fitted = bool(fitted.item() > 0)
         if self.config.lq_latent:
             if "conv_in.weight" not in state:
                 raise ValueError("restoration extras lack conv_in.weight (was the model trained without lq_latent?)")

@@ -33,14 +33,24 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["run_demo", "DEMO_PRESETS"]
 
+#: LoRA on every convolution and linear layer of the tiny UNet: its attention runs only at the lowest
+#: resolution, so attention-only LoRA cannot change fine detail
+DEMO_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj",
+                     "ff.net.2", "time_emb_proj", "conv_out", "conv"]
+
 DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
-    "full": {"size": 24, "val_size": 8, "patch": 64, "controller_steps": 400, "controller_batch": 32,
-             "sd_steps": 600, "sd_batch": 8, "sd_lr": 1e-3, "sd_lora": {"rank": 8, "alpha": 8},
-             "sd_conditioning": {"num_tokens": 2, "lq_start": 0.5}, "sample_steps": 20,
-             "sampling": {"strength": 0.4}},
+    "full": {"size": 96, "val_size": 8, "patch": 64, "controller_steps": 300, "controller_batch": 32,
+             "sd_steps": 400, "sd_batch": 8, "sd_lr": 1e-3,
+             "sd_lora": {"rank": 8, "alpha": 8, "targets": DEMO_LORA_TARGETS},
+             "sd_conditioning": {"num_tokens": 2},
+             "sd_objective": {"objective": "one_step", "one_step_t": 50, "fusion": True, "fusion_images": 512},
+             "sample_steps": 1, "sampling": {}},
     "quick": {"size": 4, "val_size": 2, "patch": 32, "controller_steps": 6, "controller_batch": 8,
-              "sd_steps": 4, "sd_batch": 8, "sd_lr": 1e-3, "sd_lora": {"rank": 4, "alpha": 4},
-              "sd_conditioning": {"num_tokens": 2}, "sample_steps": 2, "sampling": {}},
+              "sd_steps": 4, "sd_batch": 8, "sd_lr": 1e-3,
+              "sd_lora": {"rank": 4, "alpha": 4, "targets": DEMO_LORA_TARGETS},
+              "sd_conditioning": {"num_tokens": 2},
+              "sd_objective": {"objective": "one_step", "one_step_t": 50, "fusion": True, "fusion_images": 16},
+              "sample_steps": 1, "sampling": {}},
 }
 
 
@@ -71,7 +81,8 @@ def demo_data(out: Path, preset: str = "full", seed: int = 0) -> Dict[str, Any]:
 def restoration_options(out: Path, name: str, distortion: List[str], daclip: Dict[str, Any], preset: str = "full",
                         seed: int = 0, conditioning: Optional[Dict[str, Any]] = None,
                         lora: Optional[Dict[str, Any]] = None, sampling: Optional[Dict[str, Any]] = None,
-                        steps: Optional[int] = None) -> Tuple[Path, Path]:
+                        steps: Optional[int] = None, objective: Optional[Dict[str, Any]] = None
+                        ) -> Tuple[Path, Path]:
     """Training and test options of a restoration run on the demo data and the shipped tiny SD base."""
     from .tiny_bases import embedded_sd_base
 
@@ -80,7 +91,8 @@ def restoration_options(out: Path, name: str, distortion: List[str], daclip: Dic
     steps = steps or p["sd_steps"]
     common = {"distortion": distortion, "task": "restoration", "daclip": daclip,
               "sd": {"base": str(embedded_sd_base()), "lora": {**p["sd_lora"], **(lora or {})},
-                     "conditioning": {**p["sd_conditioning"], **(conditioning or {})}},
+                     "conditioning": {**p["sd_conditioning"], **(conditioning or {})},
+                     **p["sd_objective"], **(objective or {})},
               "sampling": {"steps": p["sample_steps"], "scheduler": "ddim", **p["sampling"], **(sampling or {})}}
     train = _write_yaml(out / "options" / f"{name}_train.yml", {
         "name": name, **common,

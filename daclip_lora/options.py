@@ -192,6 +192,13 @@ class SDOptions:
     text_encoder_lora: Optional[LoraOptions] = None
     text_encoder_lr: Optional[float] = None
     conditioning: ConditioningOptions = field(default_factory=ConditioningOptions)
+    #: restoration: "diffusion" (epsilon/v training, sampled with steps/strength) or "one_step" (the UNet maps
+    #: the LQ latent to the restored latent in one call at timestep one_step_t, trained on a per-image log-MSE)
+    objective: Literal["diffusion", "one_step"] = "diffusion"
+    one_step_t: int = 50
+    #: restoration: fit the degradation-aware output fusion head after the LoRA (see conditioning.FusionHead)
+    fusion: bool = False
+    fusion_images: int = 1024  # training images the fusion head is fitted on
     resolution: int = 512
     validation_prompts: Optional[str] = _path()  # text2image: one prompt per line
     clip_score: bool = True  # text2image: CLIP score of validation images with daclip.model
@@ -260,7 +267,8 @@ _RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_ste
 #: its task never reads is an error naming the task, instead of a setting that silently does nothing.
 TASK_KEYS: Dict[str, Tuple[str, ...]] = {
     "controller": ("daclip", "controller", *_RUNTIME_COMMON),
-    "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "runtime", "sampling"),
+    "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective", "sd.one_step_t",
+                    "sd.fusion", "sd.fusion_images", "runtime", "sampling"),
     "text2image": ("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
                    "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score", *_RUNTIME_COMMON,
                    "runtime.snr_gamma", "runtime.noise_offset", "sampling.scheduler", "sampling.steps",

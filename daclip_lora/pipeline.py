@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .backbone import SDBackbone, SDComponents, backbone_for, encode_prompt, load_sd_components
+from .backbone import SDBackbone, SDComponents, backbone_for, encode_prompt, load_sd_components, predicted_x0
 from .conditioning import LQConvIn, RestorationConfig, RestorationUNet, load_restoration, read_restoration_config
 from .data.datasets import clip_batch
 from .options import SCHEDULER_ALIASES, SCHEDULERS, scheduler_name
@@ -172,6 +172,10 @@ class RestorationPipeline:
         """Restore ``lq`` (``(B, 3, H, W)`` in ``[0, 1]``, any size); returns the same shape in ``[0, 1]``,
         as fp32 on ``lq``'s device.
 
+        A ``one_step`` model (``config.objective``) restores in one UNet call: ``steps``, ``scheduler``,
+        ``strength`` and ``seed`` do not apply to it. A model with a fusion head blends its decoded output with
+        the LQ image (see :class:`~daclip_lora.conditioning.FusionHead`).
+
         Args:
             steps: sampling steps. scheduler: ``ddim``, ``dpm++`` or ``euler`` (or an alias such as ``dpmpp_2m``).
             guidance_scale: > 1 enables classifier-free guidance against "no DA-CLIP tokens, empty prompt".
@@ -207,19 +211,8 @@ class RestorationPipeline:
             cond = self.model.context(text, image_emb, degra_emb)
             uncond = self.model.context(self.text_hidden("", b), image_emb, degra_emb,
                                         keep_daclip=torch.zeros(b, device=device)) if guidance_scale > 1 else None
-        sched = make_scheduler(scheduler, self.backbone.scheduler)
-        sched.set_timesteps(steps)  # timesteps stay on the CPU: schedulers index their tables with them
-        timesteps = sched.timesteps
-        # every image gets the noise of `seed`, as if restored alone: results do not depend on the batching
-        noise = torch.randn(z_lq.shape[1:], generator=torch.Generator().manual_seed(seed)).to(device)
-        noise = noise.expand(b, *noise.shape).contiguous()
-        if strength < 1:
-            start = steps - max(1, int(round(steps * strength)))
-            timesteps = timesteps[start * sched.order:]
-            latents = sched.add_noise(z_lq.float(), noise, timesteps[:1].repeat(b))
-        else:
-            latents = noise * sched.init_noise_sigma
-        c = latents.shape[1]
+        one_step = self.config.objective == "one_step"
+        c = z_lq.shape[1]
         unet_kwargs = self.backbone.unet_kwargs(b, device)
         latent_tile, latent_overlap = (tile // f, overlap // f) if tile else (0, 0)
 
@@ -236,23 +229,58 @@ class RestorationPipeline:
             u, cnd = both.float().chunk(2)
             return u + guidance_scale * (cnd - u)
 
+        def run(model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                if latent_tile:
+                    return tiled_map(lambda m: predict(m, t), model_in, latent_tile, latent_overlap)
+                return predict(model_in, t)
+
+        if one_step:  # the LQ latent read as x_t at one_step_t, mapped to x0 in one UNet call
+            train_sched = self.backbone.scheduler
+            t = torch.tensor(self.config.one_step_t)
+            alpha = train_sched.alphas_cumprod[t].float()
+            noisy = alpha.sqrt() * z_lq.float()
+            model_in = torch.cat([noisy, z_lq.to(noisy.dtype)], dim=1) if self.config.lq_latent else noisy
+            pred = run(model_in, t)
+            latents = predicted_x0(train_sched, pred, noisy, t.to(device).expand(b))
+            if callback is not None:
+                callback(1, 1)
+        else:
+            latents = self._sample(z_lq, run, scheduler, steps, strength, seed, callback, progress)
+        out = self.decode_latents(latents, tile, overlap)
+        if self.model.fusion is not None and self.model.fusion.fitted:
+            decoded_lq = self.decode_latents(z_lq, tile, overlap)
+            out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
+        return out[:, :, :h, :w].to(lq.device, torch.float32)
+
+    def _sample(self, z_lq: torch.Tensor, run: Callable, scheduler: str, steps: int, strength: float, seed: int,
+                callback: Optional[Callable[[int, int], None]], progress: bool) -> torch.Tensor:
+        """The diffusion objective's sampling loop: from noise (or the noised LQ latent when strength < 1)."""
+        device, b = z_lq.device, z_lq.shape[0]
+        sched = make_scheduler(scheduler, self.backbone.scheduler)
+        sched.set_timesteps(steps)  # timesteps stay on the CPU: schedulers index their tables with them
+        timesteps = sched.timesteps
+        # every image gets the noise of `seed`, as if restored alone: results do not depend on the batching
+        noise = torch.randn(z_lq.shape[1:], generator=torch.Generator().manual_seed(seed)).to(device)
+        noise = noise.expand(b, *noise.shape).contiguous()
+        if strength < 1:
+            start = steps - max(1, int(round(steps * strength)))
+            timesteps = timesteps[start * sched.order:]
+            latents = sched.add_noise(z_lq.float(), noise, timesteps[:1].repeat(b))
+        else:
+            latents = noise * sched.init_noise_sigma
         bar = tqdm(total=len(timesteps), desc="denoise", unit="step", leave=False, disable=not progress)
         for i, t in enumerate(timesteps):
             model_in = sched.scale_model_input(latents, t)
             if self.config.lq_latent:
                 model_in = torch.cat([model_in, z_lq.to(model_in.dtype)], dim=1)
-            with self._autocast():
-                if latent_tile:
-                    pred = tiled_map(lambda m: predict(m, t), model_in, latent_tile, latent_overlap)
-                else:
-                    pred = predict(model_in, t)
+            pred = run(model_in, t)
             latents = sched.step(pred.float(), t, latents, return_dict=False)[0]
             bar.update(1)
             if callback is not None:
                 callback(i + 1, len(timesteps))
         bar.close()
-        out = self.decode_latents(latents, tile, overlap)
-        return out[:, :, :h, :w].to(lq.device, torch.float32)
+        return latents
 
     # ----------------------------------------------------------------------------- folders
     def restore_folder(self, input: Union[str, Path], output: Union[str, Path], batch_size: int = 4,

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..backbone import SDBackbone, diffusion_loss, diffusion_target
-from ..conditioning import RestorationConfig, RestorationUNet, add_unet_lora, lora_spec, save_restoration
+from ..backbone import SDBackbone, diffusion_loss, diffusion_target, predicted_x0
+from ..conditioning import (RestorationConfig, RestorationUNet, add_unet_lora, fit_fusion_head, lora_spec,
+                            save_restoration)
 from ..data.datasets import RestorationDataset, pair_lqgt, pair_md
 from ..data.images import write_image
 from ..engine import TrainTask, per_sample_generators, per_sample_noise, per_sample_rand, per_sample_randint
@@ -58,8 +59,19 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         cross_attention_dim=int(sd.unet.config.cross_attention_dim), num_tokens=c.num_tokens,
         image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
-        prediction_type=sd.scheduler.config.prediction_type,
-        text_encoder_lora=None)
+        prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
+        fusion=s.fusion, text_encoder_lora=None)
+    steps = int(sd.scheduler.config.num_train_timesteps)
+    if s.objective == "one_step" and not 0 <= s.one_step_t < steps:
+        raise ValueError(f"sd.one_step_t must be a timestep in [0, {steps}) of the base's scheduler, got "
+                         f"{s.one_step_t}; small values (20-200) keep the LQ image's detail")
+    if s.fusion and s.objective != "one_step":
+        raise ValueError("sd.fusion needs sd.objective: one_step (the head is fitted on the model's outputs, "
+                         "which a sampled diffusion model varies with steps, strength and seed); set sd.fusion: "
+                         "false or sd.objective: one_step")
+    if s.objective == "one_step" and c.lq_start:
+        raise ValueError("sd.conditioning.lq_start applies to the diffusion objective only; remove it or set "
+                         "sd.objective: diffusion")
     if config.context_slots >= sd.tokenizer.model_max_length - 2:
         raise ValueError(f"{config.context_slots} DA-CLIP tokens leave no room for the prompt in "
                          f"{sd.tokenizer.model_max_length} positions; lower sd.conditioning.num_tokens")
@@ -164,10 +176,23 @@ class RestorationTrainer(TrainTask):
         # Per-sample draws keyed by (seed, step, sample index): a run's trajectory does not depend on the
         # number of processes the global batch is split over.
         gens = per_sample_generators(self.seed, self.step, batch["_index"].tolist())
+        keep = lambda p: (per_sample_rand(gens, device) >= p).float()  # noqa: E731
+        keep_text = keep(cond.drop_text).view(-1, 1, 1)
+        text = keep_text * self.prompt_hidden + (1 - keep_text) * self.empty_hidden
+        if self.config.objective == "one_step":
+            # the LQ latent read as x_t at one_step_t; the UNet's x0 is the restored latent. Loss: per-image
+            # log-MSE (mean PSNR in latent space), so mild degradations weigh as much as severe ones.
+            t = torch.full((z_gt.shape[0],), self.config.one_step_t, device=device, dtype=torch.long)
+            alpha = sched.alphas_cumprod.to(device)[t].float().view(-1, 1, 1, 1)
+            noisy = alpha.sqrt() * z_lq
+            pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
+                         keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
+            x0 = predicted_x0(sched, pred, noisy, t)
+            mse = (x0 - z_gt.float()).pow(2).mean((1, 2, 3))
+            return {"loss": torch.log(mse + 1e-6).mean(), "latent_mse": mse.mean().detach()}
         noise = per_sample_noise(gens, z_gt.shape[1:], device, rt.noise_offset)
         t = per_sample_randint(gens, sched.config.num_train_timesteps, device)
         noisy = sched.add_noise(z_gt, noise, t)
-        keep = lambda p: (per_sample_rand(gens, device) >= p).float()  # noqa: E731
         if cond.lq_start:
             # LQ-start samples: x_t noised from the LQ latent, as `strength < 1` sampling starts; the target is
             # the noise that puts x_t on the GT trajectory, so one step from it lands on the restored image.
@@ -183,8 +208,6 @@ class RestorationTrainer(TrainTask):
         else:
             weights = None
         target = diffusion_target(sched, z_gt, noise, t)
-        keep_text = keep(cond.drop_text).view(-1, 1, 1)
-        text = keep_text * self.prompt_hidden + (1 - keep_text) * self.empty_hidden
         pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
                      keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
         return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma, weights)}
@@ -208,7 +231,62 @@ class RestorationTrainer(TrainTask):
         write_image(Path(self.opt.path.val_images) / f"{step:08d}.png", grid)
         return {k: float(np.mean([m[k] for m in scores])) for k in ("psnr", "ssim")}
 
+    @torch.no_grad()
+    def _fusion_data(self) -> Dict[str, torch.Tensor]:
+        """LQ, GT, decodes and embeddings of up to ``sd.fusion_images`` training images (a seeded subset)."""
+        pipe = self.pipeline()
+        n = len(self._train)
+        limit = self.opt.sd.fusion_images
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.opt.train.manual_seed))[:limit]
+        parts: Dict[str, List[torch.Tensor]] = {}
+        for i in range(0, len(order), 32):
+            samples = [self._train[int(j)] for j in order[i:i + 32]]
+            lq = torch.stack([s["LQ"] for s in samples]).to(self.device)
+            gt = torch.stack([s["GT"] for s in samples])
+            z_lq = self.backbone.encode_latents(lq)
+            with pipe._autocast():
+                image_emb, degra_emb = pipe.daclip_embeddings(lq)
+            restored = self._restore_latents(pipe, z_lq, image_emb, degra_emb)
+            for k, v in (("lq", lq), ("gt", gt), ("decoded", self.backbone.decode_latents(restored)),
+                         ("decoded_lq", self.backbone.decode_latents(z_lq)), ("image_emb", image_emb),
+                         ("degra_emb", degra_emb)):
+                parts.setdefault(k, []).append(v.float().cpu())
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def _restore_latents(self, pipe: RestorationPipeline, z_lq, image_emb, degra_emb) -> torch.Tensor:
+        """The model's restored latents for the fusion fit (one step, or sampling with the ``sampling`` block)."""
+        b = z_lq.shape[0]
+        ctx = self.model.context(self.prompt_hidden.expand(b, -1, -1).to(self.device), image_emb.float(),
+                                 degra_emb.float())
+        if self.config.objective == "one_step":
+            sched = self.sd.scheduler
+            t = torch.full((b,), self.config.one_step_t, device=self.device, dtype=torch.long)
+            noisy = sched.alphas_cumprod.to(self.device)[t].float().view(-1, 1, 1, 1).sqrt() * z_lq
+            with pipe._autocast():
+                pred = self.model.denoise(noisy, t, ctx, z_lq if self.config.lq_latent else None,
+                                          **self.backbone.unet_kwargs(b, self.device))
+            return predicted_x0(sched, pred, noisy, t)
+        raise ValueError("sd.fusion needs sd.objective: one_step")
+
+    def fit_fusion(self) -> Dict[str, float]:
+        """Fit the fusion head on the training images' decodes (after the LoRA); returns training-set PSNRs."""
+        was_training = self.model.training
+        self.model.eval()
+        data = self._fusion_data()
+        with torch.enable_grad():
+            report = fit_fusion_head(self.model.fusion, data["lq"], data["decoded"], data["decoded_lq"],
+                                     data["gt"], data["image_emb"], data["degra_emb"],
+                                     seed=self.opt.train.manual_seed)
+        self.model.train(was_training)
+        logger.info("fusion head fitted on %d training images: PSNR LQ %.2f, LQ + latent correction %.2f, "
+                    "fused %.2f dB", len(data["lq"]), report["psnr_lq"], report["psnr_residual"],
+                    report["psnr_fused"])
+        self.fusion_report = report
+        return report
+
     def save_outputs(self, out_dir: Path) -> None:
+        if self.model.fusion is not None:
+            self.fit_fusion()
         path = save_restoration(self.model, Path(out_dir) / "restoration", backbone=self.backbone)
         logger.info("restoration LoRA and extras saved to %s", path)
 

@@ -1,0 +1,154 @@
+"""The one-step objective and the fusion head: maths, identity at init, fitting, save/load, pipeline, options."""
+
+import math
+
+import pytest
+import torch
+
+from daclip_lora.backbone import diffusion_target, predicted_x0
+from daclip_lora.conditioning import (FusionHead, RestorationConfig, RestorationUNet, add_unet_lora, fit_fusion_head,
+                                      load_restoration, read_restoration_config, save_restoration)
+from daclip_lora.engine import Engine
+from daclip_lora.factory import load_daclip
+from daclip_lora.pipeline import RestorationPipeline, load_sd_components
+from daclip_lora.trainers.restoration import RestorationTrainer
+
+from test_restoration import _opt, _perturb
+
+
+@pytest.fixture(scope="module")
+def assets(sd_assets):
+    return sd_assets
+
+
+def _psnr(a, b):
+    return -10 * math.log10(float((a - b).pow(2).mean()))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_predicted_x0_inverts_the_training_target(prediction_type):
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          prediction_type=prediction_type)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 50, 999])
+    noisy = sched.add_noise(x0, noise, t)
+    recovered = predicted_x0(sched, diffusion_target(sched, x0, noise, t), noisy, t)
+    assert (recovered - x0).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("b,h,w", [(1, 16, 16), (3, 24, 40)])
+def test_fusion_head_starts_as_the_identity(b, h, w):
+    head = FusionHead(embed_dim=64)
+    g = torch.Generator().manual_seed(0)
+    lq, dec, dec_lq = (torch.rand(b, 3, h, w, generator=g) for _ in range(3))
+    out = head(lq, dec, dec_lq, torch.randn(b, 64, generator=g), torch.randn(b, 64, generator=g))
+    assert out.shape == lq.shape and (out - lq).abs().max().item() == 0.0
+    assert head.fitted is False
+
+
+def test_fit_fusion_head_learns_a_degradation_dependent_correction():
+    """Two 'degradations' told apart only by the degradation embedding: one darkened (GT = 2 LQ), one whose
+    decoded restored latent is the GT. The fitted head must undo both, far above the LQ."""
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    gt = torch.rand(n, 3, 16, 16, generator=g) * 0.5
+    dark = torch.arange(n) % 2 == 0
+    lq = torch.where(dark.view(-1, 1, 1, 1), gt / 2, gt + 0.1 * torch.randn(n, 3, 16, 16, generator=g))
+    decoded = torch.where(dark.view(-1, 1, 1, 1), lq, gt)
+    degra = torch.zeros(n, 8)
+    degra[dark, 0], degra[~dark, 1] = 1.0, 1.0
+    head = FusionHead(embed_dim=8)
+    report = fit_fusion_head(head, lq, decoded, lq.clone(), gt, torch.zeros(n, 8), degra, steps=300, lr=1e-2)
+    assert head.fitted is True and not any(p.requires_grad for p in head.parameters())
+    assert report["psnr_fused"] > report["psnr_lq"] + 10, report
+
+
+def _one_step_model(assets, fusion=True, seed=0):
+    sd = load_sd_components(assets / "tiny_sd")
+    cfg = RestorationConfig(base=str(assets / "tiny_sd"), daclip_model="daclip_tiny", embed_dim=64,
+                            cross_attention_dim=32, num_tokens=2, lora={"rank": 4, "alpha": 4},
+                            objective="one_step", one_step_t=50, fusion=fusion)
+    torch.manual_seed(seed)
+    model = RestorationUNet(sd.unet, cfg)
+    add_unet_lora(model.unet, cfg.lora)
+    _perturb(model, seed)
+    if fusion:
+        with torch.no_grad():
+            for p in model.fusion.parameters():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
+            model.fusion.fitted = True
+    return sd, model
+
+
+@torch.no_grad()
+def test_one_step_folder_round_trip_keeps_the_fusion_head(assets, tmp_path):
+    _, model = _one_step_model(assets)
+    out = save_restoration(model, tmp_path / "restoration")
+    cfg = read_restoration_config(out)
+    assert (cfg.objective, cfg.one_step_t, cfg.fusion) == ("one_step", 50, True)
+    fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, cfg)
+    load_restoration(fresh, out)
+    for a, b in zip(model.fusion.state_dict().values(), fresh.fusion.state_dict().values()):
+        assert torch.equal(a, b)
+    lq = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    daclip = load_daclip("daclip_tiny").eval()
+    sd = load_sd_components(assets / "tiny_sd")
+    a = RestorationPipeline.from_pretrained(out)(lq)
+    b = RestorationPipeline(sd, fresh, daclip)(lq)
+    assert (a - b).abs().max().item() < 1e-5
+
+
+@torch.no_grad()
+def test_one_step_pipeline_ignores_sampling_steps_and_seed(assets, tmp_path):
+    _, model = _one_step_model(assets)
+    pipe = RestorationPipeline.from_pretrained(save_restoration(model, tmp_path / "restoration"))
+    lq = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    calls = []
+    a = pipe(lq, steps=1, seed=0, callback=lambda i, n: calls.append((i, n)))
+    b = pipe(lq, steps=7, seed=5, scheduler="euler", strength=0.3)
+    assert torch.equal(a, b) and calls == [(1, 1)]
+
+
+@torch.no_grad()
+def test_unfitted_fusion_head_is_skipped(assets, tmp_path):
+    """During training the head is not fitted yet: validation decodes without it (not the LQ image)."""
+    _, model = _one_step_model(assets)
+    pipe = RestorationPipeline(load_sd_components(assets / "tiny_sd"), model, load_daclip("daclip_tiny").eval())
+    lq = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    fused = pipe(lq)
+    model.fusion.fitted = False
+    plain = pipe(lq)
+    model.fusion = None
+    assert torch.equal(plain, pipe(lq)) and (fused - plain).abs().max().item() > 1e-3
+
+
+def test_one_step_pipeline_runs_with_every_model_on_meta(assets):
+    _, model = _one_step_model(assets)
+    pipe = RestorationPipeline(load_sd_components(assets / "tiny_sd"), model, load_daclip("daclip_tiny").eval())
+    pipe.to("meta")
+    out = pipe(torch.empty(2, 3, 40, 32, device="meta"), guidance_scale=2.0, tile_size=16)
+    assert out.device.type == "meta" and tuple(out.shape) == (2, 3, 40, 32)
+
+
+def test_one_step_training_fits_the_head_and_saves_it(assets, tmp_path):
+    opt = _opt(tmp_path, assets, "sd.objective=one_step", "sd.fusion=true", "sd.fusion_images=6")
+    trainer = RestorationTrainer(opt)
+    result = Engine(opt, trainer).fit()
+    assert result.step == 4 and all(math.isfinite(v) for v in result.losses)
+    folder = tmp_path / "experiments" / "r" / "models" / "restoration"
+    assert read_restoration_config(folder).fusion and trainer.fusion_report["psnr_fused"] > 0
+    pipe = RestorationPipeline.from_pretrained(folder)
+    assert pipe.model.fusion.fitted is True
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["sd.fusion=true"], "sd.fusion needs sd.objective: one_step"),
+    (["sd.objective=one_step", "sd.one_step_t=1000"], "sd.one_step_t must be a timestep in [0, 1000)"),
+    (["sd.objective=one_step", "sd.conditioning.lq_start=0.5"], "lq_start applies to the diffusion objective"),
+])
+def test_objective_option_errors(assets, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        RestorationTrainer(_opt(tmp_path, assets, *overrides))
