@@ -1,12 +1,14 @@
-"""Experiment (issue 8): one-step restoration objectives on the tiny base, side by side.
+"""Experiment harness (issue 8) behind the one-step objective: one variant per run, a JSON line each.
 
-Trains a UNet LoRA (+ DA-CLIP tokens, LQ latent) on the cached latents of a `daclip-lora demo` output folder
-(its data and controller LoRA): one step at timestep --t from x_t = sqrt(abar_t) z_LQ to x0 (OSEDiff-style),
-with a latent or a pixel loss, and decodes with an optional gated pixel skip
-``D(z) + g * (LQ - D(z_LQ))`` (g from DA-CLIP's degradation embedding, or fixed). Prints held-out PSNR per
-degradation and one JSON line.
+Trains a UNet LoRA (+ DA-CLIP tokens, LQ latent) on the latents of a `daclip-lora demo` output folder (its
+controller LoRA; --data for another dataset): one step at timestep --t from x_t = sqrt(abar_t) z_LQ,
+parameterised as x0 (--param x0), as the LQ latent minus a DA-CLIP-scaled prediction (rezero) or as the LoRA's
+prediction minus the base UNet's (resid, exactly the identity at step 0); loss on the latent (latent), per-image
+log-MSE (logl) or pixels through the decoder (pixel). Decodes with a gated pixel skip
+``D(z) + g * (LQ - D(z_LQ))`` for g = 0, 1 and a gate fitted from the degradation embedding, and prints held-out
+PSNR per degradation. The sweeps in the README ran 6 at a time on one GPU:
 
-    python bench/restoration_probe.py --demo runs/demo --t 200 --loss pixel --gate learned --steps 600
+    cat sweep.txt | xargs -P 6 -I{} sh -c 'python bench/restoration_probe.py --demo runs/demo --device cuda {}'
 """
 import argparse
 import json

@@ -320,7 +320,7 @@ class _Session:
         details = {"width": w, "height": h, "predicted_degradation": max(probs, key=probs.get),
                    "probabilities": probs, "steps": int(steps), "scheduler": scheduler, "guidance_scale": guidance,
                    "strength": strength, "seed": int(seed), "tile": tile, "seconds": round(seconds, 2),
-                   "models": restorer.source}
+                   "objective": restorer.pipeline.config.objective, "models": restorer.source}
         return probs, (str(lq_png), str(out_png)), str(out_png), json.dumps(details, indent=1)
 
 
@@ -378,6 +378,9 @@ def build_app(settings: Optional[AppSettings] = None,
                 use = gr.Button("Use example", elem_id="use-example")
                 restore = gr.Button("Restore", variant="primary", elem_id="restore")
                 with gr.Accordion("Sampling", open=True):
+                    gr.Markdown("Steps, scheduler, strength and seed apply to models trained with the diffusion "
+                                "objective; a one-step model (such as the shipped tiny restorer) restores in one "
+                                "UNet call and ignores them.")
                     steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
                     scheduler = gr.Dropdown(list(SCHEDULERS), value="ddim", label="Scheduler")
                     guidance = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance scale (1 = off)")

@@ -192,6 +192,7 @@ def test_gradio_client_calls_the_restore_api(served, tmp_path):
     assert read_image(out).shape == (56, 72, 3)
     assert abs(sum(c["confidence"] for c in label["confidences"]) - 1) < 1e-4
     assert json.loads(details)["steps"] == 2
+    assert json.loads(details)["objective"] == "one_step"  # the shipped tiny restorer
 
 
 def _browser():
