@@ -4,12 +4,13 @@ Variants, each trained from the shipped tiny pretrained SD base with the demo's 
 training split, then evaluated on the held-out split with the same seed:
 
     full            one-step objective, DA-CLIP content + degradation tokens, LQ latent, LoRA rank 8 on every
-                    conv/linear layer, fusion head (the demo's model)
+                    conv/linear layer, fusion head fitted on training + calibration images (the demo's model)
     no_degra        without the degradation-embedding tokens
     no_image        without the image-content-embedding tokens
     no_lq           without the LQ latent (DA-CLIP tokens only)
     rank4, rank16   LoRA rank 4 / 16 (alpha = rank)
     no_fusion       without the fusion head (the decoded restored latent is the output)
+    no_calib        the fusion head fitted on training images only (no calibration split)
     head_only       the fusion head over a LoRA trained for one step (what the head does without the LoRA)
     diffusion       the diffusion objective (half the samples noised from the LQ latent), sampled with 20 DDIM
                     steps, no fusion head; evaluated at several ``strength`` values (1.0 = from pure noise)
@@ -40,6 +41,7 @@ VARIANTS = {
     "rank4": {"lora": {"rank": 4, "alpha": 4}},
     "rank16": {"lora": {"rank": 16, "alpha": 16}},
     "no_fusion": {"objective": {"fusion": False}},
+    "no_calib": {"calib": False},
     "head_only": {"steps": 1},
     "diffusion": {"objective": {"objective": "diffusion", "fusion": False}, "conditioning": {"lq_start": 0.5},
                   "sampling": {"steps": 20}},
@@ -70,9 +72,9 @@ def main() -> None:
     out = args.out.resolve()
     (out / "data").mkdir(parents=True, exist_ok=True)
     data_link = out / "data"
-    for split in ("train", "val"):  # reuse the demo's data through links (restoration_options reads out/data)
+    for split in ("train", "val", "calib"):  # reuse the demo's data through links (restoration_options reads out/data)
         link = data_link / split
-        if not link.exists():
+        if not link.exists() and (args.demo / "data" / split).is_dir():
             link.symlink_to((args.demo / "data" / split).resolve(), target_is_directory=True)
 
     rows, results = [], {}

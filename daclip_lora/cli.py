@@ -238,12 +238,13 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
 
     def progress(n: int) -> None:  # the bar appears once the inputs have been validated
         if not bars:
-            bars.append(tqdm(total=n_deg * (args.size + val_size), desc="make-dataset", unit="img"))
+            bars.append(tqdm(total=n_deg * (args.size + val_size + args.calib_size), desc="make-dataset", unit="img"))
         bars[0].update(n - bars[0].n)
 
     try:
         manifest = make_dataset(args.out, source=args.source, distortions=distortions, size=args.size,
                                 val_size=args.val_size, patch_size=args.patch_size, seed=args.seed,
+                                calib_size=args.calib_size,
                                 overwrite=args.overwrite, progress=progress)
     finally:
         for bar in bars:
@@ -353,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distortion", nargs="+", metavar="NAME", help="degradation names (default: all ten)")
     p.add_argument("--size", type=int, default=16, help="clean training patches (each under every degradation)")
     p.add_argument("--val-size", type=int, default=None, help="clean validation patches (default: size/4, >= 2)")
+    p.add_argument("--calib-size", type=int, default=0,
+                   help="clean patches of a 'calib' split (e.g. for fitting a fusion head; default: none)")
     p.add_argument("--patch-size", type=int, default=128, help="patch side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")

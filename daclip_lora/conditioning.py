@@ -176,7 +176,7 @@ class FusionHead(nn.Module):
 
 def fit_fusion_head(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor,
                     gt: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor, steps: int = 400,
-                    lr: float = 3e-3, batch: int = 256, seed: int = 0) -> Dict[str, float]:
+                    lr: float = 3e-3, batch: int = 128, seed: int = 0) -> Dict[str, float]:
     """Fit ``head`` on training images (tensors ``(N, 3, H, W)`` in [0, 1] and ``(N, E)`` embeddings).
 
     Loss: mean over images of ``log(MSE)`` (maximises mean PSNR). Deterministic for a given ``seed``.

@@ -3,13 +3,16 @@
 Stages (each writes its inputs and outputs under ``--out`` so any stage can be re-run by hand with
 ``daclip-lora train/test -opt <out>/options/*.yml``):
 
-1. a synthetic multi-degradation dataset from scikit-image's photographs (``make-dataset builtin``);
+1. a synthetic multi-degradation dataset from scikit-image's photographs (``make-dataset builtin``): train,
+   held-out (val) and calibration splits, each from its own crops;
 2. a tiny DA-CLIP with deterministic random weights (``daclip_tiny``), saved as a checkpoint;
 3. zero-shot degradation accuracy of that base on the held-out split (before);
 4. controller-LoRA training on the train split, then the same evaluation (after);
 5. the tiny *pretrained* Stable Diffusion base that ships with the package (:mod:`daclip_lora.tiny_bases`:
    a VAE trained to reconstruct and a UNet trained as a denoiser on scikit-image photographs);
-6. degradation-aware SD LoRA training on it, conditioned on the adapted DA-CLIP, with cached latents;
+6. degradation-aware SD LoRA training on it, conditioned on the adapted DA-CLIP, with cached latents; then the
+   fusion head, fitted on training images and on the calibration split (images the controller never saw, so
+   the head learns how far DA-CLIP's embeddings can be trusted on new images);
 7. restoration of the held-out split: PSNR/SSIM table (restored vs LQ), restored images, LQ|restored|GT
    grids and ``overview.png`` (one row per degradation).
 
@@ -39,13 +42,15 @@ DEMO_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj
                      "ff.net.2", "time_emb_proj", "conv_out", "conv"]
 
 DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
-    "full": {"size": 96, "val_size": 8, "patch": 64, "controller_steps": 300, "controller_batch": 32,
-             "sd_steps": 400, "sd_batch": 8, "sd_lr": 1e-3,
+    "full": {"size": 96, "val_size": 8, "calib_size": 48, "patch": 64,
+             "controller_steps": 300, "controller_batch": 32,
+             "sd_steps": 150, "sd_batch": 8, "sd_lr": 1e-3,
              "sd_lora": {"rank": 8, "alpha": 8, "targets": DEMO_LORA_TARGETS},
              "sd_conditioning": {"num_tokens": 2},
-             "sd_objective": {"objective": "one_step", "one_step_t": 50, "fusion": True, "fusion_images": 512},
+             "sd_objective": {"objective": "one_step", "one_step_t": 50, "fusion": True, "fusion_images": 448},
              "sample_steps": 1, "sampling": {}},
-    "quick": {"size": 4, "val_size": 2, "patch": 32, "controller_steps": 6, "controller_batch": 8,
+    "quick": {"size": 4, "val_size": 2, "calib_size": 2, "patch": 32,
+              "controller_steps": 6, "controller_batch": 8,
               "sd_steps": 4, "sd_batch": 8, "sd_lr": 1e-3,
               "sd_lora": {"rank": 4, "alpha": 4, "targets": DEMO_LORA_TARGETS},
               "sd_conditioning": {"num_tokens": 2},
@@ -75,15 +80,16 @@ def demo_data(out: Path, preset: str = "full", seed: int = 0) -> Dict[str, Any]:
 
     p = DEMO_PRESETS[preset]
     return make_dataset(out / "data", source="builtin", size=p["size"], val_size=p["val_size"],
-                        patch_size=p["patch"], seed=seed)
+                        calib_size=p["calib_size"], patch_size=p["patch"], seed=seed)
 
 
 def restoration_options(out: Path, name: str, distortion: List[str], daclip: Dict[str, Any], preset: str = "full",
                         seed: int = 0, conditioning: Optional[Dict[str, Any]] = None,
                         lora: Optional[Dict[str, Any]] = None, sampling: Optional[Dict[str, Any]] = None,
-                        steps: Optional[int] = None, objective: Optional[Dict[str, Any]] = None
-                        ) -> Tuple[Path, Path]:
-    """Training and test options of a restoration run on the demo data and the shipped tiny SD base."""
+                        steps: Optional[int] = None, objective: Optional[Dict[str, Any]] = None,
+                        calib: bool = True) -> Tuple[Path, Path]:
+    """Training and test options of a restoration run on the demo data and the shipped tiny SD base (with
+    ``calib`` and a fusion head, the head is also fitted on ``out/data/calib`` when it exists)."""
     from .tiny_bases import embedded_sd_base
 
     p = DEMO_PRESETS[preset]
@@ -98,7 +104,10 @@ def restoration_options(out: Path, name: str, distortion: List[str], daclip: Dic
         "name": name, **common,
         "datasets": {"train": {"mode": "MD", "dataroot": str(data / "train"), "batch_size": p["sd_batch"],
                                "patch_size": p["patch"]},
-                     "val": {"mode": "MD", "dataroot": str(data / "val")}},
+                     "val": {"mode": "MD", "dataroot": str(data / "val")},
+                     # the fusion head is also fitted on these (see sd.fusion_images)
+                     **({"calib": {"mode": "MD", "dataroot": str(data / "calib")}}
+                        if calib and (data / "calib").is_dir() and common["sd"].get("fusion") else {})},
         "train": {"lr_G": p["sd_lr"], "niter": steps, "warmup_iter": min(20, steps // 10), "val_freq": steps,
                   "manual_seed": seed},
         "logger": {"print_freq": max(1, steps // 4), "save_checkpoint_freq": steps},

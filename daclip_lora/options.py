@@ -198,7 +198,9 @@ class SDOptions:
     one_step_t: int = 50
     #: restoration: fit the degradation-aware output fusion head after the LoRA (see conditioning.FusionHead)
     fusion: bool = False
-    fusion_images: int = 1024  # training images the fusion head is fitted on
+    #: training images the fusion head is fitted on, plus every image of a ``datasets.calib`` split (pairs
+    #: the LoRA and the controller never saw: their DA-CLIP embeddings are as good as on new images)
+    fusion_images: int = 1024
     resolution: int = 512
     validation_prompts: Optional[str] = _path()  # text2image: one prompt per line
     clip_score: bool = True  # text2image: CLIP score of validation images with daclip.model
@@ -277,7 +279,7 @@ TASK_KEYS: Dict[str, Tuple[str, ...]] = {
 
 _STRICT = {LoraOptions, DaclipOptions, ControllerOptions, ConditioningOptions, SDOptions, RuntimeOptions,
            SamplingOptions}
-_PHASES = ("train", "val", "test")
+_PHASES = ("train", "val", "test", "calib")
 
 
 # ----------------------------------------------------------------------------- coercion
@@ -418,7 +420,7 @@ def _phase(key: str, source: str) -> str:
     phase = re.sub(r"(_?\d+)$", "", key.split("_")[0])
     if phase not in _PHASES:
         raise OptionsError(
-            f"{source}: datasets.{key}: a dataset key must start with train, val or test (e.g. val_2, test1)."
+            f"{source}: datasets.{key}: a dataset key must start with train, val, test or calib (e.g. val_2, test1)."
             f"{suggest(phase, _PHASES)}"
         )
     return phase
@@ -655,6 +657,11 @@ def _check_semantics(opt: Options, ctx: _Ctx, check_paths: bool) -> None:
         raise ctx.error("train.niter", f"must be at least 1 (training steps), got {opt.train.niter}")
     if opt.is_train and not any(ds.phase == "train" for ds in opt.datasets.values()):
         raise ctx.error("datasets", "training needs a dataset whose key starts with 'train'")
+    calib = [key for key, ds in opt.datasets.items() if ds.phase == "calib"]
+    if calib and not (opt.task == "restoration" and opt.sd.fusion):
+        raise ctx.error(f"datasets.{calib[0]}", "a calibration split is only used to fit the fusion head of a "
+                                                "restoration run; set task: restoration and sd.fusion: true, or "
+                                                "remove it")
     try:
         opt.sampling.scheduler = scheduler_name(opt.sampling.scheduler)
     except ValueError as e:

@@ -256,6 +256,20 @@ def test_make_dataset_is_deterministic(tmp_path):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
 
 
+def test_make_dataset_calib_split_leaves_train_and_val_unchanged(tmp_path):
+    a = make_dataset(tmp_path / "a", size=2, val_size=2, patch_size=32, distortions=["rainy", "noisy"], seed=7)
+    b = make_dataset(tmp_path / "b", size=2, val_size=2, patch_size=32, distortions=["rainy", "noisy"], seed=7,
+                     calib_size=3)
+    assert "calib" not in a["counts"] and b["counts"]["calib"] == {"rainy": 3, "noisy": 3}
+    assert len(read_daclip_csv(tmp_path / "b" / "daclip_calib.csv")) == 6
+    for rel in ("train/rainy/LQ/00001.png", "train/noisy/GT/00000.png", "val/noisy/LQ/00001.png"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    # its own crops and its own degradation draws
+    calib_gt = read_image(tmp_path / "b/calib/noisy/GT/00000.png")
+    for split in ("train", "val"):
+        assert not np.array_equal(calib_gt, read_image(tmp_path / f"b/{split}/noisy/GT/00000.png"))
+
+
 def test_make_dataset_refuses_non_empty_output(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("x")

@@ -13,7 +13,7 @@ from daclip_lora.factory import load_daclip
 from daclip_lora.pipeline import RestorationPipeline, load_sd_components
 from daclip_lora.trainers.restoration import RestorationTrainer
 
-from test_restoration import _opt, _perturb
+from test_restoration import DEGS, _opt, _perturb
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +144,22 @@ def test_one_step_training_fits_the_head_and_saves_it(assets, tmp_path):
     assert pipe.model.fusion.fitted is True
 
 
+def test_fusion_head_is_also_fitted_on_the_calibration_split(assets, tmp_path):
+    calib = assets / "ds" / "val"
+    opt = _opt(tmp_path, assets, "sd.objective=one_step", "sd.fusion=true", "sd.fusion_images=3",
+               "datasets.calib.mode=MD", f"datasets.calib.dataroot={calib}")
+    trainer = RestorationTrainer(opt)
+    Engine(opt, trainer).fit()
+    n_calib = sum(len(list((calib / d / "LQ").glob("*.png"))) for d in DEGS)
+    assert n_calib > 0 and trainer.fusion_counts == {"train": 3, "calib": n_calib}
+    data = trainer._fusion_data()
+    assert tuple(data["lq"].shape) == (3 + n_calib, 3, 32, 32)  # centre-cropped to the training patch size
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["sd.fusion=true"], "sd.fusion needs sd.objective: one_step"),
+    (["sd.objective=one_step", "datasets.calib.mode=MD", "datasets.calib.dataroot=."],
+     "calibration split is only used to fit the fusion head"),
     (["sd.objective=one_step", "sd.one_step_t=1000"], "sd.one_step_t must be a timestep in [0, 1000)"),
     (["sd.objective=one_step", "sd.conditioning.lq_start=0.5"], "lq_start applies to the diffusion objective"),
 ])

@@ -3,7 +3,8 @@
 ``builtin`` uses photographs that ship inside scikit-image (no network). The layout written is::
 
     OUT/train/<degradation>/{LQ,GT}/<index>.png     OUT/val/<degradation>/{LQ,GT}/<index>.png
-    OUT/daclip_train.csv  OUT/daclip_val.csv        (tab-separated filepath, "caption: degradation")
+    OUT/calib/<degradation>/{LQ,GT}/<index>.png     (only with calib_size > 0)
+    OUT/daclip_<split>.csv                          (tab-separated filepath, "caption: degradation")
     OUT/dataset.json                                (what was made, and how)
 
 Every clean patch appears under every degradation, so degradation labels cannot be read from content.
@@ -104,6 +105,7 @@ def make_dataset(
     size: int = 16,
     val_size: Optional[int] = None,
     patch_size: int = 128,
+    calib_size: int = 0,
     seed: int = 0,
     overwrite: bool = False,
     progress: Optional[Callable[[int], None]] = None,
@@ -117,6 +119,10 @@ def make_dataset(
         size: clean training patches; each is written once per degradation.
         val_size: clean validation patches (default ``max(2, size // 4)``), cut from other crops.
         patch_size: side of the square patches.
+        calib_size: clean patches of a third split, ``calib``, cut from other crops with their own degradation
+            draws: data a model's training never sees but that is not the held-out test data (for example
+            ``datasets.calib`` of a restoration run, where the fusion head is fitted). The train and val splits
+            do not depend on it.
         seed: everything written is a deterministic function of the seed.
         overwrite: replace an existing non-empty ``out``.
         progress: called with the number of images written after each image.
@@ -132,8 +138,9 @@ def make_dataset(
 
         raise ValueError(f"unknown degradation {unknown[0]!r}; available: {', '.join(DEGRADATION_FUNCTIONS)}."
                          f"{suggest(unknown[0], DEGRADATION_FUNCTIONS)}")
-    if size < 1 or patch_size < 16:
-        raise ValueError(f"size must be >= 1 and patch_size >= 16, got size={size}, patch_size={patch_size}")
+    if size < 1 or patch_size < 16 or calib_size < 0:
+        raise ValueError(f"size must be >= 1, calib_size >= 0 and patch_size >= 16, got size={size}, "
+                         f"calib_size={calib_size}, patch_size={patch_size}")
     val_size = max(2, size // 4) if val_size is None else val_size
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -143,6 +150,9 @@ def make_dataset(
 
     rng = np.random.default_rng(seed)
     splits = {"train": _patches(sources, size, patch_size, rng), "val": _patches(sources, val_size, patch_size, rng)}
+    if calib_size:  # drawn after the other two, which stay what they are without it
+        splits["calib"] = _patches(sources, calib_size, patch_size, rng)
+    split_index = {"train": 0, "val": 1, "calib": 2}
     counts: Dict[str, Dict[str, int]] = {}
     written = 0
     for split, patches in splits.items():
@@ -150,7 +160,7 @@ def make_dataset(
         counts[split] = {}
         for d_index, deg in enumerate(distortions):
             for i, (clean, caption, _) in enumerate(patches):
-                lq = degrade(clean, deg, seed=[seed, 0 if split == "train" else 1, d_index, i])
+                lq = degrade(clean, deg, seed=[seed, split_index[split], d_index, i])
                 name = f"{i:05d}.png"
                 write_image(out / split / deg / "GT" / name, clean)
                 write_image(out / split / deg / "LQ" / name, lq)
@@ -166,6 +176,8 @@ def make_dataset(
     manifest = {"source": source, "distortions": distortions, "patch_size": patch_size, "seed": seed,
                 "counts": counts, "images": [s[0] for s in sources],
                 "train_csv": "daclip_train.csv", "val_csv": "daclip_val.csv"}
+    if calib_size:
+        manifest["calib_csv"] = "daclip_calib.csv"
     (out / "dataset.json").write_text(json.dumps(manifest, indent=2))
     logger.info("wrote %d LQ/GT pairs for %d degradations under %s", written, len(distortions), out)
     return manifest

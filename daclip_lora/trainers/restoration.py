@@ -123,6 +123,12 @@ class RestorationTrainer(TrainTask):
                                           crop="center" if opt.runtime.cache else "random")
         self.val_block = next((d for d in opt.datasets.values() if d.phase == "val"), None)
         self._val = restoration_dataset(self.val_block, opt.distortion, train=False) if self.val_block else None
+        # pairs only the fusion head is fitted on, centre-cropped like the cached training images
+        calib_block = next((d for d in opt.datasets.values() if d.phase == "calib"), None)
+        if calib_block is not None and not calib_block.patch_size:
+            calib_block.patch_size = patch
+        self._calib = restoration_dataset(calib_block, opt.distortion, train=True, crop="center") \
+            if calib_block else None
         self.cached: Optional[_Cached] = None
 
     # ------------------------------------------------------------------------------ setup
@@ -233,16 +239,19 @@ class RestorationTrainer(TrainTask):
 
     @torch.no_grad()
     def _fusion_data(self) -> Dict[str, torch.Tensor]:
-        """LQ, GT, decodes and embeddings of up to ``sd.fusion_images`` training images (a seeded subset)."""
+        """LQ, GT, decodes and embeddings of up to ``sd.fusion_images`` training images (a seeded subset) and
+        of every ``datasets.calib`` image."""
         pipe = self.pipeline()
-        n = len(self._train)
         limit = self.opt.sd.fusion_images
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.opt.train.manual_seed))[:limit]
+        order = torch.randperm(len(self._train), generator=torch.Generator().manual_seed(self.opt.train.manual_seed))
+        samples = [(self._train, int(j)) for j in order[:limit]]
+        if self._calib is not None:
+            samples += [(self._calib, j) for j in range(len(self._calib))]
         parts: Dict[str, List[torch.Tensor]] = {}
-        for i in range(0, len(order), 32):
-            samples = [self._train[int(j)] for j in order[i:i + 32]]
-            lq = torch.stack([s["LQ"] for s in samples]).to(self.device)
-            gt = torch.stack([s["GT"] for s in samples])
+        for i in range(0, len(samples), 32):
+            batch = [dataset[j] for dataset, j in samples[i:i + 32]]
+            lq = torch.stack([s["LQ"] for s in batch]).to(self.device)
+            gt = torch.stack([s["GT"] for s in batch])
             z_lq = self.backbone.encode_latents(lq)
             with pipe._autocast():
                 image_emb, degra_emb = pipe.daclip_embeddings(lq)
@@ -251,6 +260,8 @@ class RestorationTrainer(TrainTask):
                          ("decoded_lq", self.backbone.decode_latents(z_lq)), ("image_emb", image_emb),
                          ("degra_emb", degra_emb)):
                 parts.setdefault(k, []).append(v.float().cpu())
+        self.fusion_counts = {"train": min(limit, len(self._train)),
+                              "calib": 0 if self._calib is None else len(self._calib)}
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def _restore_latents(self, pipe: RestorationPipeline, z_lq, image_emb, degra_emb) -> torch.Tensor:
@@ -269,7 +280,8 @@ class RestorationTrainer(TrainTask):
         raise ValueError("sd.fusion needs sd.objective: one_step")
 
     def fit_fusion(self) -> Dict[str, float]:
-        """Fit the fusion head on the training images' decodes (after the LoRA); returns training-set PSNRs."""
+        """Fit the fusion head on the decodes (after the LoRA) of training and calibration images; returns their
+        PSNRs."""
         was_training = self.model.training
         self.model.eval()
         data = self._fusion_data()
@@ -278,9 +290,9 @@ class RestorationTrainer(TrainTask):
                                      data["gt"], data["image_emb"], data["degra_emb"],
                                      seed=self.opt.train.manual_seed)
         self.model.train(was_training)
-        logger.info("fusion head fitted on %d training images: PSNR LQ %.2f, LQ + latent correction %.2f, "
-                    "fused %.2f dB", len(data["lq"]), report["psnr_lq"], report["psnr_residual"],
-                    report["psnr_fused"])
+        logger.info("fusion head fitted on %d training + %d calibration images: PSNR LQ %.2f, LQ + latent "
+                    "correction %.2f, fused %.2f dB", self.fusion_counts["train"], self.fusion_counts["calib"],
+                    report["psnr_lq"], report["psnr_residual"], report["psnr_fused"])
         self.fusion_report = report
         return report
 
