@@ -72,7 +72,8 @@ def main() -> None:
     out = args.out.resolve()
     (out / "data").mkdir(parents=True, exist_ok=True)
     data_link = out / "data"
-    for split in ("train", "val", "calib"):  # reuse the demo's data through links (restoration_options reads out/data)
+    # reuse the demo's data through links (restoration_options reads out/data)
+    for split in ("train", "val", "calib"):
         link = data_link / split
         if not link.exists() and (args.demo / "data" / split).is_dir():
             link.symlink_to((args.demo / "data" / split).resolve(), target_is_directory=True)

@@ -420,7 +420,8 @@ def _phase(key: str, source: str) -> str:
     phase = re.sub(r"(_?\d+)$", "", key.split("_")[0])
     if phase not in _PHASES:
         raise OptionsError(
-            f"{source}: datasets.{key}: a dataset key must start with train, val, test or calib (e.g. val_2, test1)."
+            f"{source}: datasets.{key}: a dataset key must start with train, val, test or calib "
+            f"(e.g. val_2, test1)."
             f"{suggest(phase, _PHASES)}"
         )
     return phase

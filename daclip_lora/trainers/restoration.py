@@ -13,6 +13,7 @@ cached and an uncached run see the same numbers.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -125,10 +126,9 @@ class RestorationTrainer(TrainTask):
         self._val = restoration_dataset(self.val_block, opt.distortion, train=False) if self.val_block else None
         # pairs only the fusion head is fitted on, centre-cropped like the cached training images
         calib_block = next((d for d in opt.datasets.values() if d.phase == "calib"), None)
-        if calib_block is not None and not calib_block.patch_size:
-            calib_block.patch_size = patch
-        self._calib = restoration_dataset(calib_block, opt.distortion, train=True, crop="center") \
-            if calib_block else None
+        self._calib = None if calib_block is None else restoration_dataset(
+            dataclasses.replace(calib_block, patch_size=calib_block.patch_size or patch), opt.distortion,
+            train=True, crop="center")
         self.cached: Optional[_Cached] = None
 
     # ------------------------------------------------------------------------------ setup
