@@ -156,6 +156,19 @@ def test_fusion_head_is_also_fitted_on_the_calibration_split(assets, tmp_path):
     assert tuple(data["lq"].shape) == (3 + n_calib, 3, 32, 32)  # centre-cropped to the training patch size
 
 
+def test_fusion_data_reuses_the_latent_cache_without_changing_it(assets, tmp_path):
+    """Training images' LQ latents and DA-CLIP embeddings come from the cache: same values as computing them."""
+    opt = _opt(tmp_path, assets, "sd.objective=one_step", "sd.fusion=true", "sd.fusion_images=5")
+    trainer = RestorationTrainer(opt)
+    Engine(opt, trainer).fit()
+    assert trainer.cached is not None
+    from_cache = trainer._fusion_data()
+    trainer.cached = None
+    computed = trainer._fusion_data()
+    assert from_cache.keys() == computed.keys() and from_cache["lq"].shape[0] == 5
+    for key in computed:
+        assert (from_cache[key] - computed[key]).abs().max().item() < 1e-5, key
+
 @pytest.mark.parametrize("overrides,message", [
     (["sd.fusion=true"], "sd.fusion needs sd.objective: one_step"),
     (["sd.objective=one_step", "datasets.calib.mode=MD", "datasets.calib.dataroot=."],

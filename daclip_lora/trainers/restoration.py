@@ -249,12 +249,19 @@ class RestorationTrainer(TrainTask):
             samples += [(self._calib, j) for j in range(len(self._calib))]
         parts: Dict[str, List[torch.Tensor]] = {}
         for i in range(0, len(samples), 32):
-            batch = [dataset[j] for dataset, j in samples[i:i + 32]]
+            chunk = samples[i:i + 32]
+            batch = [dataset[j] for dataset, j in chunk]
             lq = torch.stack([s["LQ"] for s in batch]).to(self.device)
             gt = torch.stack([s["GT"] for s in batch])
-            z_lq = self.backbone.encode_latents(lq)
-            with pipe._autocast():
-                image_emb, degra_emb = pipe.daclip_embeddings(lq)
+            if self.cached is not None and all(dataset is self._train for dataset, _ in chunk):
+                # the frozen models' work on these training images is already in the latent cache
+                index = torch.tensor([j for _, j in chunk])
+                z_lq, image_emb, degra_emb = (self.cached.tensors[k][index].to(self.device)
+                                              for k in ("z_lq", "image_emb", "degra_emb"))
+            else:
+                z_lq = self.backbone.encode_latents(lq)
+                with pipe._autocast():
+                    image_emb, degra_emb = pipe.daclip_embeddings(lq)
             restored = self._restore_latents(pipe, z_lq, image_emb, degra_emb)
             for k, v in (("lq", lq), ("gt", gt), ("decoded", self.backbone.decode_latents(restored)),
                          ("decoded_lq", self.backbone.decode_latents(z_lq)), ("image_emb", image_emb),
