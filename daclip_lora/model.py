@@ -213,6 +213,12 @@ class DaCLIP(nn.Module):
     def num_layers(self) -> int:
         return self.visual_control.transformer.layers
 
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """``(height, width)`` of the images the vision towers take (``force_image_size`` changes it)."""
+        size = self.clip.visual.image_size
+        return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
     # ---------------------------------------------------------------- encoders
     def control_hiddens(self, image: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Controller pass: ``(degradation features, [zero_i(x_i) for each block])``."""

@@ -143,7 +143,8 @@ class RestorationPipeline:
     def daclip_embeddings(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """DA-CLIP ``(content, degradation)`` embeddings of whole images in ``[0, 1]`` (on the device)."""
         p = next(self.daclip.parameters())
-        return self.daclip.encode_image(clip_batch(images.to(p.device)).to(p.dtype), control=True)
+        clip = clip_batch(images.to(p.device), self.daclip.image_size)
+        return self.daclip.encode_image(clip.to(p.dtype), control=True)
 
     @torch.no_grad()
     def text_hidden(self, prompt: str, batch: int) -> torch.Tensor:

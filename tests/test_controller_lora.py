@@ -197,6 +197,21 @@ def test_loss_decreases_on_tiny_overfit(tmp_path, data):
     assert last < 0.7 * first, (first, last)
 
 
+
+def test_controller_trains_and_evaluates_at_the_models_input_size(tmp_path, data):
+    """A registered DA-CLIP with 64 px inputs gets 64 px images (not the usual 224) in training and validation."""
+    cfg = json.loads((daclip_lora.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
+    cfg["vision_cfg"].update(image_size=64, patch_size=8)
+    (tmp_path / "daclip_tiny64.json").write_text(json.dumps(cfg))
+    daclip_lora.add_model_config(tmp_path / "daclip_tiny64.json")
+    opt = _opt(tmp_path, data, "daclip.model=daclip_tiny64", "train.niter=2")
+    trainer = ControllerTrainer(opt)
+    assert tuple(trainer.train_dataset()[0]["image_clip"].shape) == (3, 64, 64)
+    Engine(opt, trainer).fit()
+    assert tuple(trainer._val[0][0]["image_clip"].shape) == (3, 64, 64)
+    accuracy = trainer.validate(2, tmp_path)["acc_val"]
+    assert 0.0 <= accuracy <= 1.0
+
 def test_resume_reproduces_the_next_losses_exactly(tmp_path, data):
     full = Engine(o := _opt(tmp_path / "a", data), ControllerTrainer(o)).fit()  # checkpoints at 3 and 6
     state = tmp_path / "a" / "experiments" / "t" / "training_state" / "00000003"

@@ -12,7 +12,7 @@ from PIL import Image
 
 from daclip_lora.cli import main
 from daclip_lora.data.datasets import (CaptionedDataset, DatasetError, RestorationDataset, build_dataset,
-                                       clip_tensor, pair_lqgt, pair_md, read_caption_folder, read_daclip_csv)
+                                       clip_batch, clip_tensor, pair_lqgt, pair_md, read_caption_folder, read_daclip_csv)
 from daclip_lora.data.degrade import DEGRADATION_FUNCTIONS, degrade
 from daclip_lora.data.images import ImageError, read_image, write_image
 from daclip_lora.data.synthetic import make_dataset
@@ -193,6 +193,17 @@ def test_clip_tensor_matches_openai_preprocessing():
     ref = open_clip.image_transform(224, is_train=False)(PILImage.fromarray(img))
     assert ours.shape == ref.shape == (3, 224, 224)
     assert (ours - ref).abs().mean().item() < 0.05  # same pipeline; PIL vs torch bicubic differ slightly
+
+
+@pytest.mark.parametrize("size,shape", [(224, (224, 224)), (64, (64, 64)), ((64, 64), (64, 64)), ((48, 80), (48, 80))])
+def test_clip_batch_resizes_to_the_models_input_size(size, shape):
+    x = torch.rand(2, 3, 60, 90, generator=torch.Generator().manual_seed(0))
+    assert tuple(clip_batch(x, size).shape) == (2, 3, *shape)
+
+
+def test_clip_batch_square_tuple_is_the_int_size():
+    x = torch.rand(2, 3, 60, 90, generator=torch.Generator().manual_seed(0))
+    assert (clip_batch(x, (64, 64)) - clip_batch(x, 64)).abs().max().item() == 0.0
 
 
 # ------------------------------------------------------------------------- captions

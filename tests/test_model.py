@@ -143,6 +143,12 @@ def test_low_precision_matches_fp32(precision, dtype, tol, images):
     assert (deg.float() - ref_deg).abs().max().item() < tol
 
 
+@pytest.mark.parametrize("kwargs,size", [({}, (224, 224)), ({"force_image_size": 64}, (64, 64)),
+                                         ({"force_image_size": (64, 96)}, (64, 96))])
+def test_image_size_is_the_vision_towers_input_size(kwargs, size):
+    assert daclip_lora.create_model(TINY, **kwargs).image_size == size
+
+
 def test_rejects_vision_tower_with_patch_dropout():
     with pytest.raises(ValueError, match="patch dropout"):
         daclip_lora.create_model(TINY, force_patch_dropout=0.5)

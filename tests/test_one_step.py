@@ -125,6 +125,23 @@ def test_unfitted_fusion_head_is_skipped(assets, tmp_path):
     assert torch.equal(plain, pipe(lq)) and (fused - plain).abs().max().item() > 1e-3
 
 
+@torch.no_grad()
+def test_pipeline_feeds_daclip_at_its_own_input_size(assets):
+    """A DA-CLIP built with force_image_size=64 gets 64 px inputs (a fixed 224 would not fit its positions)."""
+    from daclip_lora.data.datasets import clip_batch
+    from daclip_lora.factory import create_model
+
+    _, model = _one_step_model(assets)
+    torch.manual_seed(0)
+    daclip = create_model("daclip_tiny", force_image_size=64).eval()
+    pipe = RestorationPipeline(load_sd_components(assets / "tiny_sd"), model, daclip)
+    lq = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(3))
+    image_emb, degra_emb = pipe.daclip_embeddings(lq)
+    ref_image, ref_degra = daclip.encode_image(clip_batch(lq, 64), control=True)
+    assert tuple(degra_emb.shape) == (2, 64) and (degra_emb - ref_degra).abs().max().item() == 0.0
+    assert tuple(pipe(lq).shape) == (2, 3, 40, 56)
+
+
 def test_one_step_pipeline_runs_with_every_model_on_meta(assets):
     _, model = _one_step_model(assets)
     pipe = RestorationPipeline(load_sd_components(assets / "tiny_sd"), model, load_daclip("daclip_tiny").eval())

@@ -3,7 +3,7 @@
 Every sample is a dict of tensors and strings:
 
 * restoration (``LQGT``, ``MD``): ``LQ`` and ``GT`` ``(3, H, W)`` in ``[0, 1]`` (same crop, flips and
-  rotation), ``LQ_clip`` ``(3, 224, 224)`` CLIP-ready (bicubic resize of the shorter side, centre
+  rotation), ``LQ_clip`` CLIP-ready at ``clip_size`` (default 224) (bicubic resize of the shorter side, centre
   crop, OpenAI mean/std, computed from the LQ patch as UIR does), ``degradation``, paths;
 * captioned (``CSV``, ``captions``): ``image``, ``image_clip``, ``caption``, ``degradation`` (``""``
   for caption folders), path.
@@ -15,7 +15,7 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -151,21 +151,23 @@ def read_caption_folder(folder: Union[str, Path]) -> List[Captioned]:
 
 
 # ------------------------------------------------------------------------------ tensors
-def clip_batch(images: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """CLIP-ready batch from ``(B, 3, H, W)`` in ``[0, 1]`` on any device: bicubic (antialiased) resize of
-    the short side to ``size``, centre crop, OpenAI mean/std."""
+def clip_batch(images: torch.Tensor, size: Union[int, Tuple[int, int]] = 224) -> torch.Tensor:
+    """CLIP-ready batch from ``(B, 3, H, W)`` in ``[0, 1]`` on any device: bicubic (antialiased) resize until
+    the image covers ``size`` (an int: the short side), centre crop to ``size``, OpenAI mean/std. Pass the
+    model's input size (``DaCLIP.image_size``)."""
     _, _, h, w = images.shape
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    th, tw = (size, size) if isinstance(size, int) else size
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
     x = F.interpolate(images, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[:, :, top:top + size, left:left + size].clamp(0, 1)
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    x = x[:, :, top:top + th, left:left + tw].clamp(0, 1)
     mean = OPENAI_MEAN.to(device=x.device, dtype=x.dtype)
     std = OPENAI_STD.to(device=x.device, dtype=x.dtype)
     return (x - mean) / std
 
 
-def clip_tensor(image: torch.Tensor, size: int = 224) -> torch.Tensor:
+def clip_tensor(image: torch.Tensor, size: Union[int, Tuple[int, int]] = 224) -> torch.Tensor:
     """CLIP-ready tensor from ``(3, H, W)`` in ``[0, 1]``: bicubic resize, centre crop, OpenAI mean/std."""
     return clip_batch(image[None], size)[0]
 
@@ -241,7 +243,7 @@ class RestorationDataset(_SkippingDataset):
 
     def __init__(self, pairs: List[Pair], patch_size: Optional[int] = None, use_flip: bool = False,
                  use_rot: bool = False, small_images: str = "pad", on_corrupt: str = "error",
-                 clip_size: int = 224, crop: str = "random"):
+                 clip_size: Union[int, Tuple[int, int]] = 224, crop: str = "random"):
         if not pairs:
             raise DatasetError("the restoration dataset is empty")
         self.pairs, self.on_corrupt, self.clip_size = pairs, on_corrupt, clip_size
@@ -266,7 +268,7 @@ class CaptionedDataset(_SkippingDataset):
     """Images with a caption (and a degradation word for DA-CLIP CSVs)."""
 
     def __init__(self, items: List[Captioned], patch_size: Optional[int] = None, use_flip: bool = False,
-                 small_images: str = "pad", on_corrupt: str = "error", clip_size: int = 224):
+                 small_images: str = "pad", on_corrupt: str = "error", clip_size: Union[int, Tuple[int, int]] = 224):
         if not items:
             raise DatasetError("the captioned dataset is empty")
         self.items, self.on_corrupt, self.clip_size = items, on_corrupt, clip_size

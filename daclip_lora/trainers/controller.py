@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -96,11 +96,12 @@ def _items(ds, distortion: Sequence[str]) -> List[Captioned]:
 
 
 def build_classification_set(ds, classes: Sequence[str], distortion: Sequence[str] = (), train: bool = False,
-                             tokenizer=None) -> DegradationImages:
-    """Images of a CSV/MD dataset block with the reference's transforms (train: random resized crop 0.9-1)."""
+                             tokenizer=None, image_size: Union[int, Tuple[int, int]] = 224) -> DegradationImages:
+    """Images of a CSV/MD dataset block with the reference's transforms (train: random resized crop 0.9-1) at
+    ``image_size`` (the model's: ``DaCLIP.image_size``)."""
     import open_clip
 
-    transform = open_clip.image_transform(224, is_train=train, mean=open_clip.OPENAI_DATASET_MEAN,
+    transform = open_clip.image_transform(image_size, is_train=train, mean=open_clip.OPENAI_DATASET_MEAN,
                                           std=open_clip.OPENAI_DATASET_STD,
                                           aug_cfg={"scale": (0.9, 1.0)} if train else None)
     return DegradationImages(_items(ds, distortion), classes, transform, tokenizer)
@@ -129,12 +130,14 @@ class ControllerTrainer(TrainTask):
         self.train_block = next(d for d in opt.datasets.values() if d.phase == "train")
         self.val_blocks = [d for d in opt.datasets.values() if d.phase == "val"]
         self.classes = list(opt.distortion) or sorted({it.degradation for it in _items(self.train_block, ())})
+        size = self.model.image_size
         self._train = build_classification_set(self.train_block, self.classes, opt.distortion, train=True,
-                                               tokenizer=self.tokenizer)
+                                               tokenizer=self.tokenizer, image_size=size)
         self.use_captions = self._train.has_captions
         if not self.use_captions:
             logger.info("no captions in the training data: training the degradation term only")
-        self._val = [build_classification_set(d, self.classes, opt.distortion) for d in self.val_blocks]
+        self._val = [build_classification_set(d, self.classes, opt.distortion, image_size=size)
+                     for d in self.val_blocks]
         self.class_text: Optional[torch.Tensor] = None
 
     def setup(self, accelerator) -> None:
@@ -178,8 +181,8 @@ def evaluate_controller(opt, adapter: Optional[str] = None) -> Dict[str, Dict]:
     results = {}
     for key, block in opt.datasets.items():
         classes = list(opt.distortion) or sorted({it.degradation for it in _items(block, ())})
-        report = degradation_accuracy(model, tokenizer, build_classification_set(block, classes, opt.distortion),
-                                      classes)
+        images = build_classification_set(block, classes, opt.distortion, image_size=model.image_size)
+        report = degradation_accuracy(model, tokenizer, images, classes)
         write_degradation_report(report, Path(opt.path.results_root), prefix=f"{key}_degradation")
         results[key] = report
     return results

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,14 +38,16 @@ logger = logging.getLogger(__name__)
 __all__ = ["RestorationTrainer", "evaluate_restoration", "build_restoration_model", "restoration_dataset"]
 
 
-def restoration_dataset(block, distortion, train: bool, crop: str = "random") -> RestorationDataset:
+def restoration_dataset(block, distortion, train: bool, crop: str = "random",
+                        clip_size: Union[int, Tuple[int, int]] = 224) -> RestorationDataset:
     pairs = pair_lqgt(block.dataroot_LQ, block.dataroot_GT) if block.mode == "LQGT" else \
         pair_md(block.dataroot, block.distortion or distortion) if block.mode == "MD" else None
     if pairs is None:
         raise ValueError(f"restoration reads LQGT or MD datasets, got mode {block.mode!r} (datasets.{block.phase})")
     augment = train and crop == "random"
     return RestorationDataset(pairs, block.patch_size if train else None, block.use_flip and augment,
-                              block.use_rot and augment, block.small_images, block.on_corrupt, crop=crop)
+                              block.use_rot and augment, block.small_images, block.on_corrupt, crop=crop,
+                              clip_size=clip_size)
 
 
 def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
@@ -121,14 +123,16 @@ class RestorationTrainer(TrainTask):
             logger.warning("runtime.cache: random crops, flips and rotations are off; each image is centre-cropped "
                            "to %d once", patch)
         self._train = restoration_dataset(self.train_block, opt.distortion, train=True,
-                                          crop="center" if opt.runtime.cache else "random")
+                                          crop="center" if opt.runtime.cache else "random",
+                                          clip_size=self.daclip.image_size)
         self.val_block = next((d for d in opt.datasets.values() if d.phase == "val"), None)
-        self._val = restoration_dataset(self.val_block, opt.distortion, train=False) if self.val_block else None
+        self._val = restoration_dataset(self.val_block, opt.distortion, train=False,
+                                        clip_size=self.daclip.image_size) if self.val_block else None
         # pairs only the fusion head is fitted on, centre-cropped like the cached training images
         calib_block = next((d for d in opt.datasets.values() if d.phase == "calib"), None)
         self._calib = None if calib_block is None else restoration_dataset(
             dataclasses.replace(calib_block, patch_size=calib_block.patch_size or patch), opt.distortion,
-            train=True, crop="center")
+            train=True, crop="center", clip_size=self.daclip.image_size)
         self.cached: Optional[_Cached] = None
 
     # ------------------------------------------------------------------------------ setup
