@@ -341,7 +341,7 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
     report: Dict[str, Any] = {}
     rows = []
     for key, block in opt.datasets.items():
-        dataset = restoration_dataset(block, opt.distortion, train=False)
+        dataset = restoration_dataset(block, opt.distortion, train=False, clip_size=pipe.daclip.image_size)
         per: Dict[str, List[Dict[str, float]]] = {}
         n = len(dataset) if max_images is None else min(max_images, len(dataset))
         for i in range(n):
