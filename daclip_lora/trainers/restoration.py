@@ -248,29 +248,28 @@ class RestorationTrainer(TrainTask):
         pipe = self.pipeline()
         limit = self.opt.sd.fusion_images
         order = torch.randperm(len(self._train), generator=torch.Generator().manual_seed(self.opt.train.manual_seed))
-        samples = [(self._train, int(j)) for j in order[:limit]]
+        sources = [(self._train, order[:limit].tolist(), self.cached)]
         if self._calib is not None:
-            samples += [(self._calib, j) for j in range(len(self._calib))]
+            sources.append((self._calib, list(range(len(self._calib))), None))
         parts: Dict[str, List[torch.Tensor]] = {}
-        for i in range(0, len(samples), 32):
-            chunk = samples[i:i + 32]
-            batch = [dataset[j] for dataset, j in chunk]
-            lq = torch.stack([s["LQ"] for s in batch]).to(self.device)
-            gt = torch.stack([s["GT"] for s in batch])
-            if self.cached is not None and all(dataset is self._train for dataset, _ in chunk):
-                # the frozen models' work on these training images is already in the latent cache
-                index = torch.tensor([j for _, j in chunk])
-                z_lq, image_emb, degra_emb = (self.cached.tensors[k][index].to(self.device)
-                                              for k in ("z_lq", "image_emb", "degra_emb"))
-            else:
-                z_lq = self.backbone.encode_latents(lq)
-                with pipe._autocast():
-                    image_emb, degra_emb = pipe.daclip_embeddings(lq)
-            restored = self._restore_latents(pipe, z_lq, image_emb, degra_emb)
-            for k, v in (("lq", lq), ("gt", gt), ("decoded", self.backbone.decode_latents(restored)),
-                         ("decoded_lq", self.backbone.decode_latents(z_lq)), ("image_emb", image_emb),
-                         ("degra_emb", degra_emb)):
-                parts.setdefault(k, []).append(v.float().cpu())
+        for dataset, indices, cached in sources:
+            for i in range(0, len(indices), 32):
+                index = indices[i:i + 32]
+                batch = [dataset[j] for j in index]
+                lq = torch.stack([s["LQ"] for s in batch]).to(self.device)
+                gt = torch.stack([s["GT"] for s in batch])
+                if cached is not None:  # the frozen models' work on training images is in the latent cache
+                    z_lq, image_emb, degra_emb = (cached.tensors[k][index].to(self.device)
+                                                  for k in ("z_lq", "image_emb", "degra_emb"))
+                else:
+                    z_lq = self.backbone.encode_latents(lq)
+                    with pipe._autocast():
+                        image_emb, degra_emb = pipe.daclip_embeddings(lq)
+                restored = self._restore_latents(pipe, z_lq, image_emb, degra_emb)
+                for k, v in (("lq", lq), ("gt", gt), ("decoded", self.backbone.decode_latents(restored)),
+                             ("decoded_lq", self.backbone.decode_latents(z_lq)), ("image_emb", image_emb),
+                             ("degra_emb", degra_emb)):
+                    parts.setdefault(k, []).append(v.float().cpu())
         self.fusion_counts = {"train": min(limit, len(self._train)),
                               "calib": 0 if self._calib is None else len(self._calib)}
         return {k: torch.cat(v) for k, v in parts.items()}
