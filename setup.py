@@ -14,10 +14,11 @@ setup(
     packages=find_packages(include=["daclip_lora", "daclip_lora.*"]) + ["daclip_lora.model_configs"],
     # The top-level model_configs/ folder ships inside the wheel as daclip_lora/model_configs.
     package_dir={"daclip_lora.model_configs": "model_configs"},
-    # the tiny pretrained SD base (daclip-lora make-tiny-base), in diffusers format
+    # the tiny pretrained SD base (in diffusers format) and DA-CLIP base, and the web app's restorer
+    # (daclip-lora make-tiny-base [--daclip | --restorer])
     package_data={"daclip_lora.model_configs": ["*.json"],
-                  "daclip_lora": ["assets/tiny_sd/*.json", "assets/tiny_sd/*/*", "assets/tiny_restorer/*.json",
-                                  "assets/tiny_restorer/*.safetensors", "assets/tiny_restorer/*/*"]},
+                  "daclip_lora": ["assets/tiny_sd/*.json", "assets/tiny_sd/*/*", "assets/tiny_daclip/*",
+                                  "assets/tiny_restorer/*.json", "assets/tiny_restorer/*/*"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",

@@ -57,7 +57,7 @@ dev = torch.device(a.device)
 bb = SDBackbone.load(embedded_sd_base())
 bb.to(dev)
 demo = Path(a.demo)
-daclip = load_daclip("daclip_tiny", str(demo / "models/daclip_tiny_base.safetensors"),
+daclip = load_daclip("daclip_tiny", json.loads((demo / "summary.json").read_text())["daclip_base"],
                      str(demo / "runs/experiments/demo_controller/models/controller_lora")).eval().to(dev)
 
 

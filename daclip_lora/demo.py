@@ -5,7 +5,8 @@ Stages (each writes its inputs and outputs under ``--out`` so any stage can be r
 
 1. a synthetic multi-degradation dataset from scikit-image's photographs (``make-dataset builtin``): train,
    held-out (val) and calibration splits, each from its own crops;
-2. a tiny DA-CLIP with deterministic random weights (``daclip_tiny``), saved as a checkpoint;
+2. the tiny *pretrained* DA-CLIP base that ships with the package (``daclip_tiny``; its vision tower was trained
+   on the synthetic degradations, its text tower is random: :func:`daclip_lora.tiny_bases.train_tiny_daclip`);
 3. zero-shot degradation accuracy of that base on the held-out split (before);
 4. controller-LoRA training on the train split, then the same evaluation (after);
 5. the tiny *pretrained* Stable Diffusion base that ships with the package (:mod:`daclip_lora.tiny_bases`:
@@ -16,8 +17,9 @@ Stages (each writes its inputs and outputs under ``--out`` so any stage can be r
 7. restoration of the held-out split: PSNR/SSIM table (restored vs LQ), restored images, LQ|restored|GT
    grids and ``overview.png`` (one row per degradation).
 
-The DA-CLIP base is random (nothing here can teach it language), so its accuracy starts at chance and the
-rise shows what the controller LoRA learns; the SD base is pretrained, so the restoration numbers are real.
+The DA-CLIP base knows image statistics but not the degradation words (nothing here can teach it language), so
+its zero-shot accuracy starts near chance and the rise shows what the controller LoRA learns; the SD base is
+pretrained, so the restoration numbers are real.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
 import yaml
 
 logger = logging.getLogger(__name__)
@@ -138,11 +139,9 @@ def write_overview(results: Path, distortion: List[str], path: Path, per_row: in
 
 def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = False) -> Dict[str, Any]:
     """Run the embedded demo into ``out`` and return (and write) ``out/summary.json``."""
-    from .checkpoint import save_model
     from .engine import Engine
-    from .factory import create_model
     from .options import load_options
-    from .tiny_bases import embedded_sd_base
+    from .tiny_bases import embedded_daclip_base, embedded_sd_base
     from .trainers.controller import ControllerTrainer, evaluate_controller
     from .trainers.restoration import RestorationTrainer, evaluate_restoration
 
@@ -157,12 +156,8 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
     manifest = demo_data(out, preset, seed)
     data, distortion = out / "data", manifest["distortions"]
 
-    logger.info("[2/7] tiny DA-CLIP with deterministic random weights")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        base = create_model("daclip_tiny")
-    base_path = out / "models" / "daclip_tiny_base.safetensors"
-    save_model(base, base_path, model_name="daclip_tiny")
+    logger.info("[2/7] the shipped tiny pretrained DA-CLIP base")
+    base_path = embedded_daclip_base()
 
     common = {"distortion": distortion, "daclip": {"model": "daclip_tiny", "pretrained": str(base_path)},
               "runtime": {"device": "cpu"}}

@@ -33,11 +33,14 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EMBEDDED_SD", "EMBEDDED_RESTORER", "HELD_OUT_IMAGES", "PRETRAINED_UNET", "PRETRAINED_VAE",
-           "embedded_sd_base", "embedded_restorer", "train_tiny_sd", "train_tiny_restorer"]
+__all__ = ["EMBEDDED_SD", "EMBEDDED_DACLIP", "EMBEDDED_RESTORER", "HELD_OUT_IMAGES", "PRETRAINED_UNET",
+           "PRETRAINED_VAE", "embedded_sd_base", "embedded_daclip_base", "embedded_restorer", "train_tiny_sd",
+           "train_tiny_daclip", "train_tiny_restorer"]
 
 #: Where the shipped tiny pretrained SD folder lives inside the installed package.
 EMBEDDED_SD = Path(__file__).resolve().parent / "assets" / "tiny_sd"
+#: The shipped tiny DA-CLIP base whose vision tower was pretrained on the synthetic degradations.
+EMBEDDED_DACLIP = Path(__file__).resolve().parent / "assets" / "tiny_daclip"
 #: The shipped trained tiny restorer (DA-CLIP + controller LoRA + restoration LoRA) that ``daclip-lora app`` uses.
 EMBEDDED_RESTORER = Path(__file__).resolve().parent / "assets" / "tiny_restorer"
 #: scikit-image photographs never seen by the VAE or UNet of the shipped base.
@@ -62,6 +65,16 @@ def embedded_sd_base() -> Path:
     return EMBEDDED_SD
 
 
+def embedded_daclip_base() -> Path:
+    """The shipped tiny pretrained DA-CLIP checkpoint (raises with the re-create command if it is missing)."""
+    path = EMBEDDED_DACLIP / "daclip_tiny.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"the embedded tiny DA-CLIP base is missing ({path}); re-create it with "
+                                f"`daclip-lora make-tiny-base {EMBEDDED_DACLIP} --daclip` (about 15 minutes on 2 "
+                                f"CPU cores)")
+    return path
+
+
 # ----------------------------------------------------------------------------------- data
 def embedded_restorer() -> Path:
     """The shipped tiny restorer's restoration folder; its ``restoration.json`` points, by paths relative to it, at
@@ -71,7 +84,7 @@ def embedded_restorer() -> Path:
         FileNotFoundError: a part is missing (with the command that re-creates it).
     """
     folder = EMBEDDED_RESTORER
-    parts = (folder / "restoration" / "restoration.json", embedded_sd_base(), folder / "daclip_tiny.safetensors",
+    parts = (folder / "restoration" / "restoration.json", embedded_sd_base(), embedded_daclip_base(),
              folder / "controller_lora")
     missing = [str(p) for p in parts if not p.exists()]
     if missing:
@@ -83,15 +96,14 @@ def embedded_restorer() -> Path:
 
 def train_tiny_restorer(out: Union[str, Path], seed: int = 0, threads: Optional[int] = 2) -> Dict[str, Any]:
     """Train the tiny restorer the web app starts with: exactly the embedded demo (``daclip-lora demo``, preset
-    ``full``, ``seed``) on the shipped SD base, then keep its DA-CLIP (fp16), controller LoRA and restoration
-    LoRA in ``out`` with ``recipe.json`` (the demo's numbers).
+    ``full``, ``seed``) on the shipped SD and DA-CLIP bases, then keep its controller LoRA and restoration LoRA
+    in ``out`` with ``recipe.json`` (the demo's numbers). The bases are not copied: ``restoration.json`` points at
+    the shipped ones by relative paths.
     """
     import shutil
     import tempfile
 
-    from .checkpoint import save_model
     from .demo import run_demo
-    from .factory import create_model
 
     out = Path(out)
     previous_threads = torch.get_num_threads()
@@ -103,21 +115,20 @@ def train_tiny_restorer(out: Union[str, Path], seed: int = 0, threads: Optional[
             if out.exists():
                 shutil.rmtree(out)
             out.mkdir(parents=True)
-            model = create_model("daclip_tiny", pretrained=summary["daclip_base"])
-            save_model(model.half(), out / "daclip_tiny.safetensors", model_name="daclip_tiny")
             shutil.copytree(summary["controller_lora"], out / "controller_lora")
             shutil.copytree(summary["sd_lora"], out / "restoration")
         config_path = out / "restoration" / "restoration.json"
         config = json.loads(config_path.read_text())
         # where the parts live inside the package, relative to restoration.json's folder
-        config.update(base="../../tiny_sd", daclip_pretrained="../daclip_tiny.safetensors",
+        config.update(base=f"../../{EMBEDDED_SD.name}",
+                      daclip_pretrained=f"../../{EMBEDDED_DACLIP.name}/daclip_tiny.safetensors",
                       daclip_adapter="../controller_lora")
         config_path.write_text(json.dumps(config, indent=2))
         keep = ("controller_accuracy_before", "controller_accuracy_after", "psnr_lq", "psnr_restored", "ssim_lq",
                 "ssim_restored", "degradations_improved", "restoration_per_degradation", "sampling", "seconds")
         record = {"recipe": "daclip_lora.tiny_bases.train_tiny_restorer",
                   "command": f"daclip-lora make-tiny-base {out.name} --restorer --seed {seed}", "seed": seed,
-                  "what": "the embedded demo (preset full) on the shipped tiny SD base; DA-CLIP stored as float16",
+                  "what": "the embedded demo (preset full) on the shipped tiny SD and DA-CLIP bases",
                   "threads": torch.get_num_threads(),
                   "demo": {k: summary[k] for k in keep},
                   "versions": {"torch": torch.__version__, "python": platform.python_version()}}
@@ -331,6 +342,148 @@ def train_tiny_sd(out: Union[str, Path], seed: int = 0, vae_steps: int = 1500, u
         }
         (out / "recipe.json").write_text(json.dumps(record, indent=2))
         logger.info("wrote the tiny pretrained SD base to %s (VAE held-out PSNR %.2f dB)", out, vae_psnr)
+        return record
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+# ------------------------------------------------------------------------------- DA-CLIP base
+def _degraded_pool(crops: int, seed: int) -> tuple:
+    """``crops`` random 64 px patches of the scikit-image photographs (cycling over them, like the demo's data), each
+    degraded by all ten degradations: ``(images (10 * crops, 3, 64, 64), labels, class names)``."""
+    import numpy as np
+
+    from .data.degrade import DEGRADATION_FUNCTIONS, degrade
+    from .data.synthetic import _patches, builtin_images
+
+    classes = sorted(DEGRADATION_FUNCTIONS)
+    patches = _patches(builtin_images(), crops, 64, np.random.default_rng(seed))
+    images, labels = [], []
+    for i, (patch, _, _) in enumerate(patches):
+        for k, name in enumerate(classes):
+            images.append(torch.from_numpy(degrade(patch, name, seed=[seed, k, i])).permute(2, 0, 1))
+            labels.append(k)
+    return torch.stack(images), torch.tensor(labels), classes
+
+
+def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, batch: int = 64, crops: int = 1600,
+                      lr: float = 1e-3, threads: Optional[int] = 2, log_every: int = 250) -> Dict[str, Any]:
+    """Pretrain the vision tower of the tiny DA-CLIP (``daclip_tiny``) on the synthetic degradations and write the
+    DA-CLIP checkpoint (float16 safetensors) with ``recipe.json`` to ``out``.
+
+    A real DA-CLIP starts from a CLIP that web-scale pretraining taught what images look like, low-level statistics
+    included; a random tiny ViT knows nothing, and a 300-step controller LoRA on top of it cannot learn to tell mild
+    degradations (JPEG, raindrops, motion blur, shadows) apart. This recipe stands in for that pretraining: the
+    vision tower (``daclip_tiny`` initialised with ``torch.manual_seed(seed)``) learns to classify the ten
+    synthetic degradations of ``crops`` random 64 px patches of the scikit-image photographs (the demo's source)
+    through a linear probe on
+    its normalised embedding (cross-entropy, AdamW, warm-up + cosine, horizontal flips). The probe is then
+    discarded and the text tower stays random, so the base knows image statistics but not the degradation *words*:
+    its zero-shot accuracy stays near chance and aligning images with words is left to the controller LoRA, as in
+    DA-CLIP. The controller is initialised from the trained tower (zero modules zero).
+
+    Args:
+        out: the folder to write (replaced if it exists).
+        seed: initialisation, crops, degradation draws and batches derive from it.
+        steps, batch, crops, lr: optimisation steps, batch size, training patches per degradation, peak learning rate.
+        threads: torch CPU threads during the recipe; ``None`` keeps the current setting.
+
+    Returns:
+        The recipe record also written to ``out/recipe.json`` (probe and zero-shot accuracy, per class, on new
+        crops and degradation draws).
+    """
+    import math
+    import shutil
+
+    import torch.nn.functional as F
+
+    from .checkpoint import save_model
+    from .data.datasets import clip_batch
+    from .factory import create_model, get_tokenizer
+
+    if steps < 1 or batch < 1 or crops < 1:
+        raise ValueError(f"steps, batch and crops must be >= 1, got steps={steps}, batch={batch}, crops={crops}")
+    out = Path(out)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        with torch.random.fork_rng():
+            images, labels, classes = _degraded_pool(crops, seed + 10)
+            val_images, val_labels, _ = _degraded_pool(48, seed + 11)
+            t_data = time.perf_counter() - start
+            torch.manual_seed(seed)
+            model = create_model("daclip_tiny")
+            visual = model.clip.visual.requires_grad_(True).train()
+            probe = torch.nn.Linear(model.clip.text_projection.shape[1], len(classes))
+            params = list(visual.parameters()) + list(probe.parameters())
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+            size = model.image_size
+
+            def logits(x: torch.Tensor) -> torch.Tensor:
+                return probe(F.normalize(visual(clip_batch(x, size)), dim=-1) * 10.0)
+
+            @torch.no_grad()
+            def accuracy(predict) -> Dict[str, Any]:
+                visual.eval()
+                pred = torch.cat([predict(val_images[i:i + 256]) for i in range(0, len(val_images), 256)])
+                visual.train()
+                per = {c: round(float((pred[val_labels == k] == k).float().mean()), 3) for k, c in enumerate(classes)}
+                return {"overall": round(float((pred == val_labels).float().mean()), 4), "per_class": per}
+
+            gen = torch.Generator().manual_seed(seed + 12)
+            warmup = max(1, min(100, steps // 10))
+            logger.info("tiny DA-CLIP: %d training / %d held-out images, %d steps", len(images), len(val_images),
+                        steps)
+            for step in range(1, steps + 1):
+                for group in opt.param_groups:
+                    group["lr"] = lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+                idx = torch.randint(len(images), (batch,), generator=gen)
+                x = images[idx]
+                flip = torch.rand(batch, generator=gen) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                loss = F.cross_entropy(logits(x), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if step % log_every == 0 or step == steps:
+                    logger.info("tiny DA-CLIP step %d/%d loss %.4f held-out probe accuracy %.3f", step, steps,
+                                loss.item(), accuracy(lambda v: logits(v).argmax(1))["overall"])
+            visual.eval().requires_grad_(False)
+            probe_acc = accuracy(lambda v: logits(v).argmax(1))
+            with torch.no_grad():
+                text = model.encode_text(get_tokenizer("daclip_tiny")(classes), normalize=True)
+            zero_shot = accuracy(lambda v: (F.normalize(visual(clip_batch(v, size)), dim=-1) @ text.T).argmax(1))
+            model.initial_controller()
+            model.eval().requires_grad_(False)
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        save_model(model.half(), out / "daclip_tiny.safetensors", model_name="daclip_tiny")
+        record = {
+            "recipe": "daclip_lora.tiny_bases.train_tiny_daclip",
+            "command": f"daclip-lora make-tiny-base {out.name} --daclip --seed {seed} --daclip-steps {steps}",
+            "seed": seed, "steps": steps, "batch": batch, "lr": lr, "threads": torch.get_num_threads(),
+            "model": "daclip_tiny",
+            "objective": "cross-entropy over the ten synthetic degradations through a linear probe on the vision "
+                         "tower's normalised embedding (probe discarded); text tower random and untrained",
+            "data": {"source": "the 14 skimage.data photographs (daclip_lora.data.synthetic.BUILTIN_IMAGES), 64 px "
+                               "patches (daclip_lora.data.synthetic._patches), each degraded by all ten degradations",
+                     "training_patches_per_degradation": crops,
+                     "held_out": "48 patches per degradation: new crops and degradation draws (seed + 11) of the same "
+                                 "photographs, as the demo's held-out split"},
+            "held_out_probe_accuracy": probe_acc,
+            "held_out_zero_shot_accuracy": zero_shot,
+            "parameters": {"vision_tower": sum(p.numel() for p in model.clip.visual.parameters()),
+                           "total": sum(p.numel() for p in model.parameters())},
+            "weights_dtype": "float16",
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "seconds": {"data": round(t_data, 1), "total": round(time.perf_counter() - start, 1)},
+        }
+        (out / "recipe.json").write_text(json.dumps(record, indent=2))
+        logger.info("wrote the tiny pretrained DA-CLIP base to %s (held-out probe accuracy %.3f)", out,
+                    probe_acc["overall"])
         return record
     finally:
         torch.set_num_threads(previous_threads)

@@ -3,6 +3,7 @@
 import json
 
 from daclip_lora.cli import main
+from daclip_lora.tiny_bases import EMBEDDED_DACLIP
 
 
 def test_quick_demo_writes_summary_and_refuses_to_mix_runs(tmp_path, capsys):
@@ -12,7 +13,7 @@ def test_quick_demo_writes_summary_and_refuses_to_mix_runs(tmp_path, capsys):
     for key in ("controller_accuracy_before", "controller_accuracy_after"):
         assert 0.0 <= summary[key] <= 1.0
     assert summary["controller_steps"] == 6 and summary["chance"] == 0.1
-    assert (out / "models" / "daclip_tiny_base.safetensors").is_file()
+    assert summary["daclip_base"] == str(EMBEDDED_DACLIP / "daclip_tiny.safetensors")
     assert (out / "options" / "controller_train.yml").is_file()
     assert "degradation accuracy on the held-out split" in capsys.readouterr().out
     assert main(["demo", "--out", str(out), "--preset", "quick"]) == 2

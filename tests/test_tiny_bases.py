@@ -65,3 +65,81 @@ def test_unet_is_a_trained_denoiser_not_random_weights(backbone, tmp_path):
                                  encoder_hidden_states=random_sd.encode_prompt(["", ""])).sample
                   - torch.randn(2, 4, 8, 8)).pow(2).mean().item()
     assert mse < 0.2 and random_mse > 0.8, (mse, random_mse)
+
+
+# ------------------------------------------------------------------------------ tiny DA-CLIP base
+def _features(model, images):
+    from daclip_lora.data.datasets import clip_batch
+
+    return torch.nn.functional.normalize(model.clip.visual(clip_batch(images, model.image_size)).float(), dim=-1)
+
+
+def _nearest_centroid_accuracy(model, train, val) -> float:
+    (x, y), (xv, yv) = train, val
+    f, fv = _features(model, x), _features(model, xv)
+    centroids = torch.stack([f[y == k].mean(0) for k in range(int(y.max()) + 1)])
+    return float(((fv @ centroids.T).argmax(1) == yv).float().mean())
+
+
+def test_shipped_daclip_base_records_its_recipe_and_loads_strictly():
+    from daclip_lora.factory import create_model
+    from daclip_lora.tiny_bases import EMBEDDED_DACLIP, embedded_daclip_base
+
+    record = json.loads((EMBEDDED_DACLIP / "recipe.json").read_text())
+    assert record["recipe"] == "daclip_lora.tiny_bases.train_tiny_daclip" and "--daclip" in record["command"]
+    assert record["data"]["training_patches_per_degradation"] == 1600 and record["steps"] == 4500
+    assert set(record["held_out_probe_accuracy"]["per_class"]) == set(record["held_out_zero_shot_accuracy"]["per_class"])
+    model = create_model("daclip_tiny", pretrained=str(embedded_daclip_base()))
+    control = dict(model.visual_control.named_parameters())
+    diffs = [(p - control[n.replace("transformer.", "transformer.transformer.", 1) if n.startswith("transformer.")
+                          else n]).abs().max().item() for n, p in model.clip.visual.named_parameters()]
+    assert len(diffs) == 56 and max(diffs) == 0.0  # the controller starts as a copy of the trained tower
+    assert max(z.abs().max().item() for z in model.visual_control.transformer.zero_modules.parameters()) == 0.0
+
+
+@torch.no_grad()
+def test_shipped_daclip_base_separates_degradations_on_new_patches_far_better_than_random():
+    """Nearest class centroid of the vision embedding (centroids from 16 patches per degradation, accuracy on 16
+    others, crops and degradation draws the recipe never used): the pretrained tower must beat the same
+    architecture with random weights by a wide margin."""
+    from daclip_lora.factory import create_model
+    from daclip_lora.tiny_bases import _degraded_pool, embedded_daclip_base
+
+    train, val = _degraded_pool(16, 123)[:2], _degraded_pool(16, 124)[:2]
+    pretrained = create_model("daclip_tiny", pretrained=str(embedded_daclip_base())).eval()
+    torch.manual_seed(0)
+    random_model = create_model("daclip_tiny").eval()
+    acc, acc_random = (_nearest_centroid_accuracy(m, train, val) for m in (pretrained, random_model))
+    assert acc >= 0.7 and acc - acc_random >= 0.25, (acc, acc_random)
+
+
+def test_daclip_recipe_is_deterministic_and_writes_a_loadable_base(tmp_path):
+    from daclip_lora.factory import create_model
+    from daclip_lora.tiny_bases import train_tiny_daclip
+
+    records = [train_tiny_daclip(tmp_path / name, seed=3, steps=2, batch=4, crops=2, log_every=1) for name in "ab"]
+    assert records[0]["held_out_probe_accuracy"] == records[1]["held_out_probe_accuracy"]
+    a, b = (create_model("daclip_tiny", pretrained=str(tmp_path / n / "daclip_tiny.safetensors")) for n in "ab")
+    diff = max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+    assert diff == 0.0
+    torch.manual_seed(3)
+    untrained = create_model("daclip_tiny")
+    moved = max((p - q.half().float()).abs().max().item()
+                for p, q in zip(a.clip.visual.parameters(), untrained.clip.visual.parameters()))
+    assert moved > 1e-4  # the vision tower was trained ...
+    text = max((p - q.half().float()).abs().max().item()
+               for p, q in zip(a.clip.transformer.parameters(), untrained.clip.transformer.parameters()))
+    assert text == 0.0  # ... and the text tower was not
+    assert json.loads((tmp_path / "a" / "recipe.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--daclip", "--restorer"], "pass --restorer or --daclip, not both"),
+    (["--daclip", "--daclip-steps", "0"], "steps, batch and crops must be >= 1, got steps=0"),
+])
+def test_make_tiny_base_refuses_bad_arguments_in_one_line(tmp_path, capsys, argv, message):
+    from daclip_lora.cli import main
+
+    assert main(["make-tiny-base", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
