@@ -22,12 +22,13 @@ metrics and timings. ``daclip-lora make-tiny-base OUT`` re-creates it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 
@@ -106,10 +107,7 @@ def train_tiny_restorer(out: Union[str, Path], seed: int = 0, threads: Optional[
     from .demo import run_demo
 
     out = Path(out)
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with _threads(threads):
         with tempfile.TemporaryDirectory(prefix="daclip_lora_restorer_") as tmp:
             summary = run_demo(Path(tmp) / "demo", preset="full", seed=seed)
             if out.exists():
@@ -134,8 +132,18 @@ def train_tiny_restorer(out: Union[str, Path], seed: int = 0, threads: Optional[
                   "versions": {"torch": torch.__version__, "python": platform.python_version()}}
         (out / "recipe.json").write_text(json.dumps(record, indent=2))
         return record
+
+
+@contextlib.contextmanager
+def _threads(threads: Optional[int]) -> Iterator[None]:
+    """Run a recipe with ``threads`` torch CPU threads (``None``: unchanged), restoring the setting afterwards."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
     finally:
-        torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous)
 
 
 def _photographs(held_out: bool) -> List[torch.Tensor]:
@@ -288,11 +296,8 @@ def train_tiny_sd(out: Union[str, Path], seed: int = 0, vae_steps: int = 1500, u
     from .tiny_sd import SD_SCHEDULER, TINY_TEXT, build_clip_tokenizer
 
     out = Path(out)
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     start = time.perf_counter()
-    try:
+    with _threads(threads):
         with torch.random.fork_rng():
             held_out = _random_crops(_photographs(held_out=True), 64, 64, torch.Generator().manual_seed(seed + 99))
             logger.info("stage 1/2: VAE, %d steps", vae_steps)
@@ -343,8 +348,6 @@ def train_tiny_sd(out: Union[str, Path], seed: int = 0, vae_steps: int = 1500, u
         (out / "recipe.json").write_text(json.dumps(record, indent=2))
         logger.info("wrote the tiny pretrained SD base to %s (VAE held-out PSNR %.2f dB)", out, vae_psnr)
         return record
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 # ------------------------------------------------------------------------------- DA-CLIP base
@@ -404,11 +407,8 @@ def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, b
     if steps < 1 or batch < 1 or crops < 1:
         raise ValueError(f"steps, batch and crops must be >= 1, got steps={steps}, batch={batch}, crops={crops}")
     out = Path(out)
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     start = time.perf_counter()
-    try:
+    with _threads(threads):
         with torch.random.fork_rng():
             images, labels, classes = _degraded_pool(crops, seed + 10)
             val_images, val_labels, _ = _degraded_pool(48, seed + 11)
@@ -485,5 +485,3 @@ def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, b
         logger.info("wrote the tiny pretrained DA-CLIP base to %s (held-out probe accuracy %.3f)", out,
                     probe_acc["overall"])
         return record
-    finally:
-        torch.set_num_threads(previous_threads)
