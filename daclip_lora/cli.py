@@ -370,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser("demo", help="run the embedded end-to-end demo on CPU (no downloads)",
-                       description="Synthetic data from scikit-image photographs, a tiny random DA-CLIP, "
-                                   "controller-LoRA training and evaluation, the shipped tiny pretrained SD, "
+                       description="Synthetic data from scikit-image photographs, the shipped tiny pretrained "
+                                   "DA-CLIP, controller-LoRA training and evaluation, the shipped tiny pretrained SD, "
                                    "degradation-aware "
                                    "SD LoRA training and restoration of the held-out split; everything under --out.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")

@@ -1,4 +1,4 @@
-"""Tiny *pretrained* Stable Diffusion base that ships with the package, and the recipe that makes it.
+"""Tiny *pretrained* bases that ship with the package (Stable Diffusion and DA-CLIP), and the recipes that make them.
 
 Random tiny bases cannot show restoration (a random VAE cannot even reconstruct its input), so the
 embedded demo and the learnability tests start from a small SD folder that was *trained*, on CPU, by
@@ -18,6 +18,10 @@ embedded demo and the learnability tests start from a small SD folder that was *
 Everything is a deterministic function of ``seed`` on a given torch version and thread count. The folder is
 written in diffusers format (fp16 safetensors) with ``recipe.json`` beside it: recipe, seed, steps, versions,
 metrics and timings. ``daclip-lora make-tiny-base OUT`` re-creates it.
+
+The tiny DA-CLIP base (:func:`train_tiny_daclip`, ``make-tiny-base OUT --daclip``) is ``daclip_tiny`` whose vision
+tower was trained on the synthetic degradations (its text tower stays random); :func:`train_tiny_restorer`
+(``--restorer``) runs the embedded demo on both bases and keeps its LoRAs for the web app.
 """
 
 from __future__ import annotations
