@@ -383,11 +383,10 @@ def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, b
     degradations (JPEG, raindrops, motion blur, shadows) apart. This recipe stands in for that pretraining: the
     vision tower (``daclip_tiny`` initialised with ``torch.manual_seed(seed)``) learns to classify the ten
     synthetic degradations of ``crops`` random 64 px patches of the scikit-image photographs (the demo's source)
-    through a linear probe on
-    its normalised embedding (cross-entropy, AdamW, warm-up + cosine, horizontal flips). The probe is then
-    discarded and the text tower stays random, so the base knows image statistics but not the degradation *words*:
-    its zero-shot accuracy stays near chance and aligning images with words is left to the controller LoRA, as in
-    DA-CLIP. The controller is initialised from the trained tower (zero modules zero).
+    through a linear probe on its normalised embedding (cross-entropy, AdamW, warm-up + cosine, horizontal flips).
+    The probe is then discarded and the text tower stays random, so the base knows image statistics but not the
+    degradation *words*: its zero-shot accuracy stays near chance and aligning images with words is left to the
+    controller LoRA, as in DA-CLIP. The controller is initialised from the trained tower (zero modules zero).
 
     Args:
         out: the folder to write (replaced if it exists).
