@@ -18,12 +18,12 @@
   (OSEDiff, Wu et al. 2024); trained on a per-image log-MSE, i.e. on mean PSNR, not on total squared error
   (which lets the large errors of hazy or low-light images drown out JPEG or blur).
 * **Fusion head** (optional, :class:`FusionHead`). The VAE cannot reproduce an image better than its own
-  reconstruction error, so decoding alone caps the output below mildly degraded inputs. The head blends
-  the LQ image, the decoded restored latent and the decoded LQ latent (``LQ + D(z) - D(z_LQ)`` is the
-  latent's correction added to the LQ pixels), then applies a per-channel affine colour correction; the
-  blend weights and the correction come from DA-CLIP's degradation and content embeddings and the LQ's
-  colour statistics. It starts as the identity (output = LQ) and is fitted after the LoRA, on the
-  training images' decodes (:func:`fit_fusion_head`).
+  reconstruction error, so decoding alone caps the output below mildly degraded inputs. The head adds to
+  the LQ image the latent's correction ``D(z) - D(z_LQ)`` (decoded restored latent minus decoded LQ latent),
+  the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ itself, each with its own weight, then applies
+  a per-channel affine colour correction; weights and correction come from DA-CLIP's degradation and content
+  embeddings and the LQ's colour statistics. It starts as the identity (output = LQ) and is fitted after the
+  LoRA, on the training images' decodes (:func:`fit_fusion_head`).
 
 Saved outputs (a folder): ``pytorch_lora_weights.safetensors`` (diffusers format, LoRA config in its
 metadata, loadable by ``StableDiffusionPipeline.load_lora_weights``), ``restoration_extras.safetensors``
@@ -138,10 +138,19 @@ class DaclipConditioner(nn.Module):
 class FusionHead(nn.Module):
     """Degradation-aware output fusion: ``a * (c1 LQ + c2 D(z) + c3 D(z_LQ)) + b`` per image.
 
-    ``(c1, c2, c3)`` and the per-channel affine ``(a, b)`` are predicted from DA-CLIP's content and
-    degradation embeddings and the LQ image's per-channel mean and standard deviation. The last layer starts
-    at zero, where ``(c, a, b) = ((1, 0, 0), 1, 0)``: the output is the LQ image.
+    The blend and the per-channel affine ``(a, b)`` are predicted from DA-CLIP's content and degradation
+    embeddings and the LQ image's per-channel mean and standard deviation. The network predicts the blend in
+    residual coordinates, ``LQ + w1 (D(z) - D(z_LQ)) + w2 (D(z_LQ) - LQ) + w3 LQ``, i.e.
+    ``(c1, c2, c3) = (1 - w2 + w3, w1, w2 - w1)``: the same family of blends, but the fit (Adam, per
+    coordinate) reaches "add the latent's correction" (``w1``) directly. In the plain ``(c1, c2, c3)``
+    coordinates it settled on smoothing blends and left the correction unused where it helps (raindrops:
+    +1.0 dB from the correction alone, the head below the input). The last layer starts at zero, where
+    ``(w, a, b) = (0, 1, 0)``: the output is the LQ image.
     """
+
+    #: version of the blend's coordinates in saved weights (extras key ``fusion.coordinates``); folders saved
+    #: before it existed hold plain ``(c1 - 1, c2, c3)`` outputs and are converted exactly on load
+    COORDINATES = 2
 
     def __init__(self, embed_dim: int, hidden: int = 64, channels: int = 3):
         super().__init__()
@@ -162,9 +171,21 @@ class FusionHead(nn.Module):
         stats = torch.cat([lq.mean((2, 3)), lq.std((2, 3))], dim=1).to(p.dtype)
         emb = self.norm(torch.cat([image_emb, degra_emb], dim=1).to(p.dtype))
         h = self.fc2(self.act(self.fc1(torch.cat([emb, stats], dim=1))))
-        c = self.channels
-        identity = torch.tensor([1.0, 0.0, 0.0] + [1.0] * c + [0.0] * c, device=h.device, dtype=h.dtype)
-        return h + identity
+        w1, w2, w3 = h[:, 0:1], h[:, 1:2], h[:, 2:3]
+        blend = torch.cat([1 + w3 - w2, w1, w2 - w1], dim=1)
+        return torch.cat([blend, 1 + h[:, 3:3 + self.channels], h[:, 3 + self.channels:]], dim=1)
+
+    @staticmethod
+    def legacy_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Convert a state dict saved with plain blend outputs ``(c1 - 1, c2, c3)`` to residual coordinates
+        (exact: ``w1 = c2, w2 = c2 + c3, w3 = c1 + c2 + c3 - 1`` on ``fc2``'s first three rows)."""
+        out = dict(state)
+        for key in ("fc2.weight", "fc2.bias"):
+            v = state[key].clone()
+            r1, r2, r3 = state[key][0], state[key][1], state[key][2]
+            v[0], v[1], v[2] = r2, r2 + r3, r1 + r2 + r3
+            out[key] = v
+        return out
 
     def forward(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor, image_emb: torch.Tensor,
                 degra_emb: torch.Tensor) -> torch.Tensor:
@@ -313,6 +334,7 @@ class RestorationUNet(nn.Module):
         if self.fusion is not None:
             out.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
             out["fusion.fitted"] = torch.tensor(float(self.fusion.fitted))
+            out["fusion.coordinates"] = torch.tensor(float(FusionHead.COORDINATES))
         if self.config.lq_latent:
             conv = self.unet.conv_in
             out["conv_in.weight"] = conv.weight.detach()
@@ -331,6 +353,12 @@ class RestorationUNet(nn.Module):
                 raise ValueError("restoration.json has fusion: true but the extras hold no fusion head weights "
                                  "(fusion.*); re-save the folder with the trainer that wrote it")
             fitted = fusion.pop("fitted", torch.tensor(1.0))
+            coordinates = int(fusion.pop("coordinates", torch.tensor(1.0)).item())
+            if coordinates > FusionHead.COORDINATES:
+                raise ValueError(f"the fusion head was saved with blend coordinates v{coordinates}; this "
+                                 f"daclip_lora reads up to v{FusionHead.COORDINATES}: upgrade daclip_lora")
+            if coordinates == 1:
+                fusion = FusionHead.legacy_state(fusion)
             self.fusion.load_state_dict(fusion)
             self.fusion.fitted = bool(fitted.item() > 0)
         if self.config.lq_latent:

@@ -151,12 +151,17 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
     out = Path(out).expanduser().resolve()
     _prepare_out(out, overwrite)
     start = time.perf_counter()
+    marks: List[Tuple[str, float]] = []
 
-    logger.info("[1/7] synthetic dataset from scikit-image photographs")
+    def stage(name: str, message: str, *args: Any) -> None:
+        marks.append((name, time.perf_counter()))
+        logger.info("[%d/7] " + message, len(marks), *args)
+
+    stage("dataset", "synthetic dataset from scikit-image photographs")
     manifest = demo_data(out, preset, seed)
     data, distortion = out / "data", manifest["distortions"]
 
-    logger.info("[2/7] the shipped tiny pretrained DA-CLIP base")
+    stage("daclip_base", "the shipped tiny pretrained DA-CLIP base")
     base_path = embedded_daclip_base()
 
     common = {"distortion": distortion, "daclip": {"model": "daclip_tiny", "pretrained": str(base_path)},
@@ -176,27 +181,28 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
         "datasets": {"val": {"mode": "MD", "dataroot": str(data / "val")}},
     })
 
-    logger.info("[3/7] degradation accuracy of the base on the held-out split")
+    stage("controller_before", "degradation accuracy of the base on the held-out split")
     before = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"))["val"]
 
-    logger.info("[4/7] controller LoRA training (%d steps), then the same evaluation", p["controller_steps"])
+    stage("controller", "controller LoRA training (%d steps), then the same evaluation", p["controller_steps"])
     opt = load_options(controller_opt, is_train=True, root=out / "runs")
     trainer = ControllerTrainer(opt)
     result = Engine(opt, trainer).fit()
     adapter = Path(opt.path.models) / "controller_lora"
     after = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"), adapter=str(adapter))["val"]
 
-    logger.info("[5/7] the shipped tiny pretrained Stable Diffusion base")
+    stage("sd_base", "the shipped tiny pretrained Stable Diffusion base")
     sd_base = embedded_sd_base()
 
-    logger.info("[6/7] degradation-aware SD LoRA training (%d steps, cached latents)", p["sd_steps"])
+    stage("restoration_training", "degradation-aware SD LoRA training (%d steps, cached latents), then the fusion "
+          "head", p["sd_steps"])
     sd_train, sd_test = restoration_options(out, "demo_restoration", distortion,
                                             {**common["daclip"], "adapter": str(adapter)}, preset, seed)
     opt = load_options(sd_train, is_train=True, root=out / "runs")
     sd_result = Engine(opt, RestorationTrainer(opt)).fit()
     sd_lora = Path(opt.path.models) / "restoration"
 
-    logger.info("[7/7] restoration of the held-out split")
+    stage("restoration_eval", "restoration of the held-out split")
     test = load_options(sd_test, is_train=False, root=out / "runs")
     report = evaluate_restoration(test, folder=str(sd_lora))["val"]
     mean = report["mean"]
@@ -231,6 +237,8 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
         "results": str(test.path.results_root),
         "overview": str(overview),
         "seconds": round(time.perf_counter() - start, 1),
+        "stage_seconds": {name: round(end - t, 1) for (name, t), end in
+                          zip(marks, [t for _, t in marks[1:]] + [time.perf_counter()])},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -14,6 +14,10 @@ def test_quick_demo_writes_summary_and_refuses_to_mix_runs(tmp_path, capsys):
         assert 0.0 <= summary[key] <= 1.0
     assert summary["controller_steps"] == 6 and summary["chance"] == 0.1
     assert summary["daclip_base"] == str(EMBEDDED_DACLIP / "daclip_tiny.safetensors")
+    stages = summary["stage_seconds"]
+    assert list(stages) == ["dataset", "daclip_base", "controller_before", "controller", "sd_base",
+                            "restoration_training", "restoration_eval"]
+    assert min(stages.values()) >= 0 and abs(sum(stages.values()) - summary["seconds"]) < 1.0
     assert (out / "options" / "controller_train.yml").is_file()
     assert "degradation accuracy on the held-out split" in capsys.readouterr().out
     assert main(["demo", "--out", str(out), "--preset", "quick"]) == 2

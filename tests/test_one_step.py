@@ -66,6 +66,45 @@ def test_fit_fusion_head_learns_a_degradation_dependent_correction():
     assert report["psnr_fused"] > report["psnr_lq"] + 10, report
 
 
+def test_fusion_head_blend_in_residual_coordinates():
+    """The raw outputs (w1, w2, w3) mean LQ + w1 (D(z) - D(z_LQ)) + w2 (D(z_LQ) - LQ) + w3 LQ."""
+    g = torch.Generator().manual_seed(0)
+    head = FusionHead(embed_dim=8)
+    with torch.no_grad():
+        head.fc2.bias[:3] = torch.tensor([0.7, -0.2, 0.1])
+    lq, dec, dec_lq = (torch.rand(2, 3, 8, 8, generator=g) for _ in range(3))
+    ie, de = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    expected = lq + 0.7 * (dec - dec_lq) - 0.2 * (dec_lq - lq) + 0.1 * lq
+    assert (head(lq, dec, dec_lq, ie, de) - expected).abs().max().item() < 1e-6
+
+
+@torch.no_grad()
+def test_fusion_head_saved_in_plain_blend_coordinates_loads_unchanged(assets, tmp_path):
+    """Folders saved before the residual coordinates (no fusion.coordinates key, fc2 rows = c1 - 1, c2, c3)
+    restore exactly as they did: the loader converts them."""
+    from safetensors.torch import load_file, save_file
+
+    _, model = _one_step_model(assets)
+    out = save_restoration(model, tmp_path / "restoration")
+    g = torch.Generator().manual_seed(3)
+    lq, dec, dec_lq = (torch.rand(2, 3, 8, 8, generator=g) for _ in range(3))
+    ie, de = torch.randn(2, 64, generator=g), torch.randn(2, 64, generator=g)
+    # the old head: a * (c1 LQ + c2 D + c3 D_LQ) + b with (c1, c2, c3) = (1, 0, 0) + fc2 rows 0-2
+    old = FusionHead(embed_dim=64)
+    old.load_state_dict(model.fusion.state_dict())
+    raw = old.fc2(old.act(old.fc1(torch.cat([old.norm(torch.cat([ie, de], 1)),
+                                             torch.cat([lq.mean((2, 3)), lq.std((2, 3))], 1)], 1))))
+    k = raw.view(2, -1, 1, 1)
+    legacy = (1 + k[:, 3:6]) * ((1 + k[:, 0:1]) * lq + k[:, 1:2] * dec + k[:, 2:3] * dec_lq) + k[:, 6:]
+    extras = out / "restoration_extras.safetensors"
+    state = {key: v for key, v in load_file(extras).items() if key != "fusion.coordinates"}
+    save_file(state, extras)
+    fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
+    load_restoration(fresh, out)
+    assert (fresh.fusion(lq, dec, dec_lq, ie, de) - legacy).abs().max().item() < 1e-5
+    assert (model.fusion(lq, dec, dec_lq, ie, de) - legacy).abs().max().item() > 1e-3  # the coordinates differ
+
+
 def _one_step_model(assets, fusion=True, seed=0):
     sd = load_sd_components(assets / "tiny_sd")
     cfg = RestorationConfig(base=str(assets / "tiny_sd"), daclip_model="daclip_tiny", embed_dim=64,
