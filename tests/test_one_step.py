@@ -105,6 +105,21 @@ def test_fusion_head_saved_in_plain_blend_coordinates_loads_unchanged(assets, tm
     assert (model.fusion(lq, dec, dec_lq, ie, de) - legacy).abs().max().item() > 1e-3  # the coordinates differ
 
 
+@torch.no_grad()
+def test_fusion_head_from_a_newer_release_is_refused(assets, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, model = _one_step_model(assets)
+    out = save_restoration(model, tmp_path / "restoration")
+    extras = out / "restoration_extras.safetensors"
+    state = load_file(extras)
+    assert state["fusion.coordinates"].item() == FusionHead.COORDINATES
+    save_file({**state, "fusion.coordinates": torch.tensor(float(FusionHead.COORDINATES + 1))}, extras)
+    fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
+    with pytest.raises(ValueError, match="upgrade daclip_lora"):
+        load_restoration(fresh, out)
+
+
 def _one_step_model(assets, fusion=True, seed=0):
     sd = load_sd_components(assets / "tiny_sd")
     cfg = RestorationConfig(base=str(assets / "tiny_sd"), daclip_model="daclip_tiny", embed_dim=64,
