@@ -209,6 +209,7 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
     overview = write_overview(Path(test.path.results_root), distortion, out / "overview.png")
     per = {k: v for k, v in report.items() if k != "mean"}
 
+    end = time.perf_counter()
     summary = {
         "preset": preset,
         "seed": seed,
@@ -236,9 +237,9 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
         "sampling": dict(vars(test.sampling)),
         "results": str(test.path.results_root),
         "overview": str(overview),
-        "seconds": round(time.perf_counter() - start, 1),
-        "stage_seconds": {name: round(end - t, 1) for (name, t), end in
-                          zip(marks, [t for _, t in marks[1:]] + [time.perf_counter()])},
+        "seconds": round(end - start, 1),
+        "stage_seconds": {name: round(stop - t, 1)
+                          for (name, t), stop in zip(marks, [t for _, t in marks[1:]] + [end])},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
