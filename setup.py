@@ -24,7 +24,7 @@ setup(
         "torchvision",
         "open_clip_torch>=3.0,<4",
         "timm>=1.0",
-        "peft>=0.15",
+        "peft>=0.17",
         "diffusers>=0.30",
         "transformers>=4.40",
         "accelerate>=0.30",
@@ -34,6 +34,7 @@ setup(
         "Pillow",
         "scikit-image>=0.21",
         "numpy",
+        "packaging",
     ],
     extras_require={
         "test": ["pytest>=7"],

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ._compat import DependencyError
 from .engine import CheckpointWriteError
 
 logger = logging.getLogger("daclip_lora.cli")
@@ -16,7 +17,10 @@ EXIT_USER_ERROR = 2
 
 # Errors that mean "the user gave us something wrong": shown as one line, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError, CheckpointWriteError)
+               PermissionError, CheckpointWriteError, DependencyError)
+
+# Commands that train or restore: the installed dependency versions are checked before they start.
+CHECKED_COMMANDS = {"train", "test", "demo", "restore", "app", "make-tiny-base"}
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -26,6 +30,22 @@ def _cmd_list_models(args: argparse.Namespace) -> int:
     for name in (list_models() if args.all else registered()):
         print(name)
     return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    """Print the versions that matter for a bug report, and any unsupported one (exit 2 then)."""
+    import platform
+
+    from . import __version__
+    from ._compat import SUPPORTED, dependency_problems, installed_versions
+
+    print(f"daclip_lora {__version__}, Python {platform.python_version()} on {platform.platform()}")
+    for name, version in installed_versions().items():
+        print(f"  {name:<16} {version or 'not installed':<16} supported: {SUPPORTED[name].specifier()}")
+    problems = dependency_problems()
+    for problem in problems:
+        print(f"unsupported: {problem}", file=sys.stderr)
+    return EXIT_USER_ERROR if problems else 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -308,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="include open_clip's model names")
     p.set_defaults(func=_cmd_list_models)
 
+    p = sub.add_parser("env", help="print the installed dependency versions and whether they are supported")
+    p.set_defaults(func=_cmd_env)
+
     p = sub.add_parser(
         "convert",
         help="rewrite a DA-CLIP/CLIP checkpoint as .safetensors (no optimizer, no alias keys)",
@@ -471,6 +494,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.debug else "%(levelname)s: %(message)s",
     )
     try:
+        if args.command in CHECKED_COMMANDS:
+            from ._compat import check_dependencies
+
+            check_dependencies()
         return args.func(args)
     except _user_errors() as e:
         if args.debug:

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from .backbone import SDBackbone
-from .lora_spec import LoraSpec
+from .lora_spec import LoraSpec, inject_lora
 
 logger = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ def lora_spec(options: Any) -> Dict[str, Any]:
 
 
 def add_unet_lora(unet: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], config: Any = None) -> None:
-    """Freeze the UNet and add a LoRA adapter (peft via diffusers) on the attention projections.
+    """Freeze the UNet and add a LoRA adapter (peft) on the attention projections.
 
     ``config`` (a peft ``LoraConfig``, e.g. read from a saved file's metadata) takes precedence over ``spec``.
     """
@@ -391,7 +391,7 @@ def add_unet_lora(unet: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], 
         spec = LoraSpec.coerce(spec, "sd.lora").validate("sd.lora", allow_blocks=False)
         config = spec.peft_config(spec.targets or UNET_LORA_TARGETS)
     try:
-        unet.add_adapter(config)
+        inject_lora(unet, config)
     except ValueError as e:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in unet.named_modules() if isinstance(m, nn.Linear)})
         raise ValueError(f"UNet LoRA targets {list(config.target_modules)} match no module ({e}); "
@@ -406,7 +406,7 @@ def add_text_encoder_lora(text_encoder: nn.Module, spec: Union[LoraSpec, Dict[st
     spec = LoraSpec.coerce(spec, "sd.text_encoder_lora").validate("sd.text_encoder_lora", allow_blocks=False)
     config = spec.peft_config(spec.targets or TEXT_ENCODER_LORA_TARGETS)
     try:
-        text_encoder.add_adapter(config)
+        inject_lora(text_encoder, config)
     except ValueError as e:
         raise ValueError(f"text-encoder LoRA targets {list(config.target_modules)} match no module ({e}); CLIP "
                          f"text encoders name them q_proj, k_proj, v_proj, out_proj, fc1, fc2") from None

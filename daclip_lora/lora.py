@@ -1,7 +1,7 @@
 """LoRA (peft) on the DA-CLIP controller: attach, count, save, load, merge.
 
 open_clip's attention is ``nn.MultiheadAttention``, whose forward never calls ``out_proj`` as a module:
-a LoRA on ``attn.out_proj`` alone would never run. We target the ``attn`` module itself (peft >= 0.15
+a LoRA on ``attn.out_proj`` alone would never run. We target the ``attn`` module itself (peft >= 0.17
 adapts both its ``in_proj`` and ``out_proj``) plus ``mlp.c_fc``/``mlp.c_proj``. CLIP is never touched.
 
 An adapter folder holds ``adapter_config.json`` + ``adapter_model.safetensors`` (peft format, keys
@@ -71,7 +71,7 @@ def _peft():
     try:
         import peft
     except ImportError as e:  # pragma: no cover - peft is a dependency
-        raise ImportError("controller LoRA needs peft>=0.15: pip install 'peft>=0.15'") from e
+        raise ImportError("controller LoRA needs peft>=0.17: pip install 'peft>=0.17'") from e
     return peft
 
 

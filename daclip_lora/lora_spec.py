@@ -12,7 +12,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-__all__ = ["AdapterError", "LoraSpec", "INIT_METHODS"]
+from torch import nn
+
+__all__ = ["AdapterError", "LoraSpec", "INIT_METHODS", "inject_lora"]
 
 #: peft's ``init_lora_weights`` values (``pissa_niter_N`` and ``corda`` variants are accepted by prefix).
 INIT_METHODS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
@@ -89,3 +91,23 @@ class LoraSpec:
     @classmethod
     def coerce(cls, spec: Union["LoraSpec", Mapping[str, Any], None], where: str = "lora") -> "LoraSpec":
         return spec if isinstance(spec, LoraSpec) else cls.from_dict(spec, where)
+
+
+def inject_lora(module: nn.Module, config: Any, adapter_name: str = "default") -> nn.Module:
+    """Attach a peft ``LoraConfig`` to ``module`` in place through peft's own API, and return it.
+
+    We call ``peft.inject_adapter_in_model`` rather than the ``add_adapter`` of diffusers' or transformers'
+    PEFT mixins: those gate on their own minimum peft version (transformers 5.24 refuses every peft that
+    exists today, 0.21.2), while the injected layers are the same. The mixins' flag is set afterwards so that
+    their ``enable_adapters``/``disable_adapters`` still work on the result.
+
+    Raises:
+        ValueError: from peft, when the targets match no module of ``module``.
+    """
+    from peft import inject_adapter_in_model
+
+    config.base_model_name_or_path = None  # as diffusers' add_adapter: the base is not a hub model
+    inject_adapter_in_model(config, module, adapter_name=adapter_name)
+    if hasattr(module, "_hf_peft_config_loaded"):
+        module._hf_peft_config_loaded = True
+    return module
