@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -6,19 +7,15 @@ HERE = Path(__file__).parent
 
 setup(
     name="daclip_lora",
-    version="0.1.0",
+    version=re.search(r'^__version__ = "([^"]+)"', (HERE / "daclip_lora" / "_utils" / "version.py").read_text(), re.M)[1],
     description="DA-CLIP as an open_clip plugin, with LoRA for its controller and for Stable Diffusion restoration",
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["daclip_lora", "daclip_lora.*"]) + ["daclip_lora.model_configs"],
-    # The top-level model_configs/ folder ships inside the wheel as daclip_lora/model_configs.
-    package_dir={"daclip_lora.model_configs": "model_configs"},
-    # the tiny pretrained SD base (in diffusers format) and DA-CLIP base, and the web app's restorer
-    # (daclip-lora make-tiny-base [--daclip | --restorer])
-    package_data={"daclip_lora.model_configs": ["*.json"],
-                  "daclip_lora": ["assets/tiny_sd/*.json", "assets/tiny_sd/*/*", "assets/tiny_daclip/*",
-                                  "assets/tiny_restorer/*.json", "assets/tiny_restorer/*/*"]},
+    packages=find_packages(include=["daclip_lora", "daclip_lora.*"]),
+    # model configs (daclip_lora/clip/model_configs) and the tiny pretrained bases and web-app restorer
+    # (daclip_lora/tiny/assets; daclip-lora make-tiny-base [--daclip | --restorer])
+    package_data={"daclip_lora.clip": ["model_configs/*.json"], "daclip_lora.tiny": ["assets/**/*"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -41,7 +38,7 @@ setup(
         # the web app (daclip-lora app) and its browser test (Selenium drives Debian's chromium/chromedriver)
         "app": ["gradio>=5.0,<7", "gradio_client", "selenium>=4.10"],
     },
-    entry_points={"console_scripts": ["daclip-lora=daclip_lora.cli:main"]},
+    entry_points={"console_scripts": ["daclip-lora=daclip_lora.apps.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

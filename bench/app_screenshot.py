@@ -14,7 +14,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from daclip_lora.app import AppSettings, launch
+from daclip_lora.apps.web import AppSettings, launch
 
 
 def main() -> None:

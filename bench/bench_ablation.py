@@ -50,10 +50,10 @@ STRENGTHS = (1.0, 0.6, 0.4, 0.2)  # the diffusion variant's sweep
 
 
 def main() -> None:
-    from daclip_lora.demo import restoration_options
-    from daclip_lora.engine import Engine
-    from daclip_lora.options import load_options
-    from daclip_lora.trainers.restoration import RestorationTrainer, evaluate_restoration
+    from daclip_lora.apps.demo import restoration_options
+    from daclip_lora.training.engine import Engine
+    from daclip_lora.training.options import load_options
+    from daclip_lora.training.tasks.restoration import RestorationTrainer, evaluate_restoration
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", type=Path, default=Path("runs/demo"), help="a finished `daclip-lora demo --out` folder")

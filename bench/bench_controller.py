@@ -21,9 +21,9 @@ import torch
 
 def run_variant(variant: str, model_name: str, batch: int, steps: int, device: str) -> dict:
     import daclip_lora
-    from daclip_lora.lora import add_controller_lora
-    from daclip_lora.options import LoraOptions
-    from daclip_lora.trainers.controller import daclip_loss
+    from daclip_lora.clip.lora import add_controller_lora
+    from daclip_lora.training.options import LoraOptions
+    from daclip_lora.training.tasks.controller import daclip_loss
 
     torch.manual_seed(0)
     model = daclip_lora.create_model(model_name, device=device).train()
@@ -81,8 +81,8 @@ def main() -> None:
           f"memory {lora['peak_mb'] / full['peak_mb']:.2f}, trainable {lora['trainable'] / full['trainable']:.4f}")
 
     import daclip_lora
-    from daclip_lora.lora import add_controller_lora
-    from daclip_lora.options import LoraOptions
+    from daclip_lora.clip.lora import add_controller_lora
+    from daclip_lora.training.options import LoraOptions
 
     for name in ("daclip_ViT-B-32", "daclip_ViT-L-14"):
         report = add_controller_lora(daclip_lora.create_model(name, device="meta"), LoraOptions(rank=8))

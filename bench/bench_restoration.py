@@ -40,8 +40,8 @@ def _time(fn, repeats):
 def _setup(args, workdir: Path):
     """Tiny SD + tiny DA-CLIP, or (--unet sd15/sd21) SD's UNet and VAE and DA-CLIP B-32 with random weights."""
     from daclip_lora.data.synthetic import make_dataset
-    from daclip_lora.options import load_options
-    from daclip_lora.tiny_sd import build_tiny_sd
+    from daclip_lora.training.options import load_options
+    from daclip_lora.tiny.sd import build_tiny_sd
 
     base = build_tiny_sd(workdir / "sd", seed=0)
     if args.unet != "tiny":
@@ -50,15 +50,15 @@ def _setup(args, workdir: Path):
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
-        from daclip_lora.sd_configs import UNET_CONFIGS
+        from daclip_lora.restoration.sd_configs import UNET_CONFIGS
 
         from diffusers import AutoencoderKL
 
-        from daclip_lora.sd_configs import VAE_CONFIG
+        from daclip_lora.restoration.sd_configs import VAE_CONFIGS
 
         cfg = UNET_CONFIGS[args.unet]
         UNet2DConditionModel(**cfg).save_pretrained(str(base / "unet"))
-        AutoencoderKL(**VAE_CONFIG).save_pretrained(str(base / "vae"))
+        AutoencoderKL(**VAE_CONFIGS["sd"]).save_pretrained(str(base / "vae"))
         te = _json.loads((base / "text_encoder" / "config.json").read_text())
         te.update(hidden_size=cfg["cross_attention_dim"], projection_dim=cfg["cross_attention_dim"],
                   intermediate_size=4 * cfg["cross_attention_dim"], num_attention_heads=8)
@@ -82,7 +82,7 @@ runtime: {{device: {args.device}, cache: true}}
 def training_costs(args, workdir: Path) -> dict:
     from accelerate import Accelerator
 
-    from daclip_lora.trainers.restoration import RestorationTrainer
+    from daclip_lora.training.tasks.restoration import RestorationTrainer
 
     opt = _setup(args, workdir)
     trainer = RestorationTrainer(opt)
@@ -118,9 +118,10 @@ def training_costs(args, workdir: Path) -> dict:
 
 
 def sampling_costs(args, workdir: Path) -> dict:
-    from daclip_lora.conditioning import save_restoration
-    from daclip_lora.pipeline import RestorationPipeline, load_sd_components, make_scheduler
-    from daclip_lora.trainers.restoration import RestorationTrainer
+    from daclip_lora.restoration.serialization import save_restoration
+    from daclip_lora.restoration.pipeline import load_sd_components, RestorationPipeline
+    from daclip_lora.restoration.schedulers import make_scheduler
+    from daclip_lora.training.tasks.restoration import RestorationTrainer
 
     opt = _setup(args, workdir)
     folder = save_restoration(RestorationTrainer(opt).model, workdir / "restoration")
@@ -158,8 +159,8 @@ def peak_memory(args) -> float:
 
 
 def _peak_child(args) -> None:
-    from daclip_lora.engine import Engine
-    from daclip_lora.trainers.restoration import RestorationTrainer
+    from daclip_lora.training.engine import Engine
+    from daclip_lora.training.tasks.restoration import RestorationTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
         opt = _setup(args, Path(tmp))
@@ -198,7 +199,7 @@ def main() -> None:
     print(f"peak memory of a 3-step training run: {peak:.0f} MB ({'CUDA' if args.device.startswith('cuda') else 'process RSS'})")
     print(f"trainable parameters here: {train['trainable']:,}")
 
-    from daclip_lora.sd_configs import count_restoration_parameters
+    from daclip_lora.restoration.sd_configs import count_restoration_parameters
 
     for name in ("sd15", "sd21"):
         c = count_restoration_parameters(name, rank=8)

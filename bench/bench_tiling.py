@@ -21,11 +21,12 @@ import time
 def _child(side: int, mode: str, steps: int, tile: int, threads: int) -> None:
     import torch
 
-    from daclip_lora.backbone import SDBackbone
-    from daclip_lora.conditioning import RestorationConfig, RestorationUNet, add_unet_lora
-    from daclip_lora.factory import load_daclip
-    from daclip_lora.pipeline import RestorationPipeline
-    from daclip_lora.tiny_bases import embedded_sd_base
+    from daclip_lora.restoration.backbone import SDBackbone
+    from daclip_lora.restoration.lora import add_unet_lora
+    from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
+    from daclip_lora.clip.factory import load_daclip
+    from daclip_lora.restoration.pipeline import RestorationPipeline
+    from daclip_lora.tiny.locate import embedded_sd_base
 
     torch.set_num_threads(threads)
     base = embedded_sd_base()

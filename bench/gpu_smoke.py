@@ -40,12 +40,13 @@ def main() -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from daclip_lora.backbone import SDBackbone, SDComponents
-    from daclip_lora.conditioning import RestorationConfig, RestorationUNet, add_unet_lora
-    from daclip_lora.factory import load_daclip
-    from daclip_lora.pipeline import PRECISIONS, RestorationPipeline
-    from daclip_lora.sd_configs import UNET_CONFIGS, VAE_CONFIG
-    from daclip_lora.tiny_sd import SD_SCHEDULER, build_clip_tokenizer
+    from daclip_lora.restoration.backbone import SDBackbone, SDComponents
+    from daclip_lora.restoration.lora import add_unet_lora
+    from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
+    from daclip_lora.clip.factory import load_daclip
+    from daclip_lora.restoration.pipeline import PRECISIONS, RestorationPipeline
+    from daclip_lora.restoration.sd_configs import SD_SCHEDULER, UNET_CONFIGS, VAE_CONFIGS
+    from daclip_lora.tiny.sd import build_clip_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -68,7 +69,7 @@ def main() -> None:
     if small:  # CPU smoke: SD's structure at toy width
         unet_cfg.update(block_out_channels=(32, 64, 64, 64), attention_head_dim=8)
     unet = UNet2DConditionModel(**unet_cfg)
-    vae = AutoencoderKL(**(dict(VAE_CONFIG, block_out_channels=(32, 32, 32, 32)) if small else VAE_CONFIG))
+    vae = AutoencoderKL(**(dict(VAE_CONFIGS["sd"], block_out_channels=(32, 32, 32, 32)) if small else VAE_CONFIGS["sd"]))
     text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072 if not small else 256,
                                         num_hidden_layers=12 if not small else 1, num_attention_heads=12,
                                         projection_dim=768, max_position_embeddings=77))

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from daclip_lora.backbone import SDBackbone
-from daclip_lora.conditioning import RestorationConfig, RestorationUNet, add_unet_lora
+from daclip_lora.restoration.backbone import SDBackbone
+from daclip_lora.restoration.lora import add_unet_lora
+from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
 from daclip_lora.data.datasets import clip_batch
 from daclip_lora.data.images import read_image
-from daclip_lora.factory import load_daclip
-from daclip_lora.tiny_bases import embedded_sd_base
+from daclip_lora.clip.factory import load_daclip
+from daclip_lora.tiny.locate import embedded_sd_base
 
 TARGETS = {
     "attn": ["to_q", "to_k", "to_v", "to_out.0"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, List
 
-from ._upstream import bind_open_clip as _bind_open_clip
+from .clip._upstream import bind_open_clip as _bind_open_clip
 
 _bind_open_clip()  # before anything imports open_clip: a UIR checkout's open_clip/ fork must not shadow it
 
@@ -22,7 +22,7 @@ from open_clip import (  # noqa: E402
     tokenize,
 )
 
-from .checkpoint import (
+from .clip.checkpoint import (
     CheckpointError,
     LoadResult,
     checkpoint_kind,
@@ -30,7 +30,7 @@ from .checkpoint import (
     load_checkpoint,
     load_state_dict,
 )
-from .factory import (
+from .clip.factory import (
     UnknownModelError,
     create_model,
     create_model_and_transforms,
@@ -40,13 +40,14 @@ from .factory import (
     list_models,
     register_with_open_clip,
 )
-from .loss import ClipLoss, DaClipLoss, create_loss
-from .model import ControlTransformer, DaCLIP
-from .registry import ConfigError, add_model_config, get_model_config, list_families, register_family
+from .clip.loss import ClipLoss, DaClipLoss, create_loss
+from .clip.model import ControlTransformer, DaCLIP
+from ._utils.version import __version__  # noqa: F401  (re-exported)
+from .clip.registry import ConfigError, add_model_config, get_model_config, list_families, register_family
 
-__version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "CLIP",
     "CheckpointError",
     "ClipLoss",
@@ -80,12 +81,28 @@ __all__ = [
 ]
 
 
+#: The controller LoRA and restoration API, imported on first use (diffusers and peft are heavy).
+_LAZY = {
+    "LoraSpec": "._utils.lora", "AdapterError": "._utils.lora",
+    "add_controller_lora": ".clip.lora", "load_controller_lora": ".clip.lora", "save_controller_lora": ".clip.lora",
+    "merge_controller_lora": ".clip.lora",
+    "RestorationPipeline": ".restoration.pipeline", "RestorationConfig": ".restoration.model",
+    "RestorationUNet": ".restoration.model", "FusionHead": ".restoration.fusion",
+    "add_unet_lora": ".restoration.lora", "save_restoration": ".restoration.serialization",
+    "load_restoration": ".restoration.serialization", "check_dependencies": "._utils.compat",
+}
+
+
 def __getattr__(name: str) -> Any:
-    """Fall back to open_clip for any other public name (drop-in use), e.g. ``ClipLoss``."""
+    """The lazily imported API above, then open_clip for any other public name (drop-in use), e.g. ``ClipLoss``."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     if not name.startswith("_") and hasattr(_open_clip, name):
         return getattr(_open_clip, name)
     raise AttributeError(f"module 'daclip_lora' has no attribute {name!r}")
 
 
 def __dir__() -> List[str]:
-    return sorted(set(globals()) | {n for n in dir(_open_clip) if not n.startswith("_")})
+    return sorted(set(globals()) | set(_LAZY) | {n for n in dir(_open_clip) if not n.startswith("_")})

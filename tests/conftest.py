@@ -34,7 +34,7 @@ SD_DEGS = ["noisy", "hazy"]
 def sd_assets(tmp_path_factory):
     """A random tiny SD folder (``tiny_sd/``) and a 2-degradation MD dataset (``ds/``), shared by the SD tests."""
     from daclip_lora.data.synthetic import make_dataset
-    from daclip_lora.tiny_sd import build_tiny_sd
+    from daclip_lora.tiny.sd import build_tiny_sd
 
     root = tmp_path_factory.mktemp("sd")
     build_tiny_sd(root / "tiny_sd", seed=0)
@@ -50,7 +50,7 @@ def images():
 @pytest.fixture(autouse=True)
 def _isolated_registry():
     """Configs a test registers must not leak into the next test."""
-    reg = daclip_lora.registry
+    reg = daclip_lora.clip.registry
     saved = dict(reg._MODEL_CONFIGS), dict(reg._CONFIG_SOURCES)
     yield
     reg._MODEL_CONFIGS.clear()

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from daclip_lora.engine import Engine
-from daclip_lora.options import load_options
-from daclip_lora.trainers.restoration import RestorationTrainer
+from daclip_lora.training.engine import Engine
+from daclip_lora.training.options import load_options
+from daclip_lora.training.tasks.restoration import RestorationTrainer
 
 options, root = sys.argv[1], Path(sys.argv[2])
 opt = load_options(options, is_train=True, root=root)

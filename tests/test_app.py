@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daclip_lora import app as webapp
-from daclip_lora.cli import main
+from daclip_lora.apps import web as webapp
+from daclip_lora.apps.cli import main
 from daclip_lora.data.degrade import DEGRADATION_FUNCTIONS
 from daclip_lora.data.images import read_image, write_image
 
@@ -124,7 +124,7 @@ def test_restore_keeps_the_size(restorer, h, w):
 
 
 def test_weights_folder_with_relative_base_paths_loads_like_the_default(restorer):
-    from daclip_lora.tiny_bases import EMBEDDED_RESTORER
+    from daclip_lora.tiny.locate import EMBEDDED_RESTORER
 
     other = webapp.Restorer.load(webapp.AppSettings(weights=str(EMBEDDED_RESTORER / "restoration"), device="cpu"))
     image = webapp.degraded_example("coins", "hazy")

@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 
 import daclip_lora
 from daclip_lora import CheckpointError
-from daclip_lora.checkpoint import read_safetensors_metadata, strip_aliases
-from daclip_lora.cli import main
+from daclip_lora.clip.checkpoint import read_safetensors_metadata, strip_aliases
+from daclip_lora.apps.cli import main
 from conftest import TINY, randomize_zero_modules
 
 
@@ -73,7 +73,7 @@ def test_load_result_reports_kind(trained, tmp_path):
 
 # --------------------------------------------------------------------------- refusals
 def _other_size_config(tmp_path):
-    cfg = json.loads((daclip_lora.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
+    cfg = json.loads((daclip_lora.clip.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
     cfg["vision_cfg"]["layers"] = 5
     path = tmp_path / "daclip_tiny5.json"
     path.write_text(json.dumps(cfg))

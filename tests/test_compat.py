@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from daclip_lora import _compat
-from daclip_lora._compat import SUPPORTED, dependency_problems, installed_versions
+from daclip_lora._utils import compat as _compat
+from daclip_lora._utils.compat import SUPPORTED, dependency_problems, installed_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"torch": "2.14.1+cu128", "open_clip_torch": "3.3.0", "timm": "1.0.31", "peft": "0.21.2",
@@ -92,7 +92,7 @@ def test_constraints_are_what_is_installed():
 
 
 def test_cli_refuses_an_unsupported_combination_in_one_line(monkeypatch, capsys, tmp_path):
-    from daclip_lora.cli import main
+    from daclip_lora.apps.cli import main
 
     monkeypatch.setattr(_compat, "installed_versions", lambda names=None: {**GOOD, "peft": "0.16.0"})
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
@@ -103,7 +103,7 @@ def test_cli_refuses_an_unsupported_combination_in_one_line(monkeypatch, capsys,
 
 
 def test_cli_env_lists_versions(capsys):
-    from daclip_lora.cli import main
+    from daclip_lora.apps.cli import main
 
     assert main(["env"]) == 0
     out = capsys.readouterr().out
@@ -120,7 +120,7 @@ def test_text_encoder_lora_does_not_go_through_the_transformers_peft_gate(monkey
     import transformers.integrations.peft as hf_peft
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from daclip_lora.conditioning import add_text_encoder_lora
+    from daclip_lora.restoration.lora import add_text_encoder_lora
 
     monkeypatch.setattr(hf_peft, "check_peft_version", _refuse)
     torch.manual_seed(0)
@@ -139,7 +139,7 @@ def test_unet_lora_does_not_go_through_the_diffusers_peft_gate(monkeypatch):
     import diffusers.loaders.peft as df_peft
     from diffusers import UNet2DConditionModel
 
-    from daclip_lora.conditioning import add_unet_lora
+    from daclip_lora.restoration.lora import add_unet_lora
 
     monkeypatch.setattr(df_peft, "check_peft_version", _refuse)
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import daclip_lora
-from daclip_lora.cli import main
+from daclip_lora.apps.cli import main
 from daclip_lora.data.synthetic import make_dataset
-from daclip_lora.engine import Engine
-from daclip_lora.lora import (AdapterError, add_controller_lora, load_controller_lora, merge_controller_lora,
+from daclip_lora.training.engine import Engine
+from daclip_lora.clip.lora import (AdapterError, add_controller_lora, load_controller_lora, merge_controller_lora,
                               save_controller_lora)
-from daclip_lora.options import LoraOptions, load_options
-from daclip_lora.trainers.controller import ControllerTrainer, daclip_loss
+from daclip_lora.training.options import LoraOptions, load_options
+from daclip_lora.training.tasks.controller import ControllerTrainer, daclip_loss
 from conftest import TINY
 
 DEGS = ["noisy", "low-light", "hazy"]
@@ -99,7 +99,7 @@ def test_merge_matches_unmerged_and_restores_plain_layout(tiny, images):
 @torch.no_grad()
 def test_convert_with_adapter_writes_plain_daclip_checkpoint(tiny, images, tmp_path):
     base = tmp_path / "base.safetensors"
-    daclip_lora.checkpoint.save_model(tiny, base, TINY)
+    daclip_lora.clip.checkpoint.save_model(tiny, base, TINY)
     add_controller_lora(tiny, LoraOptions(rank=4))
     _perturb_lora(tiny)
     expected = tiny.encode_image(images, control=True)
@@ -127,7 +127,7 @@ def test_bad_lora_specs(tiny, spec, kwargs, pattern):
 def test_adapter_for_another_architecture_is_refused(tiny, tmp_path):
     add_controller_lora(tiny, LoraOptions(rank=4))
     path = save_controller_lora(tiny, tmp_path / "adapter")
-    cfg = json.loads((daclip_lora.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
+    cfg = json.loads((daclip_lora.clip.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
     cfg["vision_cfg"]["width"] = 32
     (tmp_path / "daclip_narrow.json").write_text(json.dumps(cfg))
     daclip_lora.add_model_config(tmp_path / "daclip_narrow.json")
@@ -200,7 +200,7 @@ def test_loss_decreases_on_tiny_overfit(tmp_path, data):
 
 def test_controller_trains_and_evaluates_at_the_models_input_size(tmp_path, data):
     """A registered DA-CLIP with 64 px inputs gets 64 px images (not the usual 224) in training and validation."""
-    cfg = json.loads((daclip_lora.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
+    cfg = json.loads((daclip_lora.clip.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
     cfg["vision_cfg"].update(image_size=64, patch_size=8)
     (tmp_path / "daclip_tiny64.json").write_text(json.dumps(cfg))
     daclip_lora.add_model_config(tmp_path / "daclip_tiny64.json")

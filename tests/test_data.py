@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from daclip_lora.cli import main
+from daclip_lora.apps.cli import main
 from daclip_lora.data.datasets import (CaptionedDataset, DatasetError, RestorationDataset, build_dataset,
                                        clip_batch, clip_tensor, pair_lqgt, pair_md, read_caption_folder, read_daclip_csv)
 from daclip_lora.data.degrade import DEGRADATION_FUNCTIONS, degrade
 from daclip_lora.data.images import ImageError, read_image, write_image
 from daclip_lora.data.synthetic import make_dataset
-from daclip_lora.options import load_options
+from daclip_lora.training.options import load_options
 
 RNG = np.random.default_rng(0)
 

@@ -2,8 +2,8 @@
 
 import json
 
-from daclip_lora.cli import main
-from daclip_lora.tiny_bases import EMBEDDED_DACLIP
+from daclip_lora.apps.cli import main
+from daclip_lora.tiny.locate import EMBEDDED_DACLIP
 
 
 def test_quick_demo_writes_summary_and_refuses_to_mix_runs(tmp_path, capsys):

@@ -19,10 +19,10 @@ import torch
 import yaml
 from PIL import Image
 
-from daclip_lora.checkpoint import CheckpointError, load_checkpoint, load_state_dict
-from daclip_lora.cli import main as cli_main
+from daclip_lora.clip.checkpoint import CheckpointError, load_checkpoint, load_state_dict
+from daclip_lora.apps.cli import main as cli_main
 from daclip_lora.data.images import ImageError, read_image
-from daclip_lora.options import OptionsError, load_options
+from daclip_lora.training.options import OptionsError, load_options
 
 OPTIONS = sorted((Path(__file__).resolve().parents[1] / "options").glob("*.yml"))
 FUZZ_CASES = int(os.environ.get("DACLIP_FUZZ_CASES", "200"))

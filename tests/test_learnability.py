@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from daclip_lora.data.synthetic import make_dataset
-from daclip_lora.demo import DEMO_LORA_TARGETS
-from daclip_lora.engine import Engine
-from daclip_lora.metrics import image_metrics
-from daclip_lora.options import load_options
-from daclip_lora.pipeline import RestorationPipeline
-from daclip_lora.tiny_bases import embedded_sd_base
-from daclip_lora.trainers.restoration import RestorationTrainer, restoration_dataset
+from daclip_lora.apps.demo import DEMO_LORA_TARGETS
+from daclip_lora.training.engine import Engine
+from daclip_lora._utils.image_metrics import image_metrics
+from daclip_lora.training.options import load_options
+from daclip_lora.restoration.pipeline import RestorationPipeline
+from daclip_lora.tiny.locate import embedded_sd_base
+from daclip_lora.training.tasks.restoration import RestorationTrainer, restoration_dataset
 
 DEGRADATIONS = ["noisy", "rainy"]
 

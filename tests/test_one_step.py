@@ -1,17 +1,21 @@
 """The one-step objective and the fusion head: maths, identity at init, fitting, save/load, pipeline, options."""
 
+import json
 import math
 
 import pytest
 import torch
 
-from daclip_lora.backbone import diffusion_target, predicted_x0
-from daclip_lora.conditioning import (FusionHead, RestorationConfig, RestorationUNet, add_unet_lora, fit_fusion_head,
-                                      load_restoration, read_restoration_config, save_restoration)
-from daclip_lora.engine import Engine
-from daclip_lora.factory import load_daclip
-from daclip_lora.pipeline import RestorationPipeline, load_sd_components
-from daclip_lora.trainers.restoration import RestorationTrainer
+from daclip_lora.restoration.diffusion import diffusion_target, predicted_x0
+from daclip_lora.restoration.fusion import fit_fusion_head, FusionHead
+from daclip_lora.restoration.lora import add_unet_lora
+from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
+from daclip_lora.restoration.serialization import (FORMAT_VERSION, load_restoration, read_restoration_config,
+                                                   save_restoration)
+from daclip_lora.training.engine import Engine
+from daclip_lora.clip.factory import load_daclip
+from daclip_lora.restoration.pipeline import RestorationPipeline, load_sd_components
+from daclip_lora.training.tasks.restoration import RestorationTrainer
 
 from test_restoration import DEGS, _opt, _perturb
 
@@ -79,9 +83,31 @@ def test_fusion_head_blend_in_residual_coordinates():
 
 
 @torch.no_grad()
+def _edit_record(folder, **changes):
+    path = folder / "restoration.json"
+    record = json.loads(path.read_text())
+    record.update(changes)
+    path.write_text(json.dumps(record))
+
+
+def _as_format_1(folder):
+    """Rewrite a saved folder as format 1 wrote it: no format_version, the fusion head's metadata as tensors."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "restoration.json"
+    record = json.loads(path.read_text())
+    meta = record.pop("fusion_head")
+    del record["format_version"]
+    path.write_text(json.dumps({**record, "version": 1}))
+    extras = folder / "restoration_extras.safetensors"
+    save_file({**load_file(extras), "fusion.fitted": torch.tensor(float(meta["fitted"])),
+               "fusion.coordinates": torch.tensor(float(meta["coordinates"]))}, extras)
+
+
+@torch.no_grad()
 def test_fusion_head_saved_in_plain_blend_coordinates_loads_unchanged(assets, tmp_path):
-    """Folders saved before the residual coordinates (no fusion.coordinates key, fc2 rows = c1 - 1, c2, c3)
-    restore exactly as they did: the loader converts them."""
+    """Folders saved before the residual coordinates (format 1 without fusion.coordinates: fc2 rows = c1 - 1,
+    c2, c3) restore exactly as they did: the loader converts them."""
     from safetensors.torch import load_file, save_file
 
     _, model = _one_step_model(assets)
@@ -96,9 +122,9 @@ def test_fusion_head_saved_in_plain_blend_coordinates_loads_unchanged(assets, tm
                                              torch.cat([lq.mean((2, 3)), lq.std((2, 3))], 1)], 1))))
     k = raw.view(2, -1, 1, 1)
     legacy = (1 + k[:, 3:6]) * ((1 + k[:, 0:1]) * lq + k[:, 1:2] * dec + k[:, 2:3] * dec_lq) + k[:, 6:]
+    _as_format_1(out)
     extras = out / "restoration_extras.safetensors"
-    state = {key: v for key, v in load_file(extras).items() if key != "fusion.coordinates"}
-    save_file(state, extras)
+    save_file({key: v for key, v in load_file(extras).items() if key != "fusion.coordinates"}, extras)
     fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
     load_restoration(fresh, out)
     assert (fresh.fusion(lq, dec, dec_lq, ie, de) - legacy).abs().max().item() < 1e-5
@@ -106,17 +132,31 @@ def test_fusion_head_saved_in_plain_blend_coordinates_loads_unchanged(assets, tm
 
 
 @torch.no_grad()
-def test_fusion_head_from_a_newer_release_is_refused(assets, tmp_path):
-    from safetensors.torch import load_file, save_file
+def test_format_1_folder_loads_to_the_same_model(assets, tmp_path):
+    from safetensors.torch import load_file
 
     _, model = _one_step_model(assets)
     out = save_restoration(model, tmp_path / "restoration")
-    extras = out / "restoration_extras.safetensors"
-    state = load_file(extras)
-    assert state["fusion.coordinates"].item() == FusionHead.COORDINATES
-    save_file({**state, "fusion.coordinates": torch.tensor(float(FusionHead.COORDINATES + 1))}, extras)
+    assert json.loads((out / "restoration.json").read_text())["format_version"] == FORMAT_VERSION
+    assert not any(k in load_file(out / "restoration_extras.safetensors") for k in ("fusion.fitted",
+                                                                                  "fusion.coordinates"))
+    _as_format_1(out)
     fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
+    load_restoration(fresh, out)
+    assert fresh.fusion.fitted is True
+    want, got = model.state_dict(), fresh.state_dict()
+    assert set(want) == set(got)
+    assert max((want[k].float() - got[k].float()).abs().max().item() for k in want) == 0.0
+
+
+@pytest.mark.parametrize("changes", [{"fusion_head": {"fitted": True, "coordinates": FusionHead.COORDINATES + 1}},
+                                     {"format_version": FORMAT_VERSION + 1}])
+def test_folder_from_a_newer_release_is_refused(assets, tmp_path, changes):
+    _, model = _one_step_model(assets)
+    out = save_restoration(model, tmp_path / "restoration")
+    _edit_record(out, **changes)
     with pytest.raises(ValueError, match="upgrade daclip_lora"):
+        fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
         load_restoration(fresh, out)
 
 
@@ -183,7 +223,7 @@ def test_unfitted_fusion_head_is_skipped(assets, tmp_path):
 def test_pipeline_feeds_daclip_at_its_own_input_size(assets):
     """A DA-CLIP built with force_image_size=64 gets 64 px inputs (a fixed 224 would not fit its positions)."""
     from daclip_lora.data.datasets import clip_batch
-    from daclip_lora.factory import create_model
+    from daclip_lora.clip.factory import create_model
 
     _, model = _one_step_model(assets)
     torch.manual_seed(0)

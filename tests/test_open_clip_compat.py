@@ -82,7 +82,7 @@ def test_registration_keeps_stock_models(registered):
     model = open_clip.create_model("RN50", device="meta")
     assert type(model) is open_clip.CLIP
     assert open_clip.factory.create_model is daclip_lora.create_model
-    assert daclip_lora.factory._OPEN_CLIP["create_model"] is not daclip_lora.create_model
+    assert daclip_lora.clip.factory._OPEN_CLIP["create_model"] is not daclip_lora.create_model
 
 
 def test_without_registration_open_clip_does_not_know_daclip():

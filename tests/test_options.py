@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daclip_lora.options import OptionsError, load_options, options_to_dict
+from daclip_lora.training.options import OptionsError, load_options, options_to_dict
 
 DATA = Path(__file__).parent / "data"
 
@@ -42,7 +42,7 @@ def test_uir_train_yml_loads_unchanged(tmp_path):
 
 
 def test_unused_keys_are_reported_in_one_info_line(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="daclip_lora.options"):
+    with caplog.at_level(logging.INFO, logger="daclip_lora.training.options"):
         opt = load_options(DATA / "uir_train.yml", is_train=True, root=tmp_path, check_paths=False)
     lines = [r.getMessage() for r in caplog.records if "not used by daclip_lora" in r.getMessage()]
     assert len(lines) == 1
@@ -98,7 +98,7 @@ def test_training_needs_a_train_dataset(tmp_path):
 
 
 def test_number_written_as_string_is_accepted_with_a_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="daclip_lora.options"):
+    with caplog.at_level(logging.WARNING, logger="daclip_lora.training.options"):
         opt = _load(tmp_path, "name: x\ntrain:\n  lr_G: 2e-4\n", is_train=False)
     assert opt.train.lr_G == pytest.approx(2e-4) and isinstance(opt.train.lr_G, float)
     assert any("train.lr_G: '2e-4' is text in YAML" in r.getMessage() for r in caplog.records)
@@ -159,9 +159,9 @@ def test_options_to_dict_round_trips_names(tmp_path):
 def test_options_readme_documents_every_key_of_our_blocks():
     import dataclasses
 
-    from daclip_lora import options as o
+    from daclip_lora.training import options as o
 
-    doc = (Path(__file__).parents[1] / "options" / "README.md").read_text()
+    doc = (Path(__file__).parents[1] / "docs" / "options.md").read_text()
     blocks = [o.DaclipOptions, o.ControllerOptions, o.SDOptions, o.ConditioningOptions, o.LoraOptions,
               o.RuntimeOptions, o.SamplingOptions, o.TrainOptions, o.LoggerOptions, o.DatasetOptions]
     undocumented = [f"{cls.__name__}.{f.name}" for cls in blocks for f in dataclasses.fields(cls)

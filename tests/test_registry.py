@@ -18,7 +18,7 @@ ORIGINAL_B32 = {  # daclip_ViT-B-32.json exactly as the DA-CLIP repository ships
 
 
 def test_builtin_configs_are_registered():
-    assert daclip_lora.registry.list_models() == ["daclip_tiny", "daclip_ViT-B-32", "daclip_ViT-L-14"]
+    assert daclip_lora.clip.registry.list_models() == ["daclip_tiny", "daclip_ViT-B-32", "daclip_ViT-L-14"]
     assert daclip_lora.get_model_config("daclip_ViT-B-32")["vision_cfg"] == ORIGINAL_B32["vision_cfg"]
 
 
@@ -66,7 +66,7 @@ def test_clip_family_builds_plain_clip(tmp_path):
     daclip_lora.add_model_config(tmp_path / "tinyclip.json")
     model = daclip_lora.create_model("tinyclip")
     assert type(model) is open_clip.CLIP
-    assert "tinyclip" in daclip_lora.registry.list_models(family="clip")
+    assert "tinyclip" in daclip_lora.clip.registry.list_models(family="clip")
 
 
 def _drop(section, key):
@@ -100,7 +100,7 @@ def test_bad_config_messages_name_file_and_key(edit, pattern, tmp_path):
     with pytest.raises(ConfigError, match=pattern) as info:
         daclip_lora.add_model_config(path)
     assert str(path) in str(info.value)
-    assert "daclip_bad" not in daclip_lora.registry.list_models()
+    assert "daclip_bad" not in daclip_lora.clip.registry.list_models()
 
 
 def test_invalid_json_reports_line(tmp_path):
@@ -115,7 +115,7 @@ def test_bad_file_in_folder_registers_nothing(tmp_path):
     (tmp_path / "daclip_zbad.json").write_text("[]")
     with pytest.raises(ConfigError, match="daclip_zbad.json: a model config must be a JSON object"):
         daclip_lora.add_model_config(tmp_path)
-    assert "daclip_good" not in daclip_lora.registry.list_models()
+    assert "daclip_good" not in daclip_lora.clip.registry.list_models()
 
 
 def test_missing_config_path(tmp_path):

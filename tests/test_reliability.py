@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from daclip_lora.engine import CheckpointWriteError, Engine, latest_checkpoint
-from daclip_lora.options import load_options
+from daclip_lora.training.engine import CheckpointWriteError, Engine, latest_checkpoint
+from daclip_lora.training.options import load_options
 
 from conftest import SD_DEGS
 
@@ -71,7 +71,7 @@ runtime: {{device: cpu, cache: {'true' if kind == 'restoration-cache' else 'fals
 
 
 def _cmd(yml: Path, root: Path, *extra: str):
-    return [sys.executable, "-m", "daclip_lora.cli", "train", "-opt", str(yml), "--root", str(root), *extra]
+    return [sys.executable, "-m", "daclip_lora.apps.cli", "train", "-opt", str(yml), "--root", str(root), *extra]
 
 
 def _losses(root: Path):
@@ -170,7 +170,7 @@ def test_sigint_saves_a_checkpoint_and_exits_with_one_line(assets, reference, tm
 def test_resume_auto_without_checkpoint_starts_fresh(assets, tmp_path):
     opt = load_options(_options(tmp_path, assets, "controller"), is_train=True, root=tmp_path,
                        overrides=["path.resume_state=auto", "train.niter=2"])
-    from daclip_lora.trainers.controller import ControllerTrainer
+    from daclip_lora.training.tasks.controller import ControllerTrainer
 
     result = Engine(opt, ControllerTrainer(opt)).fit()
     assert result.step == 2 and len(result.losses) == 2
@@ -178,11 +178,11 @@ def test_resume_auto_without_checkpoint_starts_fresh(assets, tmp_path):
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), PermissionError(13, "Permission denied")])
 def test_failed_checkpoint_write_is_one_line_and_keeps_the_last_complete(assets, tmp_path, monkeypatch, error):
-    from daclip_lora.trainers.controller import ControllerTrainer
+    from daclip_lora.training.tasks.controller import ControllerTrainer
 
     opt = load_options(_options(tmp_path, assets, "controller"), is_train=True, root=tmp_path,
                        overrides=["train.niter=3"])
-    import daclip_lora.engine as engine
+    import daclip_lora.training.engine as engine
 
     real = torch.save
     calls = {"n": 0}

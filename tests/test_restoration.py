@@ -12,13 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from daclip_lora.cli import main
-from daclip_lora.conditioning import (RestorationConfig, RestorationUNet, add_unet_lora, load_restoration,
-                                      read_restoration_config, save_restoration)
-from daclip_lora.engine import Engine
-from daclip_lora.options import load_options
-from daclip_lora.pipeline import RestorationPipeline, load_sd_components
-from daclip_lora.trainers.restoration import RestorationTrainer
+from daclip_lora.apps.cli import main
+from daclip_lora.restoration.lora import add_unet_lora
+from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
+from daclip_lora.restoration.serialization import load_restoration, read_restoration_config, save_restoration
+from daclip_lora.training.engine import Engine
+from daclip_lora.training.options import load_options
+from daclip_lora.restoration.pipeline import RestorationPipeline, load_sd_components
+from daclip_lora.training.tasks.restoration import RestorationTrainer
 
 from conftest import SD_DEGS
 
@@ -95,7 +96,7 @@ def test_trainable_parameters_are_lora_projector_and_new_conv_in_channels(assets
 
 
 def test_sd15_and_sd21_trainable_share_on_meta():
-    from daclip_lora.sd_configs import count_restoration_parameters
+    from daclip_lora.restoration.sd_configs import count_restoration_parameters
 
     for name in ("sd15", "sd21"):
         counts = count_restoration_parameters(name, rank=8, embed_dim=512)

@@ -1,7 +1,6 @@
 """The restoration core: device correctness (meta device), tiling, shared diffusion maths, LoRA spec, per-task
 option keys, scheduler names, folder restoration and layering."""
 
-import ast
 import types
 from pathlib import Path
 
@@ -11,16 +10,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from daclip_lora.backbone import SDBackbone, diffusion_loss, diffusion_target
-from daclip_lora.cli import main
-from daclip_lora.conditioning import RestorationConfig, RestorationUNet, add_unet_lora, save_restoration
+from daclip_lora.restoration.backbone import SDBackbone
+from daclip_lora.restoration.diffusion import diffusion_loss, diffusion_target
+from daclip_lora.apps.cli import main
+from daclip_lora.restoration.lora import add_unet_lora
+from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
+from daclip_lora.restoration.serialization import save_restoration
 from daclip_lora.data.synthetic import make_dataset
-from daclip_lora.factory import load_daclip
-from daclip_lora.lora_spec import AdapterError, LoraSpec
-from daclip_lora.options import OptionsError, load_options, scheduler_name
-from daclip_lora.pipeline import RestorationPipeline
-from daclip_lora.tiling import tile_starts, tiled_map
-from daclip_lora.tiny_sd import build_tiny_sd
+from daclip_lora.clip.factory import load_daclip
+from daclip_lora._utils.lora import AdapterError, LoraSpec
+from daclip_lora.restoration.schedulers import scheduler_name
+from daclip_lora.training.options import load_options, OptionsError
+from daclip_lora.restoration.pipeline import RestorationPipeline
+from daclip_lora.restoration.tiling import tile_starts, tiled_map
+from daclip_lora.tiny.sd import build_tiny_sd
 
 PACKAGE = Path(__file__).resolve().parents[1] / "daclip_lora"
 
@@ -89,7 +92,7 @@ runtime: {{device: cpu, cache: {str(cache).lower()}, snr_gamma: 5.0, noise_offse
 
 
 def test_training_step_runs_with_every_model_on_meta(base, tmp_path):
-    from daclip_lora.trainers.restoration import RestorationTrainer
+    from daclip_lora.training.tasks.restoration import RestorationTrainer
 
     opt = _restoration_options(tmp_path, base, cache=False)
     trainer = RestorationTrainer(opt)
@@ -313,35 +316,7 @@ def test_restore_refuses_to_overwrite_its_input(weights, tmp_path, capsys):
     assert code == 2 and "is the input folder" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------- layering
-def _imports(path: Path):
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            yield "." * node.level + (node.module or "")
-        elif isinstance(node, ast.Import):
-            yield from (a.name for a in node.names)
-
-
-@pytest.mark.parametrize("module,forbidden", [
-    ("pipeline.py", ("trainers", "cli", "demo", "engine")),
-    ("conditioning.py", ("trainers", "pipeline", "cli", "demo", "engine")),
-    ("backbone.py", ("trainers", "pipeline", "conditioning", "cli", "demo", "engine")),
-    ("tiling.py", ("daclip_lora", ".")),
-    ("lora_spec.py", ("daclip_lora", ".")),
-    ("lora.py", ("trainers", "pipeline", "options", "cli", "demo")),
-    ("factory.py", ("trainers", "pipeline", "options", "cli", "demo")),
-])
-def test_lower_modules_never_import_higher_ones(module, forbidden):
-    for name in _imports(PACKAGE / module):
-        stripped = name.lstrip(".")
-        for f in forbidden:
-            if f == ".":
-                assert not name.startswith("."), f"{module} imports {name}"
-            elif f == "daclip_lora":
-                assert not name.startswith("daclip_lora"), f"{module} imports {name}"
-            else:
-                assert stripped.split(".")[0] != f, f"{module} imports {name}"
+# layering: tests/test_layout.py
 
 
 # ------------------------------------------------------------------ one-line errors (issue 12 regressions)
@@ -376,7 +351,7 @@ def test_typo_in_uir_block_is_warned_with_the_key_it_resembles(tmp_path, caplog)
 
 
 def test_truncated_safetensors_is_a_checkpoint_error(tmp_path):
-    from daclip_lora.checkpoint import CheckpointError, read_safetensors_metadata, save_model
+    from daclip_lora.clip.checkpoint import CheckpointError, read_safetensors_metadata, save_model
 
     path = tmp_path / "m.safetensors"
     save_model(load_daclip("daclip_tiny"), path, model_name="daclip_tiny")
@@ -386,7 +361,8 @@ def test_truncated_safetensors_is_a_checkpoint_error(tmp_path):
 
 
 def test_text_encoder_lora_of_another_rank_is_one_line(base, tmp_path):
-    from daclip_lora.conditioning import add_text_encoder_lora, load_restoration
+    from daclip_lora.restoration.lora import add_text_encoder_lora
+    from daclip_lora.restoration.serialization import load_restoration
 
     pipe = _pipeline(base)
     add_text_encoder_lora(pipe.backbone.text_encoder, {"rank": 4})

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from daclip_lora.cli import _load_cli_options, build_parser, main
+from daclip_lora.apps.cli import _load_cli_options, build_parser, main
 from daclip_lora.data.images import write_image
-from daclip_lora.engine import Engine
-from daclip_lora.options import load_options
-from daclip_lora.tiny_sd import build_tiny_sd
-from daclip_lora.trainers.text2image import Text2ImageTrainer, clip_score
+from daclip_lora.training.engine import Engine
+from daclip_lora.training.options import load_options
+from daclip_lora.tiny.sd import build_tiny_sd
+from daclip_lora.training.tasks.text2image import Text2ImageTrainer, clip_score
 
 
 @pytest.fixture(scope="module")

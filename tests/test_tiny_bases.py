@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from daclip_lora.backbone import SDBackbone
-from daclip_lora.tiny_bases import EMBEDDED_SD, HELD_OUT_IMAGES, _photographs, _psnr, _random_crops, embedded_sd_base
+from daclip_lora.restoration.backbone import SDBackbone
+from daclip_lora.tiny.locate import EMBEDDED_SD, embedded_sd_base
+from daclip_lora._utils.image_metrics import batch_psnr
+from daclip_lora.tiny.recipes import HELD_OUT_IMAGES, _photographs, _random_crops
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +28,17 @@ def test_shipped_base_is_small_and_records_its_recipe():
 
 @torch.no_grad()
 def test_shipped_weights_together_stay_under_25_mb_and_the_restorer_records_its_recipe():
-    from daclip_lora.tiny_bases import EMBEDDED_RESTORER, embedded_restorer
+    from daclip_lora.tiny.locate import EMBEDDED_RESTORER, embedded_restorer
 
     assets = EMBEDDED_SD.parent
     size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
     assert size <= 25 * 2 ** 20, size
-    from daclip_lora.conditioning import read_restoration_config
+    from daclip_lora.restoration.serialization import read_restoration_config
 
     config = read_restoration_config(embedded_restorer())
     assert all(Path(p).exists() for p in (config.base, config.daclip_pretrained, config.daclip_adapter))
     record = json.loads((EMBEDDED_RESTORER / "recipe.json").read_text())
-    assert record["recipe"] == "daclip_lora.tiny_bases.train_tiny_restorer"
+    assert record["recipe"] == "daclip_lora.apps.demo.train_tiny_restorer"
     assert "--restorer" in record["command"]
     assert record["demo"]["psnr_lq"] > 0 and 0 <= record["demo"]["controller_accuracy_after"] <= 1
 
@@ -45,13 +47,13 @@ def test_vae_reconstructs_held_out_photographs_above_28_db(backbone):
     """Measured on the shipped (fp16-stored) weights, on photographs the VAE never saw."""
     images = _random_crops(_photographs(held_out=True), 32, 64, torch.Generator().manual_seed(7))
     rec = backbone.decode_latents(backbone.encode_latents(images))
-    assert _psnr(rec, images) >= 28.0
+    assert batch_psnr(rec, images) >= 28.0
 
 
 @torch.no_grad()
 def test_unet_is_a_trained_denoiser_not_random_weights(backbone, tmp_path):
     """Held-out noise-prediction MSE at mid noise: a random UNet sits near 1 or above; the shipped one far below."""
-    from daclip_lora.tiny_sd import build_tiny_sd
+    from daclip_lora.tiny.sd import build_tiny_sd
 
     images = _random_crops(_photographs(held_out=True), 16, 64, torch.Generator().manual_seed(8))
     z = backbone.encode_latents(images)
@@ -82,11 +84,11 @@ def _nearest_centroid_accuracy(model, train, val) -> float:
 
 
 def test_shipped_daclip_base_records_its_recipe_and_loads_strictly():
-    from daclip_lora.factory import create_model
-    from daclip_lora.tiny_bases import EMBEDDED_DACLIP, embedded_daclip_base
+    from daclip_lora.clip.factory import create_model
+    from daclip_lora.tiny.locate import EMBEDDED_DACLIP, embedded_daclip_base
 
     record = json.loads((EMBEDDED_DACLIP / "recipe.json").read_text())
-    assert record["recipe"] == "daclip_lora.tiny_bases.train_tiny_daclip" and "--daclip" in record["command"]
+    assert record["recipe"] == "daclip_lora.tiny.recipes.train_tiny_daclip" and "--daclip" in record["command"]
     assert record["data"]["training_patches_per_degradation"] == 1600 and record["steps"] == 4500
     assert set(record["held_out_probe_accuracy"]["per_class"]) == set(record["held_out_zero_shot_accuracy"]["per_class"])
     model = create_model("daclip_tiny", pretrained=str(embedded_daclip_base()))
@@ -102,8 +104,9 @@ def test_shipped_daclip_base_separates_degradations_on_new_patches_far_better_th
     """Nearest class centroid of the vision embedding (centroids from 16 patches per degradation, accuracy on 16
     others, crops and degradation draws the recipe never used): the pretrained tower must beat the same
     architecture with random weights by a wide margin."""
-    from daclip_lora.factory import create_model
-    from daclip_lora.tiny_bases import _degraded_pool, embedded_daclip_base
+    from daclip_lora.clip.factory import create_model
+    from daclip_lora.tiny.locate import embedded_daclip_base
+    from daclip_lora.tiny.recipes import _degraded_pool
 
     train, val = _degraded_pool(16, 123)[:2], _degraded_pool(16, 124)[:2]
     pretrained = create_model("daclip_tiny", pretrained=str(embedded_daclip_base())).eval()
@@ -114,8 +117,8 @@ def test_shipped_daclip_base_separates_degradations_on_new_patches_far_better_th
 
 
 def test_daclip_recipe_is_deterministic_and_writes_a_loadable_base(tmp_path):
-    from daclip_lora.factory import create_model
-    from daclip_lora.tiny_bases import train_tiny_daclip
+    from daclip_lora.clip.factory import create_model
+    from daclip_lora.tiny.recipes import train_tiny_daclip
 
     records = [train_tiny_daclip(tmp_path / name, seed=3, steps=2, batch=4, crops=2, log_every=1) for name in "ab"]
     assert records[0]["held_out_probe_accuracy"] == records[1]["held_out_probe_accuracy"]
@@ -138,8 +141,28 @@ def test_daclip_recipe_is_deterministic_and_writes_a_loadable_base(tmp_path):
     (["--daclip", "--daclip-steps", "0"], "steps, batch and crops must be >= 1, got steps=0"),
 ])
 def test_make_tiny_base_refuses_bad_arguments_in_one_line(tmp_path, capsys, argv, message):
-    from daclip_lora.cli import main
+    from daclip_lora.apps.cli import main
 
     assert main(["make-tiny-base", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@torch.no_grad()
+def test_shipped_restorer_in_format_1_restores_identically_after_a_resave(tmp_path):
+    """The shipped restorer was saved before restoration.json had a format_version; re-saved in today's format it
+    restores the same image bit for bit."""
+    from daclip_lora.restoration.pipeline import RestorationPipeline
+    from daclip_lora.restoration.serialization import FORMAT_VERSION, save_restoration
+    from daclip_lora.tiny.locate import embedded_restorer
+
+    shipped = embedded_restorer()
+    assert "format_version" not in json.loads((shipped / "restoration.json").read_text())
+    lq = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    old = RestorationPipeline.from_pretrained(shipped, merge_lora=False, device="cpu")
+    before = old(lq, steps=1, seed=0)
+    out = save_restoration(old.model, tmp_path / "restoration")
+    assert json.loads((out / "restoration.json").read_text())["format_version"] == FORMAT_VERSION
+    after = RestorationPipeline.from_pretrained(out, merge_lora=False, device="cpu")(lq, steps=1, seed=0)
+    assert old.model.fusion is not None and old.model.fusion.fitted
+    assert (before - after).abs().max().item() == 0.0

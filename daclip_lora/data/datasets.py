@@ -286,7 +286,7 @@ class CaptionedDataset(_SkippingDataset):
 
 
 def build_dataset(ds, distortion: Optional[Sequence[str]] = None) -> Dataset:
-    """A dataset from a :class:`~daclip_lora.options.DatasetOptions` block."""
+    """A dataset from a :class:`~daclip_lora.training.options.DatasetOptions` block."""
     train = ds.phase == "train"
     patch = ds.patch_size if train else None
     if ds.mode == "LQGT":

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["DEGRADATION_FUNCTIONS", "degrade", "noisy", "motion_blurry", "jpeg_compressed", "low_light",
+__all__ = ["DEGRADATIONS", "DEGRADATION_FUNCTIONS", "degrade", "noisy", "motion_blurry", "jpeg_compressed", "low_light",
            "hazy", "rainy", "raindrop", "shadowed", "snowy", "uncompleted"]
 
 Rng = np.random.Generator
@@ -190,6 +190,8 @@ DEGRADATION_FUNCTIONS: Dict[str, Callable[..., np.ndarray]] = {
     "snowy": snowy,
     "uncompleted": uncompleted,
 }
+#: The ten degradation names of DA-CLIP's training set, in its order (the one list of the package).
+DEGRADATIONS = tuple(DEGRADATION_FUNCTIONS)
 
 
 def degrade(img: np.ndarray, name: str, seed: Union[int, Rng, None] = None, **params) -> np.ndarray:
@@ -197,7 +199,7 @@ def degrade(img: np.ndarray, name: str, seed: Union[int, Rng, None] = None, **pa
     try:
         fn = DEGRADATION_FUNCTIONS[name]
     except KeyError:
-        from ..registry import suggest
+        from .._utils.suggest import suggest
 
         raise ValueError(
             f"unknown degradation {name!r}; available: {', '.join(DEGRADATION_FUNCTIONS)}."

@@ -134,7 +134,7 @@ def make_dataset(
     distortions = list(distortions or DEGRADATION_FUNCTIONS)
     unknown = [d for d in distortions if d not in DEGRADATION_FUNCTIONS]
     if unknown:
-        from ..registry import suggest
+        from .._utils.suggest import suggest
 
         raise ValueError(f"unknown degradation {unknown[0]!r}; available: {', '.join(DEGRADATION_FUNCTIONS)}."
                          f"{suggest(unknown[0], DEGRADATION_FUNCTIONS)}")

@@ -1,0 +1,509 @@
+"""``daclip-lora`` command line. User errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .._utils.compat import DependencyError
+from ..training.engine import CheckpointWriteError
+
+logger = logging.getLogger("daclip_lora.apps.cli")
+
+EXIT_USER_ERROR = 2
+
+# Errors that mean "the user gave us something wrong": shown as one line, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError, CheckpointWriteError, DependencyError)
+
+# Commands that train or restore: the installed dependency versions are checked before they start.
+CHECKED_COMMANDS = {"train", "test", "demo", "restore", "app", "make-tiny-base"}
+
+
+def _cmd_list_models(args: argparse.Namespace) -> int:
+    from ..clip.factory import list_models
+    from ..clip.registry import list_models as registered
+
+    for name in (list_models() if args.all else registered()):
+        print(name)
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    """Print the versions that matter for a bug report, and any unsupported one (exit 2 then)."""
+    import platform
+
+    from .._utils.version import __version__
+    from .._utils.compat import SUPPORTED, dependency_problems, installed_versions
+
+    print(f"daclip_lora {__version__}, Python {platform.python_version()} on {platform.platform()}")
+    for name, version in installed_versions().items():
+        print(f"  {name:<16} {version or 'not installed':<16} supported: {SUPPORTED[name].specifier()}")
+    problems = dependency_problems()
+    for problem in problems:
+        print(f"unsupported: {problem}", file=sys.stderr)
+    return EXIT_USER_ERROR if problems else 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from ..clip.checkpoint import convert_checkpoint, load_state_dict
+    from ..clip.factory import match_model_names
+
+    if args.adapter:
+        return _convert_with_adapter(args)
+    model_name = args.model
+    if model_name is None:
+        matches = match_model_names(load_state_dict(args.input))
+        model_name = matches[0] if len(matches) == 1 else None
+        logger.info("architecture matches: %s", ", ".join(matches) or "no registered model")
+    meta = convert_checkpoint(args.input, args.output, model_name=model_name)
+    print(f"wrote {args.output} ({meta['kind']}, model_name={meta.get('model_name', '?')})")
+    return 0
+
+
+def _convert_with_adapter(args: argparse.Namespace) -> int:
+    from ..clip.checkpoint import save_model
+    from ..clip.factory import create_model
+    from ..clip.lora import load_controller_lora, merge_controller_lora
+
+    if not args.model:
+        raise ValueError("--adapter needs --model NAME (the DA-CLIP architecture the adapter was trained on)")
+    model = create_model(args.model, pretrained=str(args.input))
+    load_controller_lora(model, args.adapter)
+    merge_controller_lora(model)
+    save_model(model, args.output, model_name=args.model)
+    print(f"wrote {args.output}: {args.input} with the controller LoRA {args.adapter} merged in")
+    return 0
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a multi-process launch (accelerate/torchrun set RANK), or a plain run."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _start_run(folder: Path, resume: bool, log_name: str) -> Optional[Path]:
+    """Create a run folder (an existing one is archived unless resuming) and log into it (rank 0 only)."""
+    import time
+
+    if not _is_main_process():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if folder.exists() and any(folder.iterdir()) and not resume:
+        archived = folder.with_name(f"{folder.name}_archived_{stamp}")
+        folder.rename(archived)
+        logger.warning("%s existed: moved to %s", folder, archived)
+    folder.mkdir(parents=True, exist_ok=True)
+    log_file = folder / f"{log_name}_{stamp}.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return log_file
+
+
+def _save_resolved(opt, folder: Path) -> None:
+    import yaml
+
+    from ..training.options import options_to_dict
+
+    (folder / "options.yml").write_text(yaml.safe_dump(options_to_dict(opt), sort_keys=False))
+
+
+def _trainer_for(opt):
+    from ..training.tasks import get_task
+
+    task = get_task(opt.task)
+    return task.trainer_class()(opt), task.output
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..training.engine import Engine
+
+    opt = _load_cli_options(args, is_train=True)
+    exp = Path(opt.path.experiments_root)
+    log_file = _start_run(exp, resume=bool(opt.path.resume_state), log_name="train")
+    if _is_main_process():
+        for key in ("models", "training_state", "val_images"):
+            Path(getattr(opt.path, key)).mkdir(parents=True, exist_ok=True)
+        _save_resolved(opt, exp)
+    trainer, output = _trainer_for(opt)
+    result = Engine(opt, trainer).fit()
+    if not _is_main_process():
+        return 0
+    print(f"trained {result.step} steps in {result.seconds:.0f} s; final loss {result.losses[-1]:.4f}")
+    for step, metrics in sorted(result.validations.items())[-1:]:
+        print(f"validation @ {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    print(f"outputs: {Path(opt.path.models) / output}")
+    print(f"checkpoints: {opt.path.training_state}")
+    print(f"log: {log_file}")
+    return 0
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from ..training.tasks import TASKS, get_task
+
+    opt = _load_cli_options(args, is_train=False)
+    results = Path(opt.path.results_root)
+    evaluate = get_task(opt.task).evaluator()
+    if evaluate is None:
+        testable = [name for name, spec in TASKS.items() if spec.evaluate]
+        raise ValueError(f"task {opt.task!r} is not available in this version; use {' or '.join(map(repr, testable))}")
+    log_file = _start_run(results, resume=False, log_name="test")
+    _save_resolved(opt, results)
+    if opt.task == "controller":
+        for key, report in evaluate(opt, adapter=args.adapter).items():
+            print(f"[{key}] zero-shot degradation accuracy\n{report.table()}\n")
+        print(f"results: {results} (JSON, CSV, confusion PNG)\nlog: {log_file}")
+        return 0
+    from ..training.tasks.restoration import format_restoration_table
+
+    report = evaluate(opt, folder=args.weights)
+    print(format_restoration_table(report))
+    print(f"results: {results} (metrics.json, metrics.csv, restored images and LQ|restored|GT grids)\nlog: {log_file}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
+    print(f"embedded demo ({summary['preset']}) finished in {summary['seconds']:.0f} s -> {args.out}")
+    print(f"  dataset            {summary['dataset']}")
+    print(f"  DA-CLIP base       {summary['daclip_base']}")
+    print(f"  controller LoRA    {summary['controller_lora']} ({summary['controller_trainable']:,} trainable, "
+          f"{summary['controller_trainable_percent']:.2f}% of the controller)")
+    print(f"  degradation accuracy on the held-out split: {summary['controller_accuracy_before']:.3f} before, "
+          f"{summary['controller_accuracy_after']:.3f} after (chance {summary['chance']:.3f})")
+    print(f"  SD base (tiny, pretrained, shipped) {summary['sd_base']}")
+    print(f"  SD LoRA            {summary['sd_lora']}")
+    print(f"  restoration, held-out split: PSNR {summary['psnr_lq']:.2f} (LQ) -> {summary['psnr_restored']:.2f} dB, "
+          f"SSIM {summary['ssim_lq']:.3f} -> {summary['ssim_restored']:.3f}; better than LQ on "
+          f"{summary['degradations_improved']} of {len(summary['restoration_per_degradation'])} degradations")
+    print(f"  restored images    {summary['results']} (overview: {summary['overview']})")
+    print(f"  summary            {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from ..restoration.pipeline import RestorationPipeline
+
+    pipe = RestorationPipeline.from_pretrained(args.weights, base=args.base, daclip_pretrained=args.daclip,
+                                               merge_lora=not args.no_merge, device=args.device,
+                                               precision=args.precision)
+    report = pipe.restore_folder(args.input, args.output, batch_size=args.batch_size, grid=args.grid,
+                                 steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance,
+                                 strength=args.strength, seed=args.seed, tile_size=args.tile_size,
+                                 tile_overlap=args.tile_overlap)
+    print(f"restored {len(report.written)} image(s) -> {args.output}"
+          + (f" (side-by-side grids in {Path(args.output) / 'grids'})" if args.grid else ""))
+    for path in report.skipped:
+        print(f"  not an image, not restored: {path}")
+    for path, reason in report.failed:
+        print(f"  failed: {reason}")
+    return 1 if report.failed else 0
+
+
+def _cmd_make_tiny_base(args: argparse.Namespace) -> int:
+    from .demo import train_tiny_restorer
+    from ..tiny.recipes import train_tiny_daclip, train_tiny_sd
+
+    if args.restorer and args.daclip:
+        raise ValueError("make-tiny-base: pass --restorer or --daclip, not both (they make different folders)")
+    if args.daclip:
+        record = train_tiny_daclip(args.out, seed=args.seed, steps=args.daclip_steps)
+        print(f"tiny pretrained DA-CLIP base -> {args.out} in {record['seconds']['total']:.0f} s: held-out probe "
+              f"accuracy {record['held_out_probe_accuracy']['overall']:.3f}, zero-shot "
+              f"{record['held_out_zero_shot_accuracy']['overall']:.3f} (recipe.json has the details)")
+        return 0
+    if args.restorer:
+        record = train_tiny_restorer(args.out, seed=args.seed)
+        demo = record["demo"]
+        print(f"tiny restorer -> {args.out}: degradation accuracy {demo['controller_accuracy_after']:.3f}, "
+              f"held-out PSNR {demo['psnr_lq']:.2f} (LQ) -> {demo['psnr_restored']:.2f} dB (recipe.json has the "
+              f"details)")
+        return 0
+
+    record = train_tiny_sd(args.out, seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                           batch=args.batch)
+    print(f"tiny pretrained SD base -> {args.out} in {record['seconds']:.0f} s: VAE held-out reconstruction PSNR "
+          f"{record['vae']['held_out_reconstruction_psnr_db']:.2f} dB, UNet held-out noise MSE "
+          f"{record['unet']['held_out_noise_mse']} (recipe.json has the details)")
+    return 0
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from .web import AppSettings, launch, require_gradio
+
+    require_gradio()
+    for flag, path in (("--weights", args.weights), ("-opt", args.opt_file)):
+        if path is not None and not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"{flag} {path} does not exist")
+    settings = AppSettings(weights=args.weights and str(args.weights), options=args.opt_file and str(args.opt_file),
+                           base=args.base, daclip_pretrained=args.daclip, degradations=args.degradations,
+                           device=args.device, max_pixels=args.max_pixels)
+    print(f"daclip-lora app on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    launch(settings, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def _cmd_make_dataset(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..data.synthetic import make_dataset
+
+    distortions = args.distortion or None
+    n_deg = len(distortions) if distortions else 10
+    val_size = args.val_size if args.val_size is not None else max(2, args.size // 4)
+    bars = []
+
+    def progress(n: int) -> None:  # the bar appears once the inputs have been validated
+        if not bars:
+            bars.append(tqdm(total=n_deg * (args.size + val_size + args.calib_size), desc="make-dataset", unit="img"))
+        bars[0].update(n - bars[0].n)
+
+    try:
+        manifest = make_dataset(args.out, source=args.source, distortions=distortions, size=args.size,
+                                val_size=args.val_size, patch_size=args.patch_size, seed=args.seed,
+                                calib_size=args.calib_size,
+                                overwrite=args.overwrite, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    counts = manifest["counts"]
+    print(f"wrote {args.out}: train {sum(counts['train'].values())} / val {sum(counts['val'].values())} LQ/GT "
+          f"pairs over {len(manifest['distortions'])} degradations; CSVs daclip_train.csv, daclip_val.csv")
+    return 0
+
+
+# The short flags of the text-to-image LoRA scripts users come from, as option overrides.
+SHORT_FLAGS = {"dataset": "datasets.train.dataroot", "prompts": "sd.validation_prompts", "steps": "train.niter",
+               "batch": "datasets.train.batch_size", "unet_lr": "train.lr_G", "text_lr": "sd.text_encoder_lr"}
+
+
+def _load_cli_options(args: argparse.Namespace, is_train: bool):
+    from ..training.options import load_options
+
+    overrides = [f"{key}={getattr(args, dest)}" for dest, key in SHORT_FLAGS.items()
+                 if getattr(args, dest, None) is not None]
+    if getattr(args, "resume", False):
+        overrides.append("path.resume_state=auto")
+    return load_options(args.opt_file, is_train=is_train, root=args.root, overrides=overrides + (args.opt or []),
+                        check_paths=not getattr(args, "no_check_paths", False))
+
+
+def _cmd_check_options(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..training.options import options_to_dict
+
+    opt = _load_cli_options(args, is_train=args.train)
+    print(yaml.safe_dump(options_to_dict(opt), sort_keys=False), end="")
+    return 0
+
+
+def _add_options_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-opt", "--options", dest="opt_file", type=Path, required=True, help="YAML options file")
+    p.add_argument("--opt", action="append", metavar="KEY.SUB=VALUE",
+                   help="override an option (repeatable), e.g. --opt train.lr_G=2e-4")
+    p.add_argument("--root", type=Path, default=Path("."), help="folder for experiments/ and results/ (default: .)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daclip-lora",
+        description="DA-CLIP on open_clip: checkpoints, controller LoRA and SD LoRA restoration.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("list-models", help="list the registered DA-CLIP model names")
+    p.add_argument("--all", action="store_true", help="include open_clip's model names")
+    p.set_defaults(func=_cmd_list_models)
+
+    p = sub.add_parser("env", help="print the installed dependency versions and whether they are supported")
+    p.set_defaults(func=_cmd_env)
+
+    p = sub.add_parser(
+        "convert",
+        help="rewrite a DA-CLIP/CLIP checkpoint as .safetensors (no optimizer, no alias keys)",
+        description="Rewrite a DA-CLIP or CLIP checkpoint (.pt/.pth/.safetensors) as .safetensors, "
+                    "dropping optimizer state and the duplicated 'visual.*' alias keys.",
+    )
+    p.add_argument("input", type=Path, help="checkpoint to read (e.g. daclip_ViT-B-32.pt)")
+    p.add_argument("output", type=Path, help="output file, ending in .safetensors")
+    p.add_argument("--model", default=None,
+                   help="model name to record in the metadata (default: inferred from the tensor shapes)")
+    p.add_argument("--adapter", type=Path, default=None,
+                   help="controller LoRA folder to merge into INPUT (needs --model); writes a plain DA-CLIP "
+                        "checkpoint that the original DA-CLIP code can load too")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("train", help="train from a UIR-style options file (-opt X.yml)",
+                       description="Train as the options file says (task: controller trains a LoRA on the "
+                                   "DA-CLIP controller; task: restoration trains the degradation-aware SD LoRA). "
+                                   "Outputs go to <root>/experiments/<name>/.")
+    _add_options_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's newest complete checkpoint (path.resume_state: auto); starts "
+                        "from step 0 when there is none")
+    short = p.add_argument_group("short flags (text-to-image LoRA style; same as --opt overrides)")
+    short.add_argument("-d", dest="dataset", metavar="DIR", help="training folder (datasets.train.dataroot)")
+    short.add_argument("-gp", dest="prompts", metavar="FILE", help="validation prompts file (sd.validation_prompts)")
+    short.add_argument("-e", dest="steps", metavar="N", help="training steps (train.niter)")
+    short.add_argument("-b", dest="batch", metavar="N", help="global batch size (datasets.train.batch_size)")
+    short.add_argument("-u", dest="unet_lr", metavar="LR", help="UNet LoRA learning rate (train.lr_G)")
+    short.add_argument("-t", dest="text_lr", metavar="LR", help="text-encoder LoRA learning rate (sd.text_encoder_lr)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("test", help="evaluate from a UIR-style options file (-opt X.yml)",
+                       description="Evaluate as the options file says (task: controller: zero-shot degradation "
+                                   "accuracy; task: restoration: restored images, PSNR/SSIM per degradation). "
+                                   "Results go to <root>/results/<name>/.")
+    _add_options_args(p)
+    p.add_argument("--adapter", type=Path, default=None, help="controller LoRA folder (default: daclip.adapter)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="restoration folder (default: <root>/experiments/<name>/models/restoration)")
+    p.set_defaults(func=_cmd_test)
+
+    p = sub.add_parser(
+        "make-dataset",
+        help="write a synthetic UIR MD tree (train/val) and DA-CLIP CSVs",
+        description="Degrade clean patches with DA-CLIP's degradation types and write OUT/{train,val}/"
+                    "<degradation>/{LQ,GT}/ plus OUT/daclip_{train,val}.csv. Deterministic for a seed.",
+    )
+    p.add_argument("out", type=Path, help="output folder (empty or missing)")
+    p.add_argument("--source", default="builtin",
+                   help="'builtin' (photographs shipped with scikit-image) or a folder of clean images")
+    p.add_argument("--distortion", nargs="+", metavar="NAME", help="degradation names (default: all ten)")
+    p.add_argument("--size", type=int, default=16, help="clean training patches (each under every degradation)")
+    p.add_argument("--val-size", type=int, default=None, help="clean validation patches (default: size/4, >= 2)")
+    p.add_argument("--calib-size", type=int, default=0,
+                   help="clean patches of a 'calib' split (e.g. for fitting a fusion head; default: none)")
+    p.add_argument("--patch-size", type=int, default=128, help="patch side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=_cmd_make_dataset)
+
+    p = sub.add_parser("demo", help="run the embedded end-to-end demo on CPU (no downloads)",
+                       description="Synthetic data from scikit-image photographs, the shipped tiny pretrained "
+                                   "DA-CLIP, controller-LoRA training and evaluation, the shipped tiny pretrained SD, "
+                                   "degradation-aware "
+                                   "SD LoRA training and restoration of the held-out split; everything under --out.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    p.add_argument("--preset", choices=["full", "quick"], default="full",
+                   help="'full' (a few CPU minutes) or 'quick' (seconds; a smoke test, numbers mean nothing)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("restore", help="restore an image or a folder of images with a trained restoration LoRA",
+                       description="Restore every image of INPUT (a folder or one file) into OUTPUT, keeping file "
+                                   "names and formats. Images larger than the base's native size are restored in "
+                                   "blended tiles. Unreadable files are listed, never skipped silently "
+                                   "(exit code 1 if any failed).")
+    p.add_argument("--weights", type=Path, required=True,
+                   help="restoration folder written by training (experiments/<name>/models/restoration)")
+    p.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
+    p.add_argument("--output", type=Path, required=True, help="output folder")
+    p.add_argument("--base", default=None, help="SD base folder (default: the one recorded in the weights)")
+    p.add_argument("--daclip", default=None, help="DA-CLIP checkpoint (default: the one recorded in the weights)")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps (default: 25)")
+    p.add_argument("--scheduler", default="ddim", help="ddim, dpm++ or euler (aliases such as dpmpp_2m accepted)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1, off)")
+    p.add_argument("--strength", type=float, default=1.0, help="< 1 starts from the noised LQ latent (default: 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="tile side in pixels (default: the base's native size; 0 disables tiling)")
+    p.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: tile/4)")
+    p.add_argument("--batch-size", type=int, default=4, help="images of the same size restored together")
+    p.add_argument("--grid", action="store_true", help="also write OUTPUT/grids/<name>.png (LQ | restored)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast dtype of the UNet and DA-CLIP (default: fp32; bf16 on recent GPUs)")
+    p.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (slower; same outputs to 1e-4)")
+    p.set_defaults(func=_cmd_restore)
+
+    p = sub.add_parser("app", help="web page: degradation probabilities and before/after restoration (Gradio)",
+                       description="Serve the restoration web app (pip install -e \".[app]\"). Without --weights or "
+                                   "-opt it runs the embedded tiny models on the CPU.")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="restoration folder (experiments/<name>/models/restoration) or a demo output folder")
+    p.add_argument("-opt", "--options", dest="opt_file", type=Path, default=None,
+                   help="a restoration test options file (its weights, base, DA-CLIP and degradation words)")
+    p.add_argument("--base", default=None, help="SD base folder (default: the one recorded in the weights)")
+    p.add_argument("--daclip", default=None, help="DA-CLIP checkpoint (default: the one recorded in the weights)")
+    p.add_argument("--degradations", nargs="+", metavar="WORD",
+                   help="degradation words for DA-CLIP's probabilities (default: the options' or the ten)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest upload in pixels (default 1 Mpx)")
+    p.set_defaults(func=_cmd_app)
+
+    p = sub.add_parser("make-tiny-base", help="re-create the tiny pretrained bases that ship with the package",
+                       description="Train the tiny SD base (VAE, then UNet denoiser) from scikit-image photographs, "
+                                   "deterministically, and write it in diffusers format with recipe.json. The "
+                                   "shipped copy is daclip_lora/assets/tiny_sd (about 28 minutes on 2 CPU cores). "
+                                   "--daclip makes the tiny DA-CLIP base instead, --restorer the web app's "
+                                   "restorer (which needs both bases).")
+    p.add_argument("out", type=Path, help="output folder (replaced if it exists)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--unet-steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--daclip", action="store_true",
+                   help="make the tiny DA-CLIP base instead: its vision tower pretrained on the synthetic "
+                        "degradations (shipped copy: daclip_lora/assets/tiny_daclip, about 15 minutes)")
+    p.add_argument("--daclip-steps", type=int, default=4500, help="training steps of --daclip (default 4500)")
+    p.add_argument("--restorer", action="store_true",
+                   help="make the tiny restorer the web app starts with instead (the embedded demo's controller "
+                        "LoRA and restoration LoRA on the shipped bases; shipped copy: "
+                        "daclip_lora/assets/tiny_restorer)")
+    p.set_defaults(func=_cmd_make_tiny_base)
+
+    p = sub.add_parser("check-options", help="load and validate an options file, print the resolved options",
+                       description="Load a UIR-style options file exactly as train/test would and print the "
+                                   "resolved, typed options as YAML.")
+    _add_options_args(p)
+    p.add_argument("--train", action="store_true", help="resolve as a training file (default: test)")
+    p.add_argument("--no-check-paths", action="store_true", help="do not require input paths to exist")
+    p.set_defaults(func=_cmd_check_options)
+    return parser
+
+
+def _user_errors() -> tuple:
+    from .web import MissingExtraError
+
+    return USER_ERRORS + (MissingExtraError,)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.debug else "%(levelname)s: %(message)s",
+    )
+    try:
+        if args.command in CHECKED_COMMANDS:
+            from .._utils.compat import check_dependencies
+
+            check_dependencies()
+        return args.func(args)
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        print(f"daclip-lora {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as e:  # engine.TrainingInterrupted says where the checkpoint is
+        print(f"daclip-lora {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

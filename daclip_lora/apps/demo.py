@@ -1,0 +1,287 @@
+"""The embedded demo: the whole pipeline on CPU from data that ships inside installed packages.
+
+Stages (each writes its inputs and outputs under ``--out`` so any stage can be re-run by hand with
+``daclip-lora train/test -opt <out>/options/*.yml``):
+
+1. a synthetic multi-degradation dataset from scikit-image's photographs (``make-dataset builtin``): train,
+   held-out (val) and calibration splits, each from its own crops;
+2. the tiny *pretrained* DA-CLIP base that ships with the package (``daclip_tiny``; its vision tower was trained
+   on the synthetic degradations, its text tower is random: :func:`daclip_lora.tiny.recipes.train_tiny_daclip`);
+3. zero-shot degradation accuracy of that base on the held-out split (before);
+4. controller-LoRA training on the train split, then the same evaluation (after);
+5. the tiny *pretrained* Stable Diffusion base that ships with the package (:mod:`daclip_lora.tiny.recipes`:
+   a VAE trained to reconstruct and a UNet trained as a denoiser on scikit-image photographs);
+6. degradation-aware SD LoRA training on it, conditioned on the adapted DA-CLIP, with cached latents; then the
+   fusion head, fitted on training images and on the calibration split (images the controller never saw, so
+   the head learns how far DA-CLIP's embeddings can be trusted on new images);
+7. restoration of the held-out split: PSNR/SSIM table (restored vs LQ), restored images, LQ|restored|GT
+   grids and ``overview.png`` (one row per degradation).
+
+The DA-CLIP base knows image statistics but not the degradation words (nothing here can teach it language), so
+its zero-shot accuracy starts near chance and the rise shows what the controller LoRA learns; the SD base is
+pretrained, so the restoration numbers are real.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_demo", "train_tiny_restorer", "DEMO_PRESETS"]
+
+#: LoRA on every convolution and linear layer of the tiny UNet: its attention runs only at the lowest
+#: resolution, so attention-only LoRA cannot change fine detail
+DEMO_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj",
+                     "ff.net.2", "time_emb_proj", "conv_out", "conv"]
+
+DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
+    "full": {"size": 96, "val_size": 8, "calib_size": 48, "patch": 64,
+             "controller_steps": 300, "controller_batch": 32,
+             "sd_steps": 150, "sd_batch": 8, "sd_lr": 1e-3,
+             "sd_lora": {"rank": 8, "alpha": 8, "targets": DEMO_LORA_TARGETS},
+             "sd_conditioning": {"num_tokens": 2},
+             "sd_objective": {"objective": "one_step", "one_step_t": 50, "fusion": True, "fusion_images": 448},
+             "sample_steps": 1, "sampling": {}},
+    "quick": {"size": 4, "val_size": 2, "calib_size": 2, "patch": 32,
+              "controller_steps": 6, "controller_batch": 8,
+              "sd_steps": 4, "sd_batch": 8, "sd_lr": 1e-3,
+              "sd_lora": {"rank": 4, "alpha": 4, "targets": DEMO_LORA_TARGETS},
+              "sd_conditioning": {"num_tokens": 2},
+              "sd_objective": {"objective": "one_step", "one_step_t": 50, "fusion": True, "fusion_images": 16},
+              "sample_steps": 1, "sampling": {}},
+}
+
+
+def _write_yaml(path: Path, data: Dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"demo output folder {out} is not empty; pass --overwrite to replace it "
+                                  f"(results of two runs are never mixed)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def demo_data(out: Path, preset: str = "full", seed: int = 0) -> Dict[str, Any]:
+    """Stage 1: the synthetic dataset under ``out/data`` (returns its manifest)."""
+    from ..data.synthetic import make_dataset
+
+    p = DEMO_PRESETS[preset]
+    return make_dataset(out / "data", source="builtin", size=p["size"], val_size=p["val_size"],
+                        calib_size=p["calib_size"], patch_size=p["patch"], seed=seed)
+
+
+def restoration_options(out: Path, name: str, distortion: List[str], daclip: Dict[str, Any], preset: str = "full",
+                        seed: int = 0, conditioning: Optional[Dict[str, Any]] = None,
+                        lora: Optional[Dict[str, Any]] = None, sampling: Optional[Dict[str, Any]] = None,
+                        steps: Optional[int] = None, objective: Optional[Dict[str, Any]] = None,
+                        calib: bool = True) -> Tuple[Path, Path]:
+    """Training and test options of a restoration run on the demo data and the shipped tiny SD base (with
+    ``calib`` and a fusion head, the head is also fitted on ``out/data/calib`` when it exists)."""
+    from ..tiny.locate import embedded_sd_base
+
+    p = DEMO_PRESETS[preset]
+    data = out / "data"
+    steps = steps or p["sd_steps"]
+    common = {"distortion": distortion, "task": "restoration", "daclip": daclip,
+              "sd": {"base": str(embedded_sd_base()), "lora": {**p["sd_lora"], **(lora or {})},
+                     "conditioning": {**p["sd_conditioning"], **(conditioning or {})},
+                     **p["sd_objective"], **(objective or {})},
+              "sampling": {"steps": p["sample_steps"], "scheduler": "ddim", **p["sampling"], **(sampling or {})}}
+    train = _write_yaml(out / "options" / f"{name}_train.yml", {
+        "name": name, **common,
+        "datasets": {"train": {"mode": "MD", "dataroot": str(data / "train"), "batch_size": p["sd_batch"],
+                               "patch_size": p["patch"]},
+                     "val": {"mode": "MD", "dataroot": str(data / "val")},
+                     # the fusion head is also fitted on these (see sd.fusion_images)
+                     **({"calib": {"mode": "MD", "dataroot": str(data / "calib")}}
+                        if calib and (data / "calib").is_dir() and common["sd"].get("fusion") else {})},
+        "train": {"lr_G": p["sd_lr"], "niter": steps, "warmup_iter": min(20, steps // 10), "val_freq": steps,
+                  "manual_seed": seed},
+        "logger": {"print_freq": max(1, steps // 4), "save_checkpoint_freq": steps},
+        "runtime": {"device": "cpu", "cache": True},
+    })
+    test = _write_yaml(out / "options" / f"{name}_test.yml", {
+        "name": name, **common, "runtime": {"device": "cpu"},
+        "datasets": {"val": {"mode": "MD", "dataroot": str(data / "val")}},
+    })
+    return train, test
+
+
+def write_overview(results: Path, distortion: List[str], path: Path, per_row: int = 2) -> Path:
+    """One row per degradation with the first ``per_row`` held-out LQ | restored | GT grids side by side."""
+    import numpy as np
+
+    from ..data.images import read_image, write_image
+
+    rows = []
+    for deg in distortion:
+        grids = sorted((results / "val" / deg / "grids").glob("*.png"))[:per_row]
+        if grids:
+            rows.append(np.concatenate([read_image(g) for g in grids], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows]
+    return write_image(path, np.concatenate(rows, axis=0))
+
+
+def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = False) -> Dict[str, Any]:
+    """Run the embedded demo into ``out`` and return (and write) ``out/summary.json``."""
+    from ..training.engine import Engine
+    from ..training.options import load_options
+    from ..tiny.locate import embedded_daclip_base, embedded_sd_base
+    from ..training.tasks.controller import ControllerTrainer, evaluate_controller
+    from ..training.tasks.restoration import RestorationTrainer, evaluate_restoration
+
+    if preset not in DEMO_PRESETS:
+        raise ValueError(f"unknown demo preset {preset!r}; use one of {', '.join(DEMO_PRESETS)}")
+    p = DEMO_PRESETS[preset]
+    out = Path(out).expanduser().resolve()
+    _prepare_out(out, overwrite)
+    start = time.perf_counter()
+    marks: List[Tuple[str, float]] = []
+
+    def stage(name: str, message: str, *args: Any) -> None:
+        marks.append((name, time.perf_counter()))
+        logger.info("[%d/7] " + message, len(marks), *args)
+
+    stage("dataset", "synthetic dataset from scikit-image photographs")
+    manifest = demo_data(out, preset, seed)
+    data, distortion = out / "data", manifest["distortions"]
+
+    stage("daclip_base", "the shipped tiny pretrained DA-CLIP base")
+    base_path = embedded_daclip_base()
+
+    common = {"distortion": distortion, "daclip": {"model": "daclip_tiny", "pretrained": str(base_path)},
+              "runtime": {"device": "cpu"}}
+    controller_opt = _write_yaml(out / "options" / "controller_train.yml", {
+        "name": "demo_controller", "task": "controller", **common,
+        "datasets": {"train": {"mode": "CSV", "csv": str(data / "daclip_train.csv"),
+                               "batch_size": p["controller_batch"]},
+                     "val": {"mode": "MD", "dataroot": str(data / "val")}},
+        "controller": {"lora": {"rank": 8, "alpha": 16}, "caption_weight": 0.1},
+        "train": {"lr_G": 3e-3, "niter": p["controller_steps"], "warmup_iter": min(20, p["controller_steps"] // 4),
+                  "val_freq": 0, "manual_seed": seed},
+        "logger": {"print_freq": max(1, p["controller_steps"] // 4), "save_checkpoint_freq": p["controller_steps"]},
+    })
+    test_opt = _write_yaml(out / "options" / "controller_test.yml", {
+        "name": "demo_controller", "task": "controller", **common,
+        "datasets": {"val": {"mode": "MD", "dataroot": str(data / "val")}},
+    })
+
+    stage("controller_before", "degradation accuracy of the base on the held-out split")
+    before = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"))["val"]
+
+    stage("controller", "controller LoRA training (%d steps), then the same evaluation", p["controller_steps"])
+    opt = load_options(controller_opt, is_train=True, root=out / "runs")
+    trainer = ControllerTrainer(opt)
+    result = Engine(opt, trainer).fit()
+    adapter = Path(opt.path.models) / "controller_lora"
+    after = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"), adapter=str(adapter))["val"]
+
+    stage("sd_base", "the shipped tiny pretrained Stable Diffusion base")
+    sd_base = embedded_sd_base()
+
+    stage("restoration_training", "degradation-aware SD LoRA training (%d steps, cached latents), then the fusion "
+          "head", p["sd_steps"])
+    sd_train, sd_test = restoration_options(out, "demo_restoration", distortion,
+                                            {**common["daclip"], "adapter": str(adapter)}, preset, seed)
+    opt = load_options(sd_train, is_train=True, root=out / "runs")
+    sd_result = Engine(opt, RestorationTrainer(opt)).fit()
+    sd_lora = Path(opt.path.models) / "restoration"
+
+    stage("restoration_eval", "restoration of the held-out split")
+    test = load_options(sd_test, is_train=False, root=out / "runs")
+    report = evaluate_restoration(test, folder=str(sd_lora))["val"]
+    mean = report["mean"]
+    overview = write_overview(Path(test.path.results_root), distortion, out / "overview.png")
+    per = {k: v for k, v in report.items() if k != "mean"}
+
+    end = time.perf_counter()
+    summary = {
+        "preset": preset,
+        "seed": seed,
+        "dataset": str(data),
+        "daclip_base": str(base_path),
+        "controller_lora": str(adapter),
+        "controller_trainable": trainer.report.trainable,
+        "controller_trainable_percent": round(trainer.report.percent, 3),
+        "controller_steps": result.step,
+        "controller_final_loss": result.losses[-1],
+        "controller_accuracy_before": before["overall"],
+        "controller_accuracy_after": after["overall"],
+        "controller_accuracy_per_class_after": after["per_class"],
+        "chance": 1.0 / len(distortion),
+        "sd_base": str(sd_base),
+        "sd_lora": str(sd_lora),
+        "sd_steps": sd_result.step,
+        "sd_final_loss": sd_result.losses[-1],
+        "psnr_lq": mean["lq_psnr"],
+        "psnr_restored": mean["psnr"],
+        "ssim_lq": mean["lq_ssim"],
+        "ssim_restored": mean["ssim"],
+        "degradations_improved": sum(v["psnr"] > v["lq_psnr"] for v in per.values()),
+        "restoration_per_degradation": per,
+        "sampling": dict(vars(test.sampling)),
+        "results": str(test.path.results_root),
+        "overview": str(overview),
+        "seconds": round(end - start, 1),
+        "stage_seconds": {name: round(stop - t, 1)
+                          for (name, t), stop in zip(marks, [t for _, t in marks[1:]] + [end])},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def train_tiny_restorer(out: Union[str, Path], seed: int = 0, threads: Optional[int] = 2) -> Dict[str, Any]:
+    """Train the tiny restorer the web app starts with: exactly the embedded demo (``daclip-lora demo``, preset
+    ``full``, ``seed``) on the shipped SD and DA-CLIP bases, then keep its controller LoRA and restoration LoRA
+    in ``out`` with ``recipe.json`` (the demo's numbers). The bases are not copied: ``restoration.json`` points at
+    the shipped ones by relative paths.
+    """
+    import platform
+    import tempfile
+
+    import torch
+
+    from .._utils.threads import torch_threads
+    from ..tiny.locate import EMBEDDED_DACLIP, EMBEDDED_SD
+
+    out = Path(out)
+    with torch_threads(threads):
+        with tempfile.TemporaryDirectory(prefix="daclip_lora_restorer_") as tmp:
+            summary = run_demo(Path(tmp) / "demo", preset="full", seed=seed)
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            shutil.copytree(summary["controller_lora"], out / "controller_lora")
+            shutil.copytree(summary["sd_lora"], out / "restoration")
+        config_path = out / "restoration" / "restoration.json"
+        config = json.loads(config_path.read_text())
+        # where the parts live inside the package, relative to restoration.json's folder
+        config.update(base=f"../../{EMBEDDED_SD.name}",
+                      daclip_pretrained=f"../../{EMBEDDED_DACLIP.name}/daclip_tiny.safetensors",
+                      daclip_adapter="../controller_lora")
+        config_path.write_text(json.dumps(config, indent=2))
+        keep = ("controller_accuracy_before", "controller_accuracy_after", "psnr_lq", "psnr_restored", "ssim_lq",
+                "ssim_restored", "degradations_improved", "restoration_per_degradation", "sampling", "seconds")
+        record = {"recipe": "daclip_lora.apps.demo.train_tiny_restorer",
+                  "command": f"daclip-lora make-tiny-base {out.name} --restorer --seed {seed}", "seed": seed,
+                  "what": "the embedded demo (preset full) on the shipped tiny SD and DA-CLIP bases",
+                  "threads": torch.get_num_threads(),
+                  "demo": {k: summary[k] for k in keep},
+                  "versions": {"torch": torch.__version__, "python": platform.python_version()}}
+        (out / "recipe.json").write_text(json.dumps(record, indent=2))
+        return record

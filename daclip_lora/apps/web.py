@@ -1,0 +1,422 @@
+"""``daclip-lora app``: a web page that shows what the restorer does to one image.
+
+DA-CLIP's own ``app.py`` takes one image and returns one image (CUDA only, no controls). This page adds
+what a researcher shows a colleague: DA-CLIP's predicted degradation (zero-shot probabilities over the
+degradation words, as a bar chart), the restored image as a before/after slider, the sampling controls
+(steps, scheduler, guidance, strength, seed, tiling), a progress bar, a PNG download, and the shipped
+example photographs degraded on the fly with any of the ten synthetic degradations.
+
+The logic lives in :class:`Restorer` and the small functions below (no Gradio needed, unit-tested);
+:func:`build_app` only lays out the page (Gradio is imported there: ``pip install -e ".[app]"``).
+Every user error (corrupt upload, oversized image, missing weights) becomes a message in the page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Restorer", "AppSettings", "MissingExtraError", "require_gradio", "build_app", "example_image", "degraded_example", "read_upload",
+           "resolve_weights", "DEFAULT_MAX_PIXELS", "EXAMPLE_SIZE", "API_NAME"]
+
+#: Largest upload the app restores by default (pixels): 1024 x 1024. ``--max-pixels`` changes it.
+DEFAULT_MAX_PIXELS = 1024 * 1024
+#: Side of the shipped example crops (pixels, taken at the photographs' native scale).
+EXAMPLE_SIZE = 128
+#: The endpoint name for ``gradio_client``: ``Client(url).predict(..., api_name="/restore")``.
+API_NAME = "restore"
+NO_DEGRADATION = "none (clean)"
+
+
+class MissingExtraError(RuntimeError):
+    """An optional dependency of the app is not installed (the message says which extra to install)."""
+
+
+def require_gradio() -> None:
+    """Raise :class:`MissingExtraError` unless Gradio is importable."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise MissingExtraError('the web app needs Gradio, which is not installed: pip install -e ".[app]" '
+                                '(with -c constraints.txt on a CPU machine)')
+
+
+# ------------------------------------------------------------------------------ inputs
+def example_names() -> List[str]:
+    """The scikit-image photographs the page offers as examples."""
+    from ..data.synthetic import BUILTIN_IMAGES
+
+    return list(BUILTIN_IMAGES)
+
+
+def example_image(name: str, size: int = EXAMPLE_SIZE) -> np.ndarray:
+    """A centre crop (``size`` px, native scale) of a shipped scikit-image photograph, float RGB in [0, 1].
+
+    Raises:
+        ValueError: ``name`` is not one of :func:`example_names`.
+    """
+    from ..data.synthetic import builtin_images
+
+    names = example_names()
+    if name not in names:
+        raise ValueError(f"unknown example image {name!r}; choose one of {', '.join(names)}")
+    image = next(img for n, img, _ in builtin_images() if n == name)
+    h, w = image.shape[:2]
+    s = min(size, h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return np.ascontiguousarray(image[top:top + s, left:left + s])
+
+
+def degraded_example(name: str, degradation: str, seed: int = 0, size: int = EXAMPLE_SIZE) -> np.ndarray:
+    """:func:`example_image` with one synthetic degradation applied (``"none (clean)"`` or ``None``: as is)."""
+    from ..data.degrade import degrade
+
+    image = example_image(name, size)
+    if not degradation or degradation == NO_DEGRADATION:
+        return image
+    return np.clip(degrade(image, degradation, seed=seed), 0, 1).astype(np.float32)
+
+
+def read_upload(path: Union[str, Path, None], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an uploaded file as float RGB in [0, 1], refusing corrupt files and images above ``max_pixels``.
+
+    Raises:
+        ValueError: nothing uploaded, a file that is not a readable image, or one that is too large (the
+            message says what was received and what to do).
+    """
+    from ..data.images import ImageError, ImageTooLarge, read_image
+
+    if path is None or str(path) == "":
+        raise ValueError("no image: upload one, or pick an example and press 'Use example'")
+    name = Path(path).name
+    try:
+        return read_image(path, max_pixels=max_pixels)
+    except ImageTooLarge as e:
+        raise ValueError(f"{name} is {e.width}x{e.height} = {e.width * e.height / 1e6:.1f} Mpx, above this app's "
+                         f"limit of {max_pixels / 1e6:.1f} Mpx; downscale it, or start the app with --max-pixels "
+                         f"{e.width * e.height}") from None
+    except (ImageError, OSError):
+        raise ValueError(f"{name} is not a readable image (corrupt or not an image file); upload a PNG, JPEG, "
+                         f"WebP, BMP or TIFF") from None
+
+
+# ------------------------------------------------------------------------------ models
+def resolve_weights(weights: Union[str, Path]) -> Path:
+    """The restoration folder behind ``weights``: the folder itself (it has ``restoration.json``), or a
+    ``daclip-lora demo`` output folder (its ``summary.json`` names the trained LoRA).
+
+    Raises:
+        FileNotFoundError: neither (the message says what was expected).
+    """
+    from ..restoration.serialization import CONFIG_NAME
+
+    path = Path(weights).expanduser()
+    if (path / CONFIG_NAME).is_file():
+        return path
+    summary = path / "summary.json"
+    if summary.is_file():
+        folder = Path(json.loads(summary.read_text()).get("sd_lora", ""))
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    raise FileNotFoundError(f"no restoration weights at {path}: pass the folder a restoration run wrote "
+                            f"(experiments/<name>/models/restoration, with {CONFIG_NAME}) or a `daclip-lora demo` "
+                            f"output folder" + ("" if path.exists() else " (the path does not exist)"))
+
+
+@dataclass
+class AppSettings:
+    """Where the models come from and the app's limits.
+
+    ``weights`` / ``options`` unset: the embedded tiny models shipped with the package.
+    """
+
+    weights: Optional[str] = None
+    options: Optional[str] = None
+    base: Optional[str] = None
+    daclip_pretrained: Optional[str] = None
+    degradations: Optional[List[str]] = None
+    device: Optional[str] = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+class Restorer:
+    """The restoration pipeline plus DA-CLIP zero-shot degradation probabilities, for one page."""
+
+    def __init__(self, pipeline: Any, degradations: Sequence[str], source: str = ""):
+        from ..clip.factory import get_tokenizer
+
+        self.pipeline = pipeline
+        self.degradations = list(degradations)
+        if not self.degradations:
+            raise ValueError("the app needs at least one degradation word for DA-CLIP's probabilities")
+        self.source = source
+        self._lock = threading.Lock()  # one sampling run at a time: the models are shared
+        tokenizer = get_tokenizer(pipeline.config.daclip_model)
+        daclip = pipeline.daclip
+        p = next(daclip.parameters())
+        with torch.no_grad():
+            self._text = daclip.encode_text(tokenizer(self.degradations).to(p.device), normalize=True).float()
+            self._scale = float(daclip.logit_scale.exp())
+
+    @classmethod
+    def load(cls, settings: AppSettings) -> "Restorer":
+        """Build from :class:`AppSettings` (embedded tiny models when neither weights nor options are set).
+
+        Raises:
+            FileNotFoundError / ValueError: missing or unfit weights, with what to pass instead.
+        """
+        from ..data.degrade import DEGRADATION_FUNCTIONS
+        from ..restoration.pipeline import RestorationPipeline
+
+        words = settings.degradations
+        base, daclip = settings.base, settings.daclip_pretrained
+        if settings.options:
+            from ..training.options import load_options
+
+            opt = load_options(settings.options, is_train=False)
+            if opt.task != "restoration":
+                raise ValueError(f"{settings.options} is a task: {opt.task} options file; the app needs a "
+                                 f"restoration test file (task: restoration)")
+            folder = Path(settings.weights) if settings.weights else \
+                Path(opt.path.root) / "experiments" / opt.name / "models" / "restoration"
+            folder = resolve_weights(folder)
+            base, daclip = base or opt.sd.base, daclip or opt.daclip.pretrained
+            words = words or list(opt.distortion)
+            source = f"{settings.options} ({folder})"
+        elif settings.weights:
+            folder = resolve_weights(settings.weights)
+            source = str(folder)
+        else:
+            from ..tiny.locate import embedded_restorer
+
+            folder = embedded_restorer()
+            source = f"embedded tiny models ({folder.parent})"
+        pipe = RestorationPipeline.from_pretrained(folder, base=base, daclip_pretrained=daclip,
+                                                   device=settings.device)
+        return cls(pipe, words or list(DEGRADATION_FUNCTIONS), source)
+
+    @torch.no_grad()
+    def probabilities(self, image: np.ndarray) -> Dict[str, float]:
+        """DA-CLIP's zero-shot degradation probabilities of ``image`` (``(H, W, 3)`` in [0, 1]); they sum to 1."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+        _, degra = self.pipeline.daclip_embeddings(x)
+        degra = torch.nn.functional.normalize(degra.float(), dim=-1)
+        probs = (self._scale * degra @ self._text.T).softmax(dim=-1)[0].cpu().numpy().astype(np.float64)
+        return {word: float(p) for word, p in zip(self.degradations, probs)}
+
+    @torch.no_grad()
+    def restore(self, image: np.ndarray, steps: int = 20, scheduler: str = "ddim", guidance_scale: float = 1.0,
+                strength: float = 1.0, seed: int = 0, tile_size: Optional[int] = None,
+                callback: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """Restore ``image`` (``(H, W, 3)`` in [0, 1]); returns the same shape. Arguments as the pipeline's."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+        with self._lock:
+            out = self.pipeline(x, steps=int(steps), scheduler=scheduler, guidance_scale=float(guidance_scale),
+                                strength=float(strength), seed=int(seed), tile_size=tile_size, callback=callback)
+        return out[0].permute(1, 2, 0).cpu().numpy()
+
+
+def _tile_argument(tile: Any) -> Optional[int]:
+    """The page's tiling control: ``"auto"`` (above the base's native size), ``"off"`` or a pixel side."""
+    if tile in (None, "", "auto"):
+        return None
+    if tile == "off":
+        return 0
+    try:
+        value = int(tile)
+    except (TypeError, ValueError):
+        raise ValueError(f"tile size must be 'auto', 'off' or a number of pixels, got {tile!r}") from None
+    if value < 0:
+        raise ValueError(f"tile size must be >= 0 pixels, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------ the page
+class _Session:
+    """Loads the models once (in the background at start), and runs the page's requests."""
+
+    def __init__(self, settings: AppSettings, loader: Optional[Callable[[AppSettings], Restorer]] = None):
+        self.settings = settings
+        self._loader = loader or Restorer.load
+        self._restorer: Optional[Restorer] = None
+        self._error: Optional[str] = None
+        self._done = threading.Event()
+        self._out_dir = Path(tempfile.mkdtemp(prefix="daclip_lora_app_"))
+        threading.Thread(target=self._load, daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            self._restorer = self._loader(self.settings)
+            logger.info("app models: %s", self._restorer.source)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            self._error = f"The models could not be loaded: {e}"
+            logger.error("%s", self._error)
+        finally:
+            self._done.set()
+
+    def restorer(self) -> Restorer:
+        self._done.wait()
+        if self._restorer is None:
+            raise ValueError(self._error or "the models could not be loaded")
+        return self._restorer
+
+    def status(self) -> str:
+        self._done.wait()
+        if self._restorer is None:
+            return f"**Error.** {self._error}"
+        r = self._restorer
+        return (f"Models: {r.source} on {r.pipeline.device}. Degradation words: {', '.join(r.degradations)}. "
+                f"Largest upload: {self.settings.max_pixels / 1e6:.1f} Mpx.")
+
+    def use_example(self, name: str, degradation: str, seed: float) -> str:
+        from ..data.images import write_image
+
+        image = degraded_example(name, degradation, int(seed))
+        tag = degradation.replace(" ", "_").replace("(", "").replace(")", "")
+        return str(write_image(self._out_dir / "examples" / f"{name}_{tag}_{int(seed)}.png", image))
+
+    def preview(self, path: str) -> str:
+        """Check an upload and return a PNG of it for the page (a ``ValueError`` says what is wrong)."""
+        from ..data.images import write_image
+
+        image = read_upload(path, self.settings.max_pixels)
+        return str(write_image(self._out_dir / "previews" / f"{Path(path).stem}.png", image))
+
+    def run(self, path: Optional[str], steps: float, scheduler: str, guidance: float, strength: float,
+            seed: float, tile: Any, progress: Optional[Callable[..., Any]] = None
+            ) -> Tuple[Dict[str, float], Tuple[str, str], str, str]:
+        """One request: probabilities, (LQ, restored) PNG paths, the restored PNG, and a details JSON string."""
+        from ..data.images import write_image
+
+        image = read_upload(path, self.settings.max_pixels)
+        restorer = self.restorer()
+        start = time.perf_counter()
+        probs = restorer.probabilities(image)
+
+        def callback(step: int, total: int) -> None:
+            if progress is not None:
+                progress((step, total), desc="denoising", unit="steps")
+
+        restored = restorer.restore(image, steps=int(steps), scheduler=scheduler, guidance_scale=guidance,
+                                    strength=strength, seed=int(seed), tile_size=_tile_argument(tile),
+                                    callback=callback)
+        seconds = time.perf_counter() - start
+        run = self._out_dir / f"{int(time.time() * 1000)}"
+        stem = Path(path).stem
+        lq_png = write_image(run / f"{stem}_input.png", image)
+        out_png = write_image(run / f"{stem}_restored.png", restored)
+        h, w = image.shape[:2]
+        details = {"width": w, "height": h, "predicted_degradation": max(probs, key=probs.get),
+                   "probabilities": probs, "steps": int(steps), "scheduler": scheduler, "guidance_scale": guidance,
+                   "strength": strength, "seed": int(seed), "tile": tile, "seconds": round(seconds, 2),
+                   "objective": restorer.pipeline.config.objective, "models": restorer.source}
+        return probs, (str(lq_png), str(out_png)), str(out_png), json.dumps(details, indent=1)
+
+
+def build_app(settings: Optional[AppSettings] = None,
+              loader: Optional[Callable[[AppSettings], Restorer]] = None) -> Any:
+    """The Gradio page (a ``gr.Blocks``) for ``settings``; ``loader`` replaces :meth:`Restorer.load` (tests)."""
+    require_gradio()
+    import gradio as gr
+
+    from ..restoration.schedulers import SCHEDULERS
+
+    settings = settings or AppSettings()
+    session = _Session(settings, loader)
+
+    def use_example(name, degradation, seed):
+        try:
+            return session.use_example(name, degradation, seed)
+        except ValueError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    def show(path):
+        if not path:
+            return None
+        try:
+            return session.preview(path)
+        except ValueError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    def run(path, steps, scheduler, guidance, strength, seed, tile, progress=gr.Progress()):
+        try:
+            return session.run(path, steps, scheduler, guidance, strength, seed, tile, progress)
+        except (ValueError, FileNotFoundError) as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    from ..data.degrade import DEGRADATION_FUNCTIONS
+
+    with gr.Blocks(title="daclip-lora: degradation-aware restoration", analytics_enabled=False) as app:
+        gr.Markdown("## daclip-lora: degradation-aware restoration\n"
+                    "Upload an image (or degrade a shipped example), then **Restore**. DA-CLIP predicts the "
+                    "degradation; the Stable Diffusion LoRA, conditioned on DA-CLIP's embeddings, restores.")
+        status = gr.Markdown("Loading the models ...", elem_id="status")
+        with gr.Row():
+            with gr.Column():
+                # a File, not an Image: Gradio's Image decodes uploads itself and turns a corrupt file into an
+                # opaque "could not preprocess" error; read_upload gives the reason in the page instead
+                image = gr.File(label="Input image (LQ): upload", file_types=["image"], type="filepath",
+                                elem_id="input-file")
+                preview = gr.Image(label="Input", type="filepath", interactive=False, elem_id="input-preview",
+                                   height=256)
+                with gr.Row():
+                    example = gr.Dropdown(example_names(), value="astronaut", label="Example photograph")
+                    degradation = gr.Dropdown([NO_DEGRADATION, *DEGRADATION_FUNCTIONS], value="noisy",
+                                              label="Degrade it with")
+                    example_seed = gr.Number(0, precision=0, label="Degradation seed", minimum=0)
+                use = gr.Button("Use example", elem_id="use-example")
+                restore = gr.Button("Restore", variant="primary", elem_id="restore")
+                with gr.Accordion("Sampling", open=True):
+                    gr.Markdown("Steps, scheduler, strength and seed apply to models trained with the diffusion "
+                                "objective; a one-step model (such as the shipped tiny restorer) restores in one "
+                                "UNet call and ignores them.")
+                    steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+                    scheduler = gr.Dropdown(list(SCHEDULERS), value="ddim", label="Scheduler")
+                    guidance = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance scale (1 = off)")
+                    strength = gr.Slider(0.05, 1.0, value=0.4, step=0.05,
+                                         label="Strength (< 1 starts from the noised LQ)")
+                    seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                    tile = gr.Dropdown(["auto", "off", "64", "128", "256", "512", "768"], value="auto",
+                                       allow_custom_value=True, label="Tile size (px)")
+            with gr.Column():
+                probs = gr.Label(num_top_classes=len(settings.degradations or DEGRADATION_FUNCTIONS),
+                                 label="DA-CLIP: predicted degradation", elem_id="probabilities")
+                compare = gr.ImageSlider(label="Before / after", type="filepath", elem_id="compare")
+                download = gr.File(label="Restored image (PNG)", elem_id="download")
+                with gr.Accordion("Details (JSON)", open=False):
+                    details = gr.Code(language="json", label="details", elem_id="details")
+        use.click(use_example, [example, degradation, example_seed], image, api_name="example")
+        image.change(show, image, preview, api_name=False)
+        restore.click(run, [image, steps, scheduler, guidance, strength, seed, tile],
+                      [probs, compare, download, details], api_name=API_NAME, concurrency_limit=1)
+        app.load(session.status, None, status, api_name=False)
+    return app
+
+
+def launch(settings: AppSettings, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           block: bool = True) -> Any:
+    """Build and serve the page (``share``: Gradio's public tunnel, off by default)."""
+    app = build_app(settings)
+    app.queue(default_concurrency_limit=1)
+    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+               show_error=True, quiet=not block, theme=local_theme())
+    return app
+
+
+def local_theme() -> Any:
+    """Gradio's default theme with system fonts: the page fetches nothing from outside the server."""
+    import gradio as gr
+
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "Consolas", "monospace"])

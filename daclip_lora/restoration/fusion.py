@@ -1,0 +1,130 @@
+"""The optional fusion head: a degradation-aware global blend of the LQ image and the decoded latents.
+
+The VAE cannot reproduce an image better than its own reconstruction error, so decoding alone caps the output
+below mildly degraded inputs. The head adds to the LQ image the latent's correction ``D(z) - D(z_LQ)`` (decoded
+restored latent minus decoded LQ latent), the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ itself,
+each with its own weight, then applies a per-channel affine colour correction; weights and correction come from
+DA-CLIP's degradation and content embeddings and the LQ's colour statistics. It starts as the identity
+(output = LQ) and is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+import torch
+import torch.nn as nn
+
+from .._utils.image_metrics import mse_to_psnr
+
+__all__ = ["FusionHead", "fit_fusion_head"]
+
+
+class FusionHead(nn.Module):
+    """Degradation-aware output fusion: ``a * (c1 LQ + c2 D(z) + c3 D(z_LQ)) + b`` per image.
+
+    The blend and the per-channel affine ``(a, b)`` are predicted from DA-CLIP's content and degradation
+    embeddings and the LQ image's per-channel mean and standard deviation. The network predicts the blend in
+    residual coordinates, ``LQ + w1 (D(z) - D(z_LQ)) + w2 (D(z_LQ) - LQ) + w3 LQ``, i.e.
+    ``(c1, c2, c3) = (1 - w2 + w3, w1, w2 - w1)``: the same family of blends, but the fit (Adam, per
+    coordinate) reaches "add the latent's correction" (``w1``) directly. In the plain ``(c1, c2, c3)``
+    coordinates it settled on smoothing blends and left the correction unused where it helps (raindrops:
+    +1.0 dB from the correction alone, the head below the input). The last layer starts at zero, where
+    ``(w, a, b) = (0, 1, 0)``: the output is the LQ image.
+    """
+
+    #: version of the blend's coordinates in saved weights (extras key ``fusion.coordinates``); folders saved
+    #: before it existed hold plain ``(c1 - 1, c2, c3)`` outputs and are converted exactly on load
+    COORDINATES = 2
+
+    def __init__(self, embed_dim: int, hidden: int = 64, channels: int = 3):
+        super().__init__()
+        self.channels = channels
+        self.norm = nn.LayerNorm(2 * embed_dim)
+        self.fc1 = nn.Linear(2 * embed_dim + 2 * channels, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, 3 + 2 * channels)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+        # set by fit_fusion_head (and saved); until then the pipeline decodes without the head (training-time
+        # validation). A Python flag, not a buffer: reading it never syncs a device
+        self.fitted = False
+
+    def coefficients(self, lq: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor) -> torch.Tensor:
+        """``(B, 3 + 2C)``: blend weights, colour scales and offsets (at their identity values when untrained)."""
+        p = self.fc1.weight
+        stats = torch.cat([lq.mean((2, 3)), lq.std((2, 3))], dim=1).to(p.dtype)
+        emb = self.norm(torch.cat([image_emb, degra_emb], dim=1).to(p.dtype))
+        h = self.fc2(self.act(self.fc1(torch.cat([emb, stats], dim=1))))
+        w1, w2, w3 = h[:, 0:1], h[:, 1:2], h[:, 2:3]
+        blend = torch.cat([1 + w3 - w2, w1, w2 - w1], dim=1)
+        return torch.cat([blend, 1 + h[:, 3:3 + self.channels], h[:, 3 + self.channels:]], dim=1)
+
+    @staticmethod
+    def legacy_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Convert a state dict saved with plain blend outputs ``(c1 - 1, c2, c3)`` to residual coordinates
+        (exact: ``w1 = c2, w2 = c2 + c3, w3 = c1 + c2 + c3 - 1`` on ``fc2``'s first three rows)."""
+        out = dict(state)
+        for key in ("fc2.weight", "fc2.bias"):
+            v = state[key].clone()
+            r1, r2, r3 = state[key][0], state[key][1], state[key][2]
+            v[0], v[1], v[2] = r2, r2 + r3, r1 + r2 + r3
+            out[key] = v
+        return out
+
+    def forward(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor, image_emb: torch.Tensor,
+                degra_emb: torch.Tensor) -> torch.Tensor:
+        k = self.coefficients(lq, image_emb, degra_emb).float().view(lq.shape[0], -1, 1, 1)
+        c = self.channels
+        mixed = k[:, 0:1] * lq + k[:, 1:2] * decoded + k[:, 2:3] * decoded_lq
+        return k[:, 3:3 + c] * mixed + k[:, 3 + c:]
+
+
+def fit_fusion_head(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor,
+                    gt: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor, steps: int = 400,
+                    lr: float = 3e-3, batch: int = 128, seed: int = 0) -> Dict[str, float]:
+    """Fit ``head`` on training images (tensors ``(N, 3, H, W)`` in [0, 1] and ``(N, E)`` embeddings).
+
+    Loss: mean over images of ``log(MSE)`` (maximises mean PSNR). Deterministic for a given ``seed``.
+    Returns the training set's mean PSNR of the LQ, of ``LQ + D(z) - D(z_LQ)`` and of the head's output.
+    """
+    n = lq.shape[0]
+    if n == 0:
+        raise ValueError("fit_fusion_head needs at least one training image")
+    device = next(head.parameters()).device
+    head.requires_grad_(True).train()
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+
+    def log_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.log((out.float() - target.float()).pow(2).mean((1, 2, 3)) + 1e-8)
+
+    def take(idx: torch.Tensor):
+        return [t[idx].to(device, torch.float32) for t in (lq, decoded, decoded_lq, gt, image_emb, degra_emb)]
+
+    for step in range(steps):
+        idx = torch.randperm(n, generator=gen)[:batch]
+        x, d, dl, y, ie, de = take(idx)
+        for group in opt.param_groups:  # cosine decay
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = log_mse(head(x, d, dl, ie, de), y).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    head.requires_grad_(False).eval()
+    head.fitted = True
+
+    def psnr(log_mses: torch.Tensor) -> float:  # mean per-image PSNR
+        return sum(mse_to_psnr(m) for m in log_mses.exp().tolist()) / len(log_mses)
+
+    with torch.no_grad():
+        lq_l, res_l, out_l = [], [], []
+        for i in range(0, n, batch):
+            x, d, dl, y, ie, de = take(torch.arange(i, min(n, i + batch)))
+            lq_l.append(log_mse(x, y))
+            res_l.append(log_mse((x + d - dl).clamp(0, 1), y))
+            out_l.append(log_mse(head(x, d, dl, ie, de).clamp(0, 1), y))
+    return {"psnr_lq": psnr(torch.cat(lq_l)), "psnr_residual": psnr(torch.cat(res_l)),
+            "psnr_fused": psnr(torch.cat(out_l))}
+

@@ -1,0 +1,53 @@
+"""LoRA on the Stable Diffusion UNet and text encoder (peft), with the backbone's default targets."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Union
+
+import torch.nn as nn
+
+from .._utils.lora import LoraSpec, inject_lora
+from .backbone import SDBackbone
+from .model import LQConvIn
+
+__all__ = ["TEXT_ENCODER_LORA_TARGETS", "UNET_LORA_TARGETS", "add_text_encoder_lora", "add_unet_lora", "lora_spec"]
+
+UNET_LORA_TARGETS = SDBackbone.unet_lora_targets
+TEXT_ENCODER_LORA_TARGETS = SDBackbone.text_encoder_lora_targets
+
+
+def lora_spec(options: Any) -> Dict[str, Any]:
+    """The LoRA settings of a :class:`~daclip_lora._utils.lora.LoraSpec` (or mapping), as stored in restoration.json."""
+    return LoraSpec.coerce(options).to_dict()
+
+
+def add_unet_lora(unet: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], config: Any = None) -> None:
+    """Freeze the UNet and add a LoRA adapter (peft) on the attention projections.
+
+    ``config`` (a peft ``LoraConfig``, e.g. read from a saved file's metadata) takes precedence over ``spec``.
+    """
+    unet.requires_grad_(False)
+    if config is None:
+        spec = LoraSpec.coerce(spec, "sd.lora").validate("sd.lora", allow_blocks=False)
+        config = spec.peft_config(spec.targets or UNET_LORA_TARGETS)
+    try:
+        inject_lora(unet, config)
+    except ValueError as e:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in unet.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"UNet LoRA targets {list(config.target_modules)} match no module ({e}); "
+                         f"linear layer names in this UNet include: {', '.join(names[:12])}") from None
+    if isinstance(unet.conv_in, LQConvIn):  # the new LQ channels are trained, the base conv_in is not
+        unet.conv_in.lq.requires_grad_(True)
+
+
+def add_text_encoder_lora(text_encoder: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None]) -> None:
+    """Freeze the text encoder and add a LoRA adapter on its attention projections (or ``spec.targets``)."""
+    text_encoder.requires_grad_(False)
+    spec = LoraSpec.coerce(spec, "sd.text_encoder_lora").validate("sd.text_encoder_lora", allow_blocks=False)
+    config = spec.peft_config(spec.targets or TEXT_ENCODER_LORA_TARGETS)
+    try:
+        inject_lora(text_encoder, config)
+    except ValueError as e:
+        raise ValueError(f"text-encoder LoRA targets {list(config.target_modules)} match no module ({e}); CLIP "
+                         f"text encoders name them q_proj, k_proj, v_proj, out_proj, fc1, fc2") from None
+

@@ -1,0 +1,270 @@
+"""Degradation-aware conditioning of a Stable Diffusion UNet on DA-CLIP and on the LQ image.
+
+* **DA-CLIP tokens.** A small projector maps DA-CLIP's content embedding and degradation embedding to
+  ``num_tokens`` tokens each of the UNet's ``cross_attention_dim``. They are *added* to the last
+  ``K = num_tokens x (#embeddings)`` positions of the text encoder's 77 hidden states (the padding slots
+  of SD's fixed-length prompt; prompts are truncated to leave them free), and the projector's last layer
+  starts at zero. Appending K new tokens instead would change every cross-attention softmax even when
+  they are zero (zero keys still take attention mass), so step 0 would differ from the base model; the
+  residual on reserved slots makes step 0 *exactly* the base model and keeps SD's sequence length, so
+  the UNet, its LoRA file and diffusers' stock attention processors are unchanged.
+* **LQ latent.** ``conv_in`` is widened from 4 to 8 input channels: the LQ image's VAE latent is
+  concatenated to the noisy latent, and the new channels' weights start at zero.
+* **LoRA** (peft, through diffusers) on the UNet's attention projections (or ``sd.lora.targets``); only
+  LoRA, the projector and the new ``conv_in`` channels are trained.
+* **Objective.** ``diffusion``: the UNet is trained as a conditional denoiser and sampled (steps,
+  strength). ``one_step``: the UNet maps the LQ latent, read as ``x_t = sqrt(abar_t) z_LQ`` at a fixed small
+  ``t``, to the restored latent in one call (x0 from its prediction), as one-step SD restorers do
+  (OSEDiff, Wu et al. 2024); trained on a per-image log-MSE, i.e. on mean PSNR, not on total squared error
+  (which lets the large errors of hazy or low-light images drown out JPEG or blur).
+* **Fusion head** (optional, :class:`FusionHead`). The VAE cannot reproduce an image better than its own
+  reconstruction error, so decoding alone caps the output below mildly degraded inputs. The head adds to
+  the LQ image the latent's correction ``D(z) - D(z_LQ)`` (decoded restored latent minus decoded LQ latent),
+  the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ itself, each with its own weight, then applies
+  a per-channel affine colour correction; weights and correction come from DA-CLIP's degradation and content
+  embeddings and the LQ's colour statistics. It starts as the identity (output = LQ) and is fitted after the
+  LoRA, on the training images' decodes (:func:`fit_fusion_head`).
+
+Saving and loading: :mod:`daclip_lora.restoration.serialization`; LoRA: :mod:`daclip_lora.restoration.lora`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from .fusion import FusionHead
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ContextProjector", "DaclipConditioner", "LQConvIn", "RestorationConfig", "RestorationUNet"]
+
+
+@dataclass
+class RestorationConfig:
+    """Everything needed to rebuild the restoration model on top of its base models."""
+
+    base: str
+    daclip_model: str
+    daclip_pretrained: Optional[str] = None
+    daclip_adapter: Optional[str] = None
+    embed_dim: int = 512
+    cross_attention_dim: int = 768
+    num_tokens: int = 4
+    image_context: bool = True
+    degra_context: bool = True
+    lq_latent: bool = True
+    prompt: str = ""
+    latent_channels: int = 4
+    prediction_type: str = "epsilon"
+    objective: str = "diffusion"  # or "one_step" (see the module docstring)
+    one_step_t: int = 50
+    fusion: bool = False
+    lora: Dict[str, Any] = field(default_factory=dict)
+    text_encoder_lora: Optional[Dict[str, Any]] = None
+
+    @property
+    def context_slots(self) -> int:
+        return self.num_tokens * (int(self.image_context) + int(self.degra_context))
+
+
+class ContextProjector(nn.Module):
+    """DA-CLIP embedding -> ``num_tokens`` context residuals; the output layer starts at zero."""
+
+    def __init__(self, embed_dim: int, cross_attention_dim: int, num_tokens: int):
+        super().__init__()
+        self.num_tokens, self.dim = num_tokens, cross_attention_dim
+        self.norm = nn.LayerNorm(embed_dim)
+        self.fc1 = nn.Linear(embed_dim, cross_attention_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(cross_attention_dim, num_tokens * cross_attention_dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        x = self.fc2(self.act(self.fc1(self.norm(embedding))))
+        return x.view(embedding.shape[0], self.num_tokens, self.dim)
+
+
+class DaclipConditioner(nn.Module):
+    """Adds projected DA-CLIP tokens to the last slots of the text context."""
+
+    def __init__(self, config: RestorationConfig):
+        super().__init__()
+        self.projectors = nn.ModuleDict()
+        if config.image_context:
+            self.projectors["image"] = ContextProjector(config.embed_dim, config.cross_attention_dim,
+                                                        config.num_tokens)
+        if config.degra_context:
+            self.projectors["degra"] = ContextProjector(config.embed_dim, config.cross_attention_dim,
+                                                        config.num_tokens)
+
+    def forward(self, text_hidden: torch.Tensor, image_emb: Optional[torch.Tensor],
+                degra_emb: Optional[torch.Tensor], keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not len(self.projectors):
+            return text_hidden
+        parts = []
+        if "image" in self.projectors:
+            parts.append(self.projectors["image"](image_emb.to(text_hidden.dtype)))
+        if "degra" in self.projectors:
+            parts.append(self.projectors["degra"](degra_emb.to(text_hidden.dtype)))
+        tokens = torch.cat(parts, dim=1)
+        if keep is not None:  # condition dropout: per-sample 0/1
+            tokens = tokens * keep.to(tokens.dtype).view(-1, 1, 1)
+        k = tokens.shape[1]
+        return torch.cat([text_hidden[:, :-k], text_hidden[:, -k:] + tokens], dim=1)
+
+
+
+class LQConvIn(nn.Module):
+    """``conv_in`` widened to take ``[noisy latent, LQ latent]``: base conv + zero-initialised LQ conv."""
+
+    def __init__(self, conv_in: nn.Conv2d, extra_channels: int):
+        super().__init__()
+        self.base = conv_in
+        self.base_channels = conv_in.in_channels
+        self.lq = nn.Conv2d(extra_channels, conv_in.out_channels, conv_in.kernel_size, conv_in.stride,
+                            conv_in.padding, bias=False)
+        nn.init.zeros_(self.lq.weight)
+        # diffusers reads conv_in.in_channels / weight.dtype in places
+        self.in_channels = self.base_channels + extra_channels
+        self.out_channels = conv_in.out_channels
+
+    @property
+    def weight(self) -> torch.Tensor:  # the equivalent widened conv weight
+        return torch.cat([self.base.weight, self.lq.weight.to(self.base.weight.dtype)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.base_channels
+        return self.base(x[:, :c]) + self.lq(x[:, c:].to(self.lq.weight.dtype)).to(x.dtype)
+
+    def fused(self) -> nn.Conv2d:
+        """One plain ``Conv2d`` over all input channels, equivalent to this module (for inference)."""
+        b = self.base
+        conv = nn.Conv2d(self.in_channels, self.out_channels, b.kernel_size, b.stride, b.padding,
+                         bias=b.bias is not None).to(b.weight.device, b.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.weight)
+            if b.bias is not None:
+                conv.bias.copy_(b.bias)
+        return conv.requires_grad_(False)
+
+
+class RestorationUNet(nn.Module):
+    """The trainable restoration model: SD UNet (+LoRA) with DA-CLIP tokens and the LQ latent."""
+
+    def __init__(self, unet: nn.Module, config: RestorationConfig):
+        super().__init__()
+        self.config = config
+        if unet.config.cross_attention_dim != config.cross_attention_dim:
+            raise ValueError(f"UNet cross_attention_dim {unet.config.cross_attention_dim} != "
+                             f"{config.cross_attention_dim} expected by the conditioning")
+        if config.objective not in ("diffusion", "one_step"):
+            raise ValueError(f"restoration objective must be 'diffusion' or 'one_step', got {config.objective!r}")
+        self.unet = unet
+        self.conditioner = DaclipConditioner(config)
+        # fitted after the LoRA, never by the training loop's optimiser
+        self.fusion = FusionHead(config.embed_dim).requires_grad_(False) if config.fusion else None
+        if config.lq_latent:
+            unet.conv_in = LQConvIn(unet.conv_in, config.latent_channels)
+
+    def context(self, text_hidden, image_emb=None, degra_emb=None, keep_daclip=None) -> torch.Tensor:
+        return self.conditioner(text_hidden, image_emb, degra_emb, keep_daclip)
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                lq_latents: Optional[torch.Tensor] = None, keep_lq: Optional[torch.Tensor] = None,
+                **unet_kwargs: Any) -> torch.Tensor:
+        """The one UNet call of training, validation and inference.
+
+        Args:
+            noisy: ``(B, C, h, w)`` noisy latents (already scaled by the scheduler for inference).
+            timesteps: ``(B,)`` on the latents' device.
+            context: ``(B, 77, D)`` from :meth:`context`.
+            lq_latents: ``(B, C, h, w)`` VAE latents of the LQ image (required when ``config.lq_latent``).
+            keep_lq: per-sample 0/1 (condition dropout of the LQ latent during training).
+            **unet_kwargs: the backbone's extra UNet arguments (none for SD 1.x/2.x).
+
+        Returns:
+            the UNet's prediction (of the scheduler's ``prediction_type``), shaped like ``noisy``.
+        """
+        if self.config.lq_latent:
+            if lq_latents is None:
+                raise ValueError("this restoration model conditions on the LQ latent (lq_latent: true): pass "
+                                 "lq_latents")
+            if keep_lq is not None:
+                lq_latents = lq_latents * keep_lq.to(lq_latents.dtype).view(-1, 1, 1, 1)
+            noisy = torch.cat([noisy, lq_latents.to(noisy.dtype)], dim=1)
+        return self.unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False, **unet_kwargs)[0]
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_hidden: torch.Tensor,
+                image_emb: Optional[torch.Tensor] = None, degra_emb: Optional[torch.Tensor] = None,
+                lq_latents: Optional[torch.Tensor] = None, keep_daclip: Optional[torch.Tensor] = None,
+                keep_lq: Optional[torch.Tensor] = None, **unet_kwargs: Any) -> torch.Tensor:
+        """Training entry point (one call, DDP-friendly): context from the embeddings, then :meth:`denoise`."""
+        context = self.context(text_hidden, image_emb, degra_emb, keep_daclip)
+        return self.denoise(noisy, timesteps, context, lq_latents, keep_lq, **unet_kwargs)
+
+    def extras_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Projector, fusion head and widened ``conv_in`` weights (full weight and bias, as a plain conv has)."""
+        out = {f"conditioner.{k}": v for k, v in self.conditioner.state_dict().items()}
+        if self.fusion is not None:
+            out.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
+        if self.config.lq_latent:
+            conv = self.unet.conv_in
+            out["conv_in.weight"] = conv.weight.detach()
+            if conv.base.bias is not None:
+                out["conv_in.bias"] = conv.base.bias.detach()
+        return out
+
+    def fusion_state(self) -> Optional[Dict[str, Any]]:
+        """The fusion head's metadata as ``restoration.json`` stores it (``None`` without a head)."""
+        if self.fusion is None:
+            return None
+        return {"fitted": bool(self.fusion.fitted), "coordinates": FusionHead.COORDINATES}
+
+    def load_extras(self, state: Dict[str, torch.Tensor], fusion_state: Optional[Dict[str, Any]] = None) -> None:
+        """Load :meth:`extras_state_dict` weights; ``fusion_state`` is :meth:`fusion_state` as saved (``None``:
+        a format-1 folder, whose ``fusion.fitted``/``fusion.coordinates`` tensors are read instead)."""
+        cond = {k[len("conditioner."):]: v for k, v in state.items() if k.startswith("conditioner.")}
+        missing, unexpected = self.conditioner.load_state_dict(cond, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"restoration extras do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        if self.fusion is not None:
+            self._load_fusion({k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")},
+                              fusion_state)
+        if self.config.lq_latent:
+            self._load_conv_in(state)
+
+    def _load_fusion(self, weights: Dict[str, torch.Tensor], meta: Optional[Dict[str, Any]]) -> None:
+        if not weights:
+            raise ValueError("restoration.json has fusion: true but the extras hold no fusion head weights "
+                             "(fusion.*); re-save the folder with the trainer that wrote it")
+        if meta is None:  # format 1: metadata as float tensors among the weights
+            meta = {"fitted": bool(weights.pop("fitted", torch.tensor(1.0)).item() > 0),
+                    "coordinates": int(weights.pop("coordinates", torch.tensor(1.0)).item())}
+        coordinates = int(meta.get("coordinates", 1))
+        if coordinates > FusionHead.COORDINATES:
+            raise ValueError(f"the fusion head was saved with blend coordinates v{coordinates}; this "
+                             f"daclip_lora reads up to v{FusionHead.COORDINATES}: upgrade daclip_lora")
+        if coordinates == 1:
+            weights = FusionHead.legacy_state(weights)
+        self.fusion.load_state_dict(weights)
+        self.fusion.fitted = bool(meta.get("fitted", True))
+
+    def _load_conv_in(self, state: Dict[str, torch.Tensor]) -> None:
+        if "conv_in.weight" not in state:
+            raise ValueError("restoration extras lack conv_in.weight (was the model trained without lq_latent?)")
+        conv = self.unet.conv_in
+        w = state["conv_in.weight"]
+        if w.shape[1] != conv.in_channels or w.shape[0] != conv.out_channels:
+            raise ValueError(f"conv_in.weight is {tuple(w.shape)}, the model needs "
+                             f"({conv.out_channels}, {conv.in_channels}, ...)")
+        with torch.no_grad():
+            conv.base.weight.copy_(w[:, :conv.base_channels])
+            conv.lq.weight.copy_(w[:, conv.base_channels:])
+            if "conv_in.bias" in state and conv.base.bias is not None:
+                conv.base.bias.copy_(state["conv_in.bias"])

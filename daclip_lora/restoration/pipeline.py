@@ -1,0 +1,329 @@
+"""Restoration inference: SD base + our LoRA/extras + DA-CLIP, with diffusers schedulers.
+
+Images of any size are padded (reflect) to a multiple of the VAE factor and restored; images larger
+than the tile size are restored with tiled latent diffusion (Gaussian-blended UNet predictions at every
+step) and a tiled VAE (:mod:`daclip_lora.restoration.tiling`), so memory is bounded by the tile size. Every tensor is
+created on the pipeline's device; the UNet and DA-CLIP run under autocast when ``precision`` is bf16/fp16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .backbone import SDBackbone, SDComponents, backbone_for, encode_prompt, load_sd_components
+from .diffusion import one_step_input, predicted_x0
+from .model import LQConvIn, RestorationConfig, RestorationUNet
+from .serialization import load_restoration, read_restoration_config
+from ..data.datasets import clip_batch
+from .schedulers import SCHEDULER_ALIASES, SCHEDULERS, make_scheduler
+from .tiling import tiled_map
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RestorationPipeline", "SDComponents", "load_sd_components", "make_scheduler", "encode_prompt",
+           "SCHEDULERS", "SCHEDULER_ALIASES", "PRECISIONS", "FolderReport"]
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class FolderReport:
+    """What :meth:`RestorationPipeline.restore_folder` did: written files, and every input it did not restore."""
+
+    written: List[Path] = field(default_factory=list)
+    failed: List[Tuple[Path, str]] = field(default_factory=list)
+    skipped: List[Path] = field(default_factory=list)  # not image files
+
+
+class RestorationPipeline:
+    """LQ images in, restored images out.
+
+    Args:
+        sd: the base model (a :class:`~daclip_lora.restoration.backbone.SDBackbone` or loaded components).
+        model: the :class:`RestorationUNet` (with LoRA, projector and widened ``conv_in``).
+        daclip: the frozen DA-CLIP (with its controller adapter merged in, if any).
+        precision: ``fp32``, ``bf16`` or ``fp16``: autocast dtype of the UNet and DA-CLIP (the VAE stays fp32).
+    """
+
+    def __init__(self, sd: Union[SDBackbone, SDComponents], model: RestorationUNet, daclip: nn.Module,
+                 precision: str = "fp32"):
+        self.backbone = sd if isinstance(sd, SDBackbone) else backbone_for(sd)
+        self.model, self.daclip = model, daclip
+        self.config: RestorationConfig = model.config
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+
+    @property
+    def sd(self) -> SDComponents:
+        return self.backbone.components
+
+    @property
+    def vae_factor(self) -> int:
+        return self.backbone.vae_factor
+
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, Path], base: Optional[str] = None,
+                        daclip_pretrained: Optional[str] = None, merge_lora: bool = True,
+                        device: Optional[Union[str, torch.device]] = None, precision: str = "fp32",
+                        ) -> "RestorationPipeline":
+        """Rebuild from a saved restoration folder (``restoration.json`` says which base models).
+
+        Args:
+            folder: what a restoration run wrote (``experiments/<name>/models/restoration``).
+            base, daclip_pretrained: override the base SD folder / DA-CLIP checkpoint recorded in the folder.
+            merge_lora: bake LoRA into the UNet and fuse the widened ``conv_in`` (faster, same outputs).
+            device: where to run (``None``: CUDA if available, else the CPU).
+            precision: autocast dtype (``fp32``, ``bf16``, ``fp16``).
+        """
+        from ..clip.factory import load_daclip
+
+        config = read_restoration_config(folder)
+        backbone = SDBackbone.load(base or config.base)
+        model = RestorationUNet(backbone.unet, config)
+        load_restoration(model, folder, text_encoder=backbone.text_encoder)
+        daclip = load_daclip(config.daclip_model, daclip_pretrained or config.daclip_pretrained,
+                             config.daclip_adapter)
+        pipe = cls(backbone, model, daclip.eval().requires_grad_(False), precision=precision)
+        if merge_lora:
+            pipe.merge_lora()
+        return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def to(self, device: Union[str, torch.device]) -> "RestorationPipeline":
+        for m in (self.backbone.text_encoder, self.backbone.vae, self.model, self.daclip):
+            m.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def merge_lora(self) -> None:
+        """Bake LoRA into the UNet (and text encoder) and fuse the widened ``conv_in``: faster, same outputs."""
+        from .._utils.lora import unload_lora
+
+        unload_lora(self.model.unet, merge=True)
+        if isinstance(self.model.unet.conv_in, LQConvIn):
+            self.model.unet.conv_in = self.model.unet.conv_in.fused()
+        if getattr(self.backbone.text_encoder, "peft_config", None):
+            unload_lora(self.backbone.text_encoder, merge=True)
+
+    # --------------------------------------------------------------------------- helpers
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32" or self.device.type == "meta":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    @torch.no_grad()
+    def encode_latents(self, images: torch.Tensor, tile: Optional[int] = None, overlap: int = 0) -> torch.Tensor:
+        """VAE latents (posterior mean, scaled) of images in ``[0, 1]``."""
+        return self.backbone.encode_latents(images, tile, overlap)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, tile: Optional[int] = None, overlap: int = 0) -> torch.Tensor:
+        return self.backbone.decode_latents(latents, tile, overlap)
+
+    @torch.no_grad()
+    def daclip_embeddings(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """DA-CLIP ``(content, degradation)`` embeddings of whole images in ``[0, 1]`` (on the device)."""
+        p = next(self.daclip.parameters())
+        clip = clip_batch(images.to(p.device), self.daclip.image_size)
+        return self.daclip.encode_image(clip.to(p.dtype), control=True)
+
+    @torch.no_grad()
+    def text_hidden(self, prompt: str, batch: int) -> torch.Tensor:
+        hidden = self.backbone.encode_prompt([prompt], self.config.context_slots)
+        return hidden.expand(batch, -1, -1)
+
+    def tile_for(self, height: int, width: int, tile_size: Optional[int]) -> Optional[int]:
+        """The pixel tile side for an image (``None``: restore whole). ``tile_size`` ``None`` is automatic:
+        tiles of the base's native resolution for images larger than it; ``0`` never tiles."""
+        if tile_size is not None and tile_size < 0:
+            raise ValueError(f"tile_size must be >= 0 (0 disables tiling), got {tile_size}")
+        tile = self.backbone.native_resolution if tile_size is None else int(tile_size)
+        if tile == 0 or max(height, width) <= tile:
+            return None
+        f = self.vae_factor
+        if tile < 2 * f:
+            raise ValueError(f"tile_size {tile} is too small: use at least {2 * f} pixels (twice the VAE factor)")
+        return tile // f * f
+
+    # ---------------------------------------------------------------------------- sample
+    @torch.no_grad()
+    def __call__(self, lq: torch.Tensor, steps: int = 50, scheduler: str = "ddim", guidance_scale: float = 1.0,
+                 strength: float = 1.0, seed: int = 0, prompt: Optional[str] = None,
+                 tile_size: Optional[int] = None, tile_overlap: Optional[int] = None,
+                 callback: Optional[Callable[[int, int], None]] = None, progress: bool = False) -> torch.Tensor:
+        """Restore ``lq`` (``(B, 3, H, W)`` in ``[0, 1]``, any size); returns the same shape in ``[0, 1]``,
+        as fp32 on ``lq``'s device.
+
+        A ``one_step`` model (``config.objective``) restores in one UNet call: ``steps``, ``scheduler``,
+        ``strength`` and ``seed`` do not apply to it. A model with a fusion head blends its decoded output with
+        the LQ image (see :class:`~daclip_lora.restoration.model.FusionHead`).
+
+        Args:
+            steps: sampling steps. scheduler: ``ddim``, ``dpm++`` or ``euler`` (or an alias such as ``dpmpp_2m``).
+            guidance_scale: > 1 enables classifier-free guidance against "no DA-CLIP tokens, empty prompt".
+            strength: < 1 starts from the LQ latent noised to that level (fewer effective steps).
+            seed: the sampling noise seed: each image gets the same noise on any device, whatever it is batched
+                with.
+            prompt: overrides the prompt the model was trained with.
+            tile_size, tile_overlap: tiled restoration in pixels (``None``: automatic above the base's native
+                size, overlap a quarter of the tile; ``0``: never tile).
+            callback: called as ``callback(step, total)`` after every denoising step.
+            progress: show a tqdm bar over the denoising steps.
+        """
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if lq.ndim != 4 or lq.shape[1] != 3:
+            raise ValueError(f"lq must be (B, 3, H, W) in [0, 1], got shape {tuple(lq.shape)}")
+        device, f = self.device, self.vae_factor
+        b, _, h, w = lq.shape
+        ph, pw = (-h) % f, (-w) % f
+        x = lq.to(device, torch.float32)
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        tile = self.tile_for(x.shape[2], x.shape[3], tile_size)
+        overlap = (tile // 4 if tile_overlap is None else int(tile_overlap)) if tile else 0
+        if tile and not 0 <= overlap < tile:
+            raise ValueError(f"tile_overlap must be in [0, tile_size {tile}), got {overlap}")
+        z_lq = self.encode_latents(x, tile, overlap)
+        with self._autocast():
+            image_emb, degra_emb = self.daclip_embeddings(x)
+            text = self.text_hidden(self.config.prompt if prompt is None else prompt, b)
+            cond = self.model.context(text, image_emb, degra_emb)
+            uncond = self.model.context(self.text_hidden("", b), image_emb, degra_emb,
+                                        keep_daclip=torch.zeros(b, device=device)) if guidance_scale > 1 else None
+        one_step = self.config.objective == "one_step"
+        c = z_lq.shape[1]
+        unet_kwargs = self.backbone.unet_kwargs(b, device)
+        latent_tile, latent_overlap = (tile // f, overlap // f) if tile else (0, 0)
+
+        def predict(model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            k = model_in.shape[0] // b  # tile positions stacked in this call
+            tt = t.to(device).expand(model_in.shape[0])
+            noisy, lq_in = model_in[:, :c], (model_in[:, c:] if self.config.lq_latent else None)
+            ctx = cond.repeat(k, 1, 1)
+            if uncond is None:
+                return self.model.denoise(noisy, tt, ctx, lq_in, **unet_kwargs)
+            both = self.model.denoise(torch.cat([noisy, noisy]), torch.cat([tt, tt]),
+                                      torch.cat([uncond.repeat(k, 1, 1), ctx]),
+                                      None if lq_in is None else torch.cat([lq_in, lq_in]), **unet_kwargs)
+            u, cnd = both.float().chunk(2)
+            return u + guidance_scale * (cnd - u)
+
+        def run(model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                if latent_tile:
+                    return tiled_map(lambda m: predict(m, t), model_in, latent_tile, latent_overlap)
+                return predict(model_in, t)
+
+        if one_step:  # the LQ latent read as x_t at one_step_t, mapped to x0 in one UNet call
+            train_sched = self.backbone.scheduler
+            t = torch.tensor(self.config.one_step_t)
+            noisy = one_step_input(train_sched, z_lq, t)
+            model_in = torch.cat([noisy, z_lq.to(noisy.dtype)], dim=1) if self.config.lq_latent else noisy
+            pred = run(model_in, t)
+            latents = predicted_x0(train_sched, pred, noisy, t.to(device).expand(b))
+            if callback is not None:
+                callback(1, 1)
+        else:
+            latents = self._sample(z_lq, run, scheduler, steps, strength, seed, callback, progress)
+        out = self.decode_latents(latents, tile, overlap)
+        if self.model.fusion is not None and self.model.fusion.fitted:
+            decoded_lq = self.decode_latents(z_lq, tile, overlap)
+            out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
+        return out[:, :, :h, :w].to(lq.device, torch.float32)
+
+    def _sample(self, z_lq: torch.Tensor, run: Callable, scheduler: str, steps: int, strength: float, seed: int,
+                callback: Optional[Callable[[int, int], None]], progress: bool) -> torch.Tensor:
+        """The diffusion objective's sampling loop: from noise (or the noised LQ latent when strength < 1)."""
+        device, b = z_lq.device, z_lq.shape[0]
+        sched = make_scheduler(scheduler, self.backbone.scheduler)
+        sched.set_timesteps(steps)  # timesteps stay on the CPU: schedulers index their tables with them
+        timesteps = sched.timesteps
+        # every image gets the noise of `seed`, as if restored alone: results do not depend on the batching
+        noise = torch.randn(z_lq.shape[1:], generator=torch.Generator().manual_seed(seed)).to(device)
+        noise = noise.expand(b, *noise.shape).contiguous()
+        if strength < 1:
+            start = steps - max(1, int(round(steps * strength)))
+            timesteps = timesteps[start * sched.order:]
+            latents = sched.add_noise(z_lq.float(), noise, timesteps[:1].repeat(b))
+        else:
+            latents = noise * sched.init_noise_sigma
+        bar = tqdm(total=len(timesteps), desc="denoise", unit="step", leave=False, disable=not progress)
+        for i, t in enumerate(timesteps):
+            model_in = sched.scale_model_input(latents, t)
+            if self.config.lq_latent:
+                model_in = torch.cat([model_in, z_lq.to(model_in.dtype)], dim=1)
+            pred = run(model_in, t)
+            latents = sched.step(pred.float(), t, latents, return_dict=False)[0]
+            bar.update(1)
+            if callback is not None:
+                callback(i + 1, len(timesteps))
+        bar.close()
+        return latents
+
+    # ----------------------------------------------------------------------------- folders
+    def restore_folder(self, input: Union[str, Path], output: Union[str, Path], batch_size: int = 4,
+                       grid: bool = False, progress: bool = True, **sampling: Any) -> FolderReport:
+        """Restore every image of a folder (or one image file) into ``output``, keeping names and formats.
+
+        Images of the same size are restored together (``batch_size`` at a time). Unreadable images are
+        reported in the returned :class:`FolderReport` (and the log), never skipped silently; so are
+        files that are not images. ``grid`` also writes ``output/grids/<name>.png`` (LQ | restored).
+        ``sampling`` goes to :meth:`__call__` (steps, scheduler, guidance_scale, strength, seed, tile_size, ...).
+        """
+        from ..data.images import ImageError, list_images, read_image, write_image
+
+        input, output = Path(input).expanduser(), Path(output).expanduser()
+        report = FolderReport()
+        if input.is_file():
+            files = [input]
+        else:
+            files, others = list_images(input, strict=False)
+            report.skipped.extend(others)
+            for p in others:
+                logger.warning("not an image file, not restored: %s", p)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        images: Dict[Path, np.ndarray] = {}
+        for p in files:
+            try:
+                images[p] = read_image(p)
+            except (ImageError, OSError) as e:
+                report.failed.append((p, str(e)))
+                logger.error("%s", e)
+        if input.is_dir() and output.resolve() == input.resolve():
+            raise ValueError(f"output folder {output} is the input folder: restored images would overwrite the "
+                             f"inputs; choose another --output")
+        by_size: Dict[Tuple[int, int], List[Path]] = {}
+        for p, im in images.items():
+            by_size.setdefault(im.shape[:2], []).append(p)
+        bar = tqdm(total=len(images), desc="restore", unit="image", disable=not progress)
+        for paths in by_size.values():
+            for i in range(0, len(paths), batch_size):
+                chunk = paths[i:i + batch_size]
+                lq = torch.stack([torch.from_numpy(images[p].transpose(2, 0, 1).copy()) for p in chunk])
+                restored = self(lq, **sampling)
+                for p, r in zip(chunk, restored):
+                    arr = r.permute(1, 2, 0).numpy()
+                    report.written.append(write_image(output / p.name, arr))
+                    if grid:
+                        write_image(output / "grids" / f"{p.stem}.png", np.concatenate([images[p], arr], axis=1))
+                bar.update(len(chunk))
+        bar.close()
+        return report
+

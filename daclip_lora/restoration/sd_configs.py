@@ -1,0 +1,78 @@
+"""The Stable Diffusion architectures the package knows, in one table (diffusers configs): SD 1.5 and 2.1 (for
+counting and benchmarking without weights) and the tiny ones (``tiny``: the random test base of
+:func:`daclip_lora.tiny.sd.build_tiny_sd`; ``tiny_pretrained``: the shipped base of
+:func:`daclip_lora.tiny.recipes.train_tiny_sd`)."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+__all__ = ["SD_SCHEDULER", "TEXT_ENCODER_CONFIGS", "UNET_CONFIGS", "VAE_CONFIGS", "count_restoration_parameters"]
+
+_SD_COMMON = dict(in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32)
+UNET_CONFIGS: Dict[str, dict] = {
+    "sd15": dict(_SD_COMMON, sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+    "sd21": dict(_SD_COMMON, sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                 use_linear_projection=True),
+    "tiny": dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+            norm_num_groups=32),
+    "tiny_pretrained": dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64, 64),
+            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32),
+}
+
+#: AutoencoderKL architectures: SD 1.x/2.x and the tiny ones.
+VAE_CONFIGS: Dict[str, dict] = {
+    "sd": dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=512),
+    "tiny": dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+            block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=64),
+    "tiny_pretrained": dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=16, sample_size=64,
+            mid_block_add_attention=False),
+}
+#: CLIP text encoders of the tiny bases (random and frozen: nothing here can teach language).
+TEXT_ENCODER_CONFIGS: Dict[str, dict] = {
+    "tiny": dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, bos_token_id=49406,
+            eos_token_id=49407, pad_token_id=49407),
+}
+#: SD 1.x's training scheduler (DDPMScheduler config).
+SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    prediction_type="epsilon", clip_sample=False, steps_offset=1)
+
+
+def count_restoration_parameters(name: str, rank: int = 8, embed_dim: int = 512, num_tokens: int = 4) -> Dict[str, int]:
+    """Parameter counts of the restoration model on a real SD UNet, built on the meta device."""
+    from diffusers import UNet2DConditionModel
+
+    from .lora import add_unet_lora
+    from .model import RestorationConfig, RestorationUNet
+
+    if name not in UNET_CONFIGS:
+        raise ValueError(f"unknown UNet config {name!r}; available: {', '.join(UNET_CONFIGS)}")
+    cfg = UNET_CONFIGS[name]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**cfg)
+        unet_params = sum(p.numel() for p in unet.parameters())
+        config = RestorationConfig(base=name, daclip_model="daclip_ViT-B-32", embed_dim=embed_dim,
+                                   cross_attention_dim=cfg["cross_attention_dim"], num_tokens=num_tokens,
+                                   lora={"rank": rank, "alpha": rank})
+        model = RestorationUNet(unet, config)
+        add_unet_lora(model.unet, config.lora)
+    named = dict(model.named_parameters())
+    return {"unet": unet_params,
+            "lora": sum(p.numel() for n, p in named.items() if "lora_" in n),
+            "projector": sum(p.numel() for n, p in named.items() if n.startswith("conditioner.")),
+            "conv_in_new": sum(p.numel() for n, p in named.items() if n == "unet.conv_in.lq.weight")}

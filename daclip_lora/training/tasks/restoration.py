@@ -1,0 +1,385 @@
+"""Degradation-aware SD LoRA for restoration (``task: restoration``): step and batch logic, evaluation.
+
+Frozen: VAE, text encoder, DA-CLIP. Trained: UNet LoRA, the DA-CLIP token projector, the new
+``conv_in`` channels (see :mod:`daclip_lora.restoration.model`).
+
+Caching (``runtime.cache: true``): VAE latents of GT and LQ and the DA-CLIP embeddings are outputs of
+frozen models, so they are computed once before training. Random crops, flips and rotations would make
+every epoch's inputs different, so with caching they are turned off: each training image is centre-
+cropped to ``patch_size`` once (a warning says so). Latents are the posterior *mean* in both modes, so a
+cached and an uncached run see the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ...restoration.backbone import SDBackbone
+from ...restoration.diffusion import alpha_bar, diffusion_loss, diffusion_target, one_step_input, predicted_x0
+from ...restoration.fusion import fit_fusion_head
+from ...restoration.lora import add_unet_lora, lora_spec
+from ...restoration.model import RestorationConfig, RestorationUNet
+from ...restoration.serialization import save_restoration
+from ...data.datasets import RestorationDataset, pair_lqgt, pair_md
+from ...data.images import write_image
+from ..engine import TrainTask, per_sample_generators, per_sample_noise, per_sample_rand, per_sample_randint
+from ...clip.factory import load_daclip
+from ..._utils.image_metrics import image_metrics
+from ...restoration.pipeline import RestorationPipeline
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RestorationTrainer", "evaluate_restoration", "build_restoration_model", "restoration_dataset"]
+
+
+def restoration_dataset(block, distortion, train: bool, crop: str = "random",
+                        clip_size: Union[int, Tuple[int, int]] = 224) -> RestorationDataset:
+    pairs = pair_lqgt(block.dataroot_LQ, block.dataroot_GT) if block.mode == "LQGT" else \
+        pair_md(block.dataroot, block.distortion or distortion) if block.mode == "MD" else None
+    if pairs is None:
+        raise ValueError(f"restoration reads LQGT or MD datasets, got mode {block.mode!r} (datasets.{block.phase})")
+    augment = train and crop == "random"
+    return RestorationDataset(pairs, block.patch_size if train else None, block.use_flip and augment,
+                              block.use_rot and augment, block.small_images, block.on_corrupt, crop=crop,
+                              clip_size=clip_size)
+
+
+def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
+    """The trainable model for ``opt`` on the loaded SD components (LoRA initialised from ``seed``)."""
+    s, c = opt.sd, opt.sd.conditioning
+    if c.num_tokens < 1 and (c.image_context or c.degra_context):
+        raise ValueError(f"sd.conditioning.num_tokens must be at least 1, got {c.num_tokens}")
+    lora = lora_spec(s.lora)
+    config = RestorationConfig(
+        base=str(s.base), daclip_model=opt.daclip.model, daclip_pretrained=opt.daclip.pretrained,
+        daclip_adapter=opt.daclip.adapter, embed_dim=int(daclip.clip.text_projection.shape[1]),
+        cross_attention_dim=int(sd.unet.config.cross_attention_dim), num_tokens=c.num_tokens,
+        image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
+        latent_channels=int(sd.vae.config.latent_channels), lora=lora,
+        prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
+        fusion=s.fusion, text_encoder_lora=None)
+    steps = int(sd.scheduler.config.num_train_timesteps)
+    if s.objective == "one_step" and not 0 <= s.one_step_t < steps:
+        raise ValueError(f"sd.one_step_t must be a timestep in [0, {steps}) of the base's scheduler, got "
+                         f"{s.one_step_t}; small values (20-200) keep the LQ image's detail")
+    if s.fusion and s.objective != "one_step":
+        raise ValueError("sd.fusion needs sd.objective: one_step (the head is fitted on the model's outputs, "
+                         "which a sampled diffusion model varies with steps, strength and seed); set sd.fusion: "
+                         "false or sd.objective: one_step")
+    if s.objective == "one_step" and c.lq_start:
+        raise ValueError("sd.conditioning.lq_start applies to the diffusion objective only; remove it or set "
+                         "sd.objective: diffusion")
+    if config.context_slots >= sd.tokenizer.model_max_length - 2:
+        raise ValueError(f"{config.context_slots} DA-CLIP tokens leave no room for the prompt in "
+                         f"{sd.tokenizer.model_max_length} positions; lower sd.conditioning.num_tokens")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = RestorationUNet(sd.unet, config)
+        add_unet_lora(model.unet, lora)
+    return model
+
+
+class _Cached(Dataset):
+    def __init__(self, tensors: Dict[str, torch.Tensor], degradations: List[str]):
+        self.tensors, self.degradations = tensors, degradations
+
+    def __len__(self) -> int:
+        return len(self.degradations)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        return {**{k: v[i] for k, v in self.tensors.items()}, "degradation": self.degradations[i]}
+
+
+class RestorationTrainer(TrainTask):
+    """``task: restoration``."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        if opt.sd.base is None:
+            raise ValueError("sd.base is required: the path of a Stable Diffusion folder in diffusers format "
+                             "(unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
+        self.backbone = SDBackbone.load(opt.sd.base)
+        self.sd = self.backbone.components
+        self.daclip = load_daclip(opt.daclip.model, opt.daclip.pretrained, opt.daclip.adapter,
+                                  seed=opt.train.manual_seed).eval()
+        self.daclip.requires_grad_(False)
+        self.model = build_restoration_model(opt, self.sd, self.daclip, seed=opt.train.manual_seed)
+        self.config = self.model.config
+        if opt.runtime.gradient_checkpointing:
+            self.sd.unet.enable_gradient_checkpointing()
+        self.train_block = next(d for d in opt.datasets.values() if d.phase == "train")
+        vae_factor = self.backbone.vae_factor
+        patch = self.train_block.patch_size
+        if not patch or patch % vae_factor:
+            raise ValueError(f"datasets.{self.train_block.phase}.patch_size must be set to a multiple of {vae_factor} "
+                             f"(the VAE's downsampling factor), got {patch}")
+        if opt.runtime.cache and (self.train_block.use_flip or self.train_block.use_rot):
+            logger.warning("runtime.cache: random crops, flips and rotations are off; each image is centre-cropped "
+                           "to %d once", patch)
+        self._train = restoration_dataset(self.train_block, opt.distortion, train=True,
+                                          crop="center" if opt.runtime.cache else "random",
+                                          clip_size=self.daclip.image_size)
+        self.val_block = next((d for d in opt.datasets.values() if d.phase == "val"), None)
+        self._val = restoration_dataset(self.val_block, opt.distortion, train=False,
+                                        clip_size=self.daclip.image_size) if self.val_block else None
+        # pairs only the fusion head is fitted on, centre-cropped like the cached training images
+        calib_block = next((d for d in opt.datasets.values() if d.phase == "calib"), None)
+        self._calib = None if calib_block is None else restoration_dataset(
+            dataclasses.replace(calib_block, patch_size=calib_block.patch_size or patch), opt.distortion,
+            train=True, crop="center", clip_size=self.daclip.image_size)
+        self.cached: Optional[_Cached] = None
+
+    # ------------------------------------------------------------------------------ setup
+    def setup(self, accelerator) -> None:
+        device = accelerator.device
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+        self.sd.vae.to(device)  # the VAE stays in fp32: it is cheap and fp16 VAEs overflow
+        for m in (self.sd.text_encoder, self.daclip):
+            m.to(device, dtype=dtype)
+        self.model.to(device)
+        self.device, self.dtype = device, dtype
+        self.precision = {"fp16": "fp16", "bf16": "bf16"}.get(accelerator.mixed_precision, "fp32")
+        reserved = self.config.context_slots
+        with torch.no_grad():
+            self.prompt_hidden = self.backbone.encode_prompt([self.config.prompt], reserved).float()
+            self.empty_hidden = self.backbone.encode_prompt([""], reserved).float()
+        if self.opt.runtime.cache:
+            self.cached = self._build_cache()
+
+    @torch.no_grad()
+    def frozen_features(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """VAE latents of GT and LQ and DA-CLIP embeddings of the LQ: the frozen models' work."""
+        image_emb, degra_emb = self.daclip.encode_image(batch["LQ_clip"].to(self.device, self.dtype), control=True)
+        return {"z_gt": self.backbone.encode_latents(batch["GT"].to(self.device, torch.float32)).float(),
+                "z_lq": self.backbone.encode_latents(batch["LQ"].to(self.device, torch.float32)).float(),
+                "image_emb": image_emb.float(), "degra_emb": degra_emb.float()}
+
+    def _build_cache(self) -> _Cached:
+        from tqdm import tqdm
+
+        loader = DataLoader(self._train, batch_size=16, shuffle=False, num_workers=self.train_block.n_workers)
+        parts: Dict[str, List[torch.Tensor]] = {}
+        degradations: List[str] = []
+        for batch in tqdm(loader, desc="cache latents", unit="batch", disable=None):
+            for k, v in self.frozen_features(batch).items():
+                parts.setdefault(k, []).append(v.cpu())
+            degradations.extend(batch["degradation"])
+        logger.info("cached VAE latents and DA-CLIP embeddings of %d training images", len(degradations))
+        return _Cached({k: torch.cat(v) for k, v in parts.items()}, degradations)
+
+    def train_dataset(self) -> Dataset:
+        return self.cached if self.cached is not None else self._train
+
+    # ------------------------------------------------------------------------------- step
+    def training_step(self, model, batch) -> Dict[str, torch.Tensor]:
+        feats = batch if "z_gt" in batch else self.frozen_features(batch)
+        z_gt, z_lq = feats["z_gt"], feats["z_lq"]
+        rt, cond = self.opt.runtime, self.opt.sd.conditioning
+        device = z_gt.device
+        sched = self.sd.scheduler
+        # Per-sample draws keyed by (seed, step, sample index): a run's trajectory does not depend on the
+        # number of processes the global batch is split over.
+        gens = per_sample_generators(self.seed, self.step, batch["_index"].tolist())
+        keep = lambda p: (per_sample_rand(gens, device) >= p).float()  # noqa: E731
+        keep_text = keep(cond.drop_text).view(-1, 1, 1)
+        text = keep_text * self.prompt_hidden + (1 - keep_text) * self.empty_hidden
+        if self.config.objective == "one_step":
+            # the LQ latent read as x_t at one_step_t; the UNet's x0 is the restored latent. Loss: per-image
+            # log-MSE (mean PSNR in latent space), so mild degradations weigh as much as severe ones.
+            t = torch.full((z_gt.shape[0],), self.config.one_step_t, device=device, dtype=torch.long)
+            noisy = one_step_input(sched, z_lq, t)
+            pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
+                         keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
+            x0 = predicted_x0(sched, pred, noisy, t)
+            mse = (x0 - z_gt.float()).pow(2).mean((1, 2, 3))
+            return {"loss": torch.log(mse + 1e-6).mean(), "latent_mse": mse.mean().detach()}
+        noise = per_sample_noise(gens, z_gt.shape[1:], device, rt.noise_offset)
+        t = per_sample_randint(gens, sched.config.num_train_timesteps, device)
+        noisy = sched.add_noise(z_gt, noise, t)
+        if cond.lq_start:
+            # LQ-start samples: x_t noised from the LQ latent, as `strength < 1` sampling starts; the target is
+            # the noise that puts x_t on the GT trajectory, so one step from it lands on the restored image.
+            lq_start = (1 - keep(cond.lq_start)).view(-1, 1, 1, 1)
+            from_lq = sched.add_noise(z_lq, noise, t)
+            alpha = alpha_bar(sched, t, device)
+            noise = lq_start * (from_lq - alpha.sqrt() * z_gt) / (1 - alpha).sqrt() + (1 - lq_start) * noise
+            noisy = lq_start * from_lq + (1 - lq_start) * noisy
+            # that target grows like sqrt(snr) * (z_lq - z_gt) at low noise: weight those samples by min(1, 1/snr)
+            # (their x0-space error there), or they dominate every batch
+            snr = alpha / (1 - alpha)
+            weights = (lq_start * torch.clamp(1 / snr, max=1.0) + (1 - lq_start)).view(-1)
+        else:
+            weights = None
+        target = diffusion_target(sched, z_gt, noise, t)
+        pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
+                     keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
+        return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma, weights)}
+
+    # ------------------------------------------------------------------------- validation
+    def pipeline(self) -> RestorationPipeline:
+        return RestorationPipeline(self.backbone, self.model, self.daclip,
+                                   precision=getattr(self, "precision", "fp32"))
+
+    def validate(self, step: int, out_dir: Path, max_images: int = 4) -> Dict[str, float]:
+        if self._val is None:
+            return {}
+        pipe, s = self.pipeline(), self.opt.sampling
+        rows, scores = [], []
+        for i in range(min(max_images, len(self._val))):
+            sample = self._val[i]
+            lq, r, gt = restore_sample(pipe, sample, s)
+            scores.append(image_metrics(r, gt, s.crop_border))
+            rows.append(np.concatenate([lq, r, gt], axis=1))
+        grid = np.concatenate(rows, axis=0)
+        write_image(Path(self.opt.path.val_images) / f"{step:08d}.png", grid)
+        return {k: float(np.mean([m[k] for m in scores])) for k in ("psnr", "ssim")}
+
+    @torch.no_grad()
+    def _fusion_data(self) -> Dict[str, torch.Tensor]:
+        """LQ, GT, decodes and embeddings of up to ``sd.fusion_images`` training images (a seeded subset) and
+        of every ``datasets.calib`` image."""
+        pipe = self.pipeline()
+        limit = self.opt.sd.fusion_images
+        order = torch.randperm(len(self._train), generator=torch.Generator().manual_seed(self.opt.train.manual_seed))
+        sources = [(self._train, order[:limit].tolist(), self.cached)]
+        if self._calib is not None:
+            sources.append((self._calib, list(range(len(self._calib))), None))
+        parts: Dict[str, List[torch.Tensor]] = {}
+        for dataset, indices, cached in sources:
+            for i in range(0, len(indices), 32):
+                index = indices[i:i + 32]
+                batch = [dataset[j] for j in index]
+                lq = torch.stack([s["LQ"] for s in batch]).to(self.device)
+                gt = torch.stack([s["GT"] for s in batch])
+                if cached is not None:  # the frozen models' work on training images is in the latent cache
+                    z_lq, image_emb, degra_emb = (cached.tensors[k][index].to(self.device)
+                                                  for k in ("z_lq", "image_emb", "degra_emb"))
+                else:
+                    z_lq = self.backbone.encode_latents(lq)
+                    with pipe._autocast():
+                        image_emb, degra_emb = pipe.daclip_embeddings(lq)
+                restored = self._restore_latents(pipe, z_lq, image_emb, degra_emb)
+                for k, v in (("lq", lq), ("gt", gt), ("decoded", self.backbone.decode_latents(restored)),
+                             ("decoded_lq", self.backbone.decode_latents(z_lq)), ("image_emb", image_emb),
+                             ("degra_emb", degra_emb)):
+                    parts.setdefault(k, []).append(v.float().cpu())
+        self.fusion_counts = {"train": min(limit, len(self._train)),
+                              "calib": 0 if self._calib is None else len(self._calib)}
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def _restore_latents(self, pipe: RestorationPipeline, z_lq, image_emb, degra_emb) -> torch.Tensor:
+        """The model's restored latents for the fusion fit (one step, or sampling with the ``sampling`` block)."""
+        b = z_lq.shape[0]
+        ctx = self.model.context(self.prompt_hidden.expand(b, -1, -1).to(self.device), image_emb.float(),
+                                 degra_emb.float())
+        if self.config.objective == "one_step":
+            sched = self.sd.scheduler
+            t = torch.full((b,), self.config.one_step_t, device=self.device, dtype=torch.long)
+            noisy = one_step_input(sched, z_lq, t)
+            with pipe._autocast():
+                pred = self.model.denoise(noisy, t, ctx, z_lq if self.config.lq_latent else None,
+                                          **self.backbone.unet_kwargs(b, self.device))
+            return predicted_x0(sched, pred, noisy, t)
+        raise ValueError("sd.fusion needs sd.objective: one_step")
+
+    def fit_fusion(self) -> Dict[str, float]:
+        """Fit the fusion head on the decodes (after the LoRA) of training and calibration images; returns their
+        PSNRs."""
+        was_training = self.model.training
+        self.model.eval()
+        data = self._fusion_data()
+        with torch.enable_grad():
+            report = fit_fusion_head(self.model.fusion, data["lq"], data["decoded"], data["decoded_lq"],
+                                     data["gt"], data["image_emb"], data["degra_emb"],
+                                     seed=self.opt.train.manual_seed)
+        self.model.train(was_training)
+        logger.info("fusion head fitted on %d training + %d calibration images: PSNR LQ %.2f, LQ + latent "
+                    "correction %.2f, fused %.2f dB", self.fusion_counts["train"], self.fusion_counts["calib"],
+                    report["psnr_lq"], report["psnr_residual"], report["psnr_fused"])
+        self.fusion_report = report
+        return report
+
+    def save_outputs(self, out_dir: Path) -> None:
+        if self.model.fusion is not None:
+            self.fit_fusion()
+        path = save_restoration(self.model, Path(out_dir) / "restoration", backbone=self.backbone)
+        logger.info("restoration LoRA and extras saved to %s", path)
+
+
+# --------------------------------------------------------------------------- evaluation
+def sampling_kwargs(sampling) -> Dict[str, Any]:
+    """:meth:`RestorationPipeline.__call__` arguments from a ``sampling`` options block."""
+    return {"steps": sampling.steps, "scheduler": sampling.scheduler, "guidance_scale": sampling.guidance_scale,
+            "strength": sampling.strength, "seed": sampling.seed, "tile_size": sampling.tile_size,
+            "tile_overlap": sampling.tile_overlap}
+
+
+def restore_sample(pipe: RestorationPipeline, sample: Dict[str, Any], sampling) -> tuple:
+    """``(lq, restored, gt)`` as ``(H, W, 3)`` arrays in [0, 1], sampled with the ``sampling`` options."""
+    restored = pipe(sample["LQ"][None], **sampling_kwargs(sampling))[0]
+    return tuple(x.permute(1, 2, 0).numpy() for x in (sample["LQ"], restored, sample["GT"]))
+
+
+def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional[bool] = None,
+                         max_images: Optional[int] = None) -> Dict[str, Any]:
+    """``daclip-lora test`` for ``task: restoration``: metrics per dataset and degradation, images, grids."""
+    s = opt.sampling
+    folder = folder or (Path(opt.path.root) / "experiments" / opt.name / "models" / "restoration")
+    pipe = RestorationPipeline.from_pretrained(folder, base=opt.sd.base, daclip_pretrained=opt.daclip.pretrained,
+                                               merge_lora=s.merge_lora if merge_lora is None else merge_lora,
+                                               device=opt.runtime.device,
+                                               precision=s.precision)
+    results_root = Path(opt.path.results_root)
+    report: Dict[str, Any] = {}
+    rows = []
+    for key, block in opt.datasets.items():
+        dataset = restoration_dataset(block, opt.distortion, train=False, clip_size=pipe.daclip.image_size)
+        per: Dict[str, List[Dict[str, float]]] = {}
+        n = len(dataset) if max_images is None else min(max_images, len(dataset))
+        for i in range(n):
+            sample = dataset[i]
+            lq, r, gt = restore_sample(pipe, sample, s)
+            deg = sample["degradation"] or "all"
+            name = Path(sample["LQ_path"]).stem
+            write_image(results_root / key / deg / f"{name}.png", r)
+            write_image(results_root / key / deg / "grids" / f"{name}.png", np.concatenate([lq, r, gt], axis=1))
+            restored_m = image_metrics(r, gt, s.crop_border)
+            lq_m = image_metrics(lq, gt, s.crop_border)
+            per.setdefault(deg, []).append({**restored_m, **{f"lq_{k}": v for k, v in lq_m.items()}})
+        table = {deg: {k: float(np.mean([m[k] for m in ms])) for k in ms[0]} | {"n": len(ms)}
+                 for deg, ms in per.items()}
+        everything = [m for ms in per.values() for m in ms]
+        table["mean"] = {k: float(np.mean([m[k] for m in everything])) for k in everything[0]} | {"n": len(everything)}
+        report[key] = table
+        rows.extend([key, deg, *(f"{v[k]:.4f}" for k in _COLUMNS), v["n"]] for deg, v in table.items())
+    results_root.mkdir(parents=True, exist_ok=True)
+    (results_root / "metrics.json").write_text(json.dumps(report, indent=2))
+    with open(results_root / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "degradation", *_COLUMNS, "n"])
+        writer.writerows(rows)
+    return report
+
+
+_COLUMNS = ("lq_psnr", "psnr", "lq_ssim", "ssim", "lq_psnr_y", "psnr_y", "lq_ssim_y", "ssim_y")
+
+
+def format_restoration_table(report: Dict[str, Any]) -> str:
+    lines = []
+    for key, table in report.items():
+        width = max(12, *(len(d) for d in table))
+        lines.append(f"[{key}] {'degradation':<{width}} {'PSNR LQ':>8} {'PSNR out':>8} {'SSIM LQ':>8} {'SSIM out':>8}"
+                     f" {'n':>4}")
+        for deg, v in table.items():
+            lines.append(f"{'':{len(key) + 2}} {deg:<{width}} {v['lq_psnr']:8.2f} {v['psnr']:8.2f} "
+                         f"{v['lq_ssim']:8.4f} {v['ssim']:8.4f} {v['n']:4d}")
+    return "\n".join(lines)
