@@ -23,7 +23,7 @@ def run_variant(variant: str, model_name: str, batch: int, steps: int, device: s
     import daclip_lora
     from daclip_lora.clip.lora import add_controller_lora
     from daclip_lora.training.options import LoraOptions
-    from daclip_lora.training.tasks.controller import daclip_loss
+    from daclip_lora.clip.loss import daclip_loss
 
     torch.manual_seed(0)
     model = daclip_lora.create_model(model_name, device=device).train()

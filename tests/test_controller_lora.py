@@ -12,7 +12,8 @@ from daclip_lora.training.engine import Engine
 from daclip_lora.clip.lora import (AdapterError, add_controller_lora, load_controller_lora, merge_controller_lora,
                               save_controller_lora)
 from daclip_lora.training.options import LoraOptions, load_options
-from daclip_lora.training.tasks.controller import ControllerTrainer, daclip_loss
+from daclip_lora.clip.loss import daclip_loss
+from daclip_lora.training.tasks.controller import ControllerTrainer
 from conftest import TINY
 
 DEGS = ["noisy", "low-light", "hazy"]
@@ -145,7 +146,7 @@ def test_label_aware_loss_is_cross_entropy_over_the_vocabulary():
     expected = torch.nn.functional.cross_entropy(10.0 * out["image_degra_features"] @ classes.T, labels)
     assert got["loss"].item() == pytest.approx(expected.item(), abs=1e-6)
     ref = daclip_loss(out, "reference")
-    assert "loss_caption" not in ref and ref["loss"].item() > 0
+    assert "contrastive_loss" not in ref and ref["loss"].item() > 0
 
 
 # ------------------------------------------------------------------------------ training

@@ -17,11 +17,12 @@ import logging
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from open_clip.loss import ClipLoss as _UpstreamClipLoss
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClipLoss", "DaClipLoss", "create_loss", "LOSS_ARG_DEFAULTS"]
+__all__ = ["ClipLoss", "DaClipLoss", "create_loss", "daclip_loss", "LOSS_ARG_DEFAULTS"]
 
 Losses = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor], Dict[str, torch.Tensor]]
 
@@ -64,6 +65,39 @@ class DaClipLoss(ClipLoss):
                 output_dict: bool = False, logit_bias: Optional[torch.Tensor] = None) -> Losses:
         return super().forward(image_features, text_features, logit_scale, logit_bias, output_dict,
                                 image_degra_features=image_degra_features, text_degra_features=text_degra_features)
+
+
+def daclip_loss(out: Dict[str, torch.Tensor], kind: str = "reference", labels: Optional[torch.Tensor] = None,
+                class_text: Optional[torch.Tensor] = None, caption_weight: float = 1.0) -> Dict[str, torch.Tensor]:
+    """The controller's training loss from :meth:`DaCLIP.forward` outputs, keyed as :class:`DaClipLoss` with
+    ``output_dict=True`` keys them (``degra_loss``, ``contrastive_loss``) plus ``loss``, the weighted total.
+
+    Args:
+        out: ``image_features``, ``image_degra_features``, ``logit_scale`` and, when available,
+            ``text_features`` (captions) and ``text_degra_features`` (the batch's degradation words).
+        kind: ``"reference"`` (DA-CLIP's InfoNCE on degradation words, as :class:`DaClipLoss`) or
+            ``"label_aware"`` (cross-entropy over ``class_text``, the normalised features of the degradation
+            vocabulary, with ``labels``: a batch may hold several images of one degradation).
+        caption_weight: weight of the caption (content) loss in ``loss``.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    scale = out["logit_scale"]
+    infonce = _UpstreamClipLoss()  # single-process symmetric InfoNCE, as DaClipLoss computes each term
+    if kind == "reference":
+        degra = infonce(out["image_degra_features"], out["text_degra_features"], scale)
+    elif kind == "label_aware":
+        degra = F.cross_entropy(scale * out["image_degra_features"] @ class_text.T, labels)
+    else:
+        raise ValueError(f"unknown controller loss {kind!r}; use 'label_aware' or 'reference'")
+    losses = {"degra_loss": degra}
+    total = degra
+    if out.get("text_features") is not None:
+        losses["contrastive_loss"] = infonce(out["image_features"], out["text_features"], scale)
+        total = total + caption_weight * losses["contrastive_loss"]
+    losses["loss"] = total
+    return losses
 
 
 #: Values ``create_loss`` uses for attributes missing from an older argument namespace (the DA-CLIP fork's

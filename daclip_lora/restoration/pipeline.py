@@ -183,31 +183,73 @@ class RestorationPipeline:
             callback: called as ``callback(step, total)`` after every denoising step.
             progress: show a tqdm bar over the denoising steps.
         """
+        # 1. check the inputs, pad to the VAE factor, choose the tiling
+        self.check_inputs(lq, steps, strength)
+        h, w = lq.shape[2:]
+        x = self.prepare_image(lq)
+        tile, overlap = self.prepare_tiling(x, tile_size, tile_overlap)
+        # 2. the LQ latent and the conditions: DA-CLIP embeddings, prompt, DA-CLIP tokens (and the unconditional
+        #    context for classifier-free guidance)
+        z_lq = self.encode_latents(x, tile, overlap)
+        image_emb, degra_emb, cond, uncond = self.encode_conditions(x, prompt, guidance_scale)
+        # 3. the UNet call of every step (guided, tiled)
+        run = self._predictor(x.shape[0], z_lq.shape[1], cond, uncond, guidance_scale, tile, overlap)
+        # 4. one UNet call (one_step objective) or the sampling loop
+        if self.config.objective == "one_step":
+            latents = self._one_step(z_lq, run, callback)
+        else:
+            latents = self._sample(z_lq, run, scheduler, steps, strength, seed, callback, progress)
+        # 5. decode, then the fusion head's blend with the LQ image when the model has a fitted one
+        out = self.decode_latents(latents, tile, overlap)
+        if self.model.fusion is not None and self.model.fusion.fitted:
+            decoded_lq = self.decode_latents(z_lq, tile, overlap)
+            out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
+        return out[:, :, :h, :w].to(lq.device, torch.float32)
+
+    @staticmethod
+    def check_inputs(lq: torch.Tensor, steps: int, strength: float) -> None:
+        """Raise ``ValueError`` naming the bad argument."""
         if not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if lq.ndim != 4 or lq.shape[1] != 3:
             raise ValueError(f"lq must be (B, 3, H, W) in [0, 1], got shape {tuple(lq.shape)}")
-        device, f = self.device, self.vae_factor
-        b, _, h, w = lq.shape
+
+    def prepare_image(self, lq: torch.Tensor) -> torch.Tensor:
+        """``lq`` in fp32 on the pipeline's device, padded (reflect) to a multiple of the VAE factor."""
+        f, (h, w) = self.vae_factor, lq.shape[2:]
         ph, pw = (-h) % f, (-w) % f
-        x = lq.to(device, torch.float32)
+        x = lq.to(self.device, torch.float32)
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        return x
+
+    def prepare_tiling(self, x: torch.Tensor, tile_size: Optional[int], tile_overlap: Optional[int]
+                       ) -> Tuple[Optional[int], int]:
+        """Tile and overlap in pixels (``(None, 0)``: no tiling)."""
         tile = self.tile_for(x.shape[2], x.shape[3], tile_size)
         overlap = (tile // 4 if tile_overlap is None else int(tile_overlap)) if tile else 0
         if tile and not 0 <= overlap < tile:
             raise ValueError(f"tile_overlap must be in [0, tile_size {tile}), got {overlap}")
-        z_lq = self.encode_latents(x, tile, overlap)
+        return tile, overlap
+
+    def encode_conditions(self, x: torch.Tensor, prompt: Optional[str], guidance_scale: float):
+        """DA-CLIP's content and degradation embeddings, the conditional context and (for guidance > 1) the
+        unconditional one (empty prompt, no DA-CLIP tokens)."""
+        b = x.shape[0]
         with self._autocast():
             image_emb, degra_emb = self.daclip_embeddings(x)
             text = self.text_hidden(self.config.prompt if prompt is None else prompt, b)
             cond = self.model.context(text, image_emb, degra_emb)
             uncond = self.model.context(self.text_hidden("", b), image_emb, degra_emb,
-                                        keep_daclip=torch.zeros(b, device=device)) if guidance_scale > 1 else None
-        one_step = self.config.objective == "one_step"
-        c = z_lq.shape[1]
+                                        keep_daclip=torch.zeros(b, device=x.device)) if guidance_scale > 1 else None
+        return image_emb, degra_emb, cond, uncond
+
+    def _predictor(self, b: int, c: int, cond: torch.Tensor, uncond: Optional[torch.Tensor], guidance_scale: float,
+                   tile: Optional[int], overlap: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``run(model_in, t)``: the (guided, tiled) UNet prediction for ``[latents, LQ latent]`` at ``t``."""
+        device, f = self.device, self.vae_factor
         unet_kwargs = self.backbone.unet_kwargs(b, device)
         latent_tile, latent_overlap = (tile // f, overlap // f) if tile else (0, 0)
 
@@ -230,22 +272,19 @@ class RestorationPipeline:
                     return tiled_map(lambda m: predict(m, t), model_in, latent_tile, latent_overlap)
                 return predict(model_in, t)
 
-        if one_step:  # the LQ latent read as x_t at one_step_t, mapped to x0 in one UNet call
-            train_sched = self.backbone.scheduler
-            t = torch.tensor(self.config.one_step_t)
-            noisy = one_step_input(train_sched, z_lq, t)
-            model_in = torch.cat([noisy, z_lq.to(noisy.dtype)], dim=1) if self.config.lq_latent else noisy
-            pred = run(model_in, t)
-            latents = predicted_x0(train_sched, pred, noisy, t.to(device).expand(b))
-            if callback is not None:
-                callback(1, 1)
-        else:
-            latents = self._sample(z_lq, run, scheduler, steps, strength, seed, callback, progress)
-        out = self.decode_latents(latents, tile, overlap)
-        if self.model.fusion is not None and self.model.fusion.fitted:
-            decoded_lq = self.decode_latents(z_lq, tile, overlap)
-            out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
-        return out[:, :, :h, :w].to(lq.device, torch.float32)
+        return run
+
+    def _one_step(self, z_lq: torch.Tensor, run: Callable, callback: Optional[Callable[[int, int], None]]
+                  ) -> torch.Tensor:
+        """The one-step objective: the LQ latent read as x_t at ``one_step_t``, mapped to x0 in one UNet call."""
+        train_sched = self.backbone.scheduler
+        t = torch.tensor(self.config.one_step_t)
+        noisy = one_step_input(train_sched, z_lq, t)
+        model_in = torch.cat([noisy, z_lq.to(noisy.dtype)], dim=1) if self.config.lq_latent else noisy
+        latents = predicted_x0(train_sched, run(model_in, t), noisy, t.to(self.device).expand(z_lq.shape[0]))
+        if callback is not None:
+            callback(1, 1)
+        return latents
 
     def _sample(self, z_lq: torch.Tensor, run: Callable, scheduler: str, steps: int, strength: float, seed: int,
                 callback: Optional[Callable[[int, int], None]], progress: bool) -> torch.Tensor:

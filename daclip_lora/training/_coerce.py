@@ -173,20 +173,10 @@ def build(cls: type, data: Any, where: str, ctx: Context) -> Any:
         raise ctx.error(where or "top level", f"expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    strict = cls in ctx.strict
     kwargs: Dict[str, Any] = {}
     extra: Dict[str, Any] = {}
     for key, value in data.items():
-        dotted = f"{where}.{key}" if where else str(key)
-        if key in fields and key not in ("extra", "ignored", "source"):
-            if strict:
-                ctx.set_keys.append(dotted)
-            kwargs[key] = coerce(value, hints[key], dotted, ctx)
-        elif strict:
-            valid = [f for f in fields if f != "extra"]
-            raise ctx.error(dotted, f"unknown key.{suggest(str(key), valid) or ' Valid keys: ' + ', '.join(valid)}")
-        else:
-            _unread_key(key, value, dotted, where, list(fields), extra, ctx)
+        _build_key(cls, key, value, where, hints, fields, kwargs, extra, ctx)
     missing = [n for n, f in fields.items()
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs]
     if missing:
@@ -194,6 +184,22 @@ def build(cls: type, data: Any, where: str, ctx: Context) -> Any:
     if "extra" in fields:
         kwargs["extra"] = extra
     return cls(**kwargs)
+
+
+def _build_key(cls: type, key: Any, value: Any, where: str, hints: Dict[str, Any], fields: Dict[str, Any],
+               kwargs: Dict[str, Any], extra: Dict[str, Any], ctx: Context) -> None:
+    """One key of a mapping being built into ``cls``: coerced into ``kwargs``, refused, or kept in ``extra``."""
+    dotted = f"{where}.{key}" if where else str(key)
+    strict = cls in ctx.strict
+    if key in fields and key not in ("extra", "ignored", "source"):
+        if strict:
+            ctx.set_keys.append(dotted)
+        kwargs[key] = coerce(value, hints[key], dotted, ctx)
+    elif strict:
+        valid = [f for f in fields if f != "extra"]
+        raise ctx.error(dotted, f"unknown key.{suggest(str(key), valid) or ' Valid keys: ' + ', '.join(valid)}")
+    else:
+        _unread_key(key, value, dotted, where, list(fields), extra, ctx)
 
 
 def _strip_optional(tp: Any) -> Any:

@@ -357,83 +357,105 @@ class Engine:
 
     # --------------------------------------------------------------------- main
     def fit(self, resume: Optional[str] = None) -> TrainResult:
+        """Train the task for ``train.niter`` steps (resuming from ``resume`` or ``path.resume_state``), write
+        its outputs and return the per-step losses and validations."""
         import time
 
         from accelerate.utils import set_seed
-        from tqdm import tqdm
 
-        opt, task, rt, tr = self.opt, self.task, self.opt.runtime, self.opt.train
         start_time = time.perf_counter()
         accelerator = self._accelerator()
-        set_seed(tr.manual_seed)
-        task.setup(accelerator)
-        named = [(n, p) for n, p in task.model.named_parameters() if p.requires_grad]
+        set_seed(self.opt.train.manual_seed)
+        self.task.setup(accelerator)
+        named = self._trainable()
+        optimizer, scheduler = self._optimizer(named)
+        model, optimizer = accelerator.prepare(self.task.model, optimizer)
+        ema = {n: p.detach().clone() for n, p in self.task.trainable_state().items()} \
+            if self.opt.runtime.ema_decay else None
+        step, ema = self._resume(resume, accelerator, optimizer, scheduler, ema)
+        run = _Run(accelerator, model, optimizer, scheduler, iter(self._loader(accelerator, step)), named, ema,
+                   TrainResult(step=step), Path(self.paths.experiments_root),
+                   self._open_loss_log(step) if accelerator.is_main_process else None)
+        step = self._run_loop(run, step)
+        self._write_outputs(accelerator, ema)
+        accelerator.wait_for_everyone()
+        run.result.step = step
+        run.result.seconds = time.perf_counter() - start_time
+        self.accelerator = accelerator
+        return run.result
+
+    def _trainable(self) -> List[Tuple[str, nn.Parameter]]:
+        named = [(n, p) for n, p in self.task.model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no trainable parameters")
         for _, p in named:  # trainable weights are always kept in fp32 (autocast handles compute)
             p.data = p.data.float()
-        groups = task.param_groups() or [{"params": named}]
+        return named
+
+    def _optimizer(self, named: List[Tuple[str, nn.Parameter]]) -> Tuple[Any, Any]:
+        rt, tr = self.opt.runtime, self.opt.train
+        groups = self.task.param_groups() or [{"params": named}]
         optim_groups = [g for grp in groups
                         for g in param_groups(grp["params"], rt.weight_decay, grp.get("lr"))]
         optimizer = torch.optim.AdamW(optim_groups, lr=tr.lr_G, betas=(tr.beta1, tr.beta2))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
             build_lr_lambda(tr.lr_scheme, tr.niter, tr.warmup_iter, g.get("lr", tr.lr_G), tr.eta_min, tr.lr_steps,
                             tr.lr_gamma) for g in optim_groups])
-        model, optimizer = accelerator.prepare(task.model, optimizer)
+        return optimizer, scheduler
 
-        ema = {n: p.detach().clone() for n, p in task.trainable_state().items()} if rt.ema_decay else None
-        step = 0
+    def _resume(self, resume: Optional[str], accelerator, optimizer, scheduler,
+                ema: Optional[Dict[str, torch.Tensor]]) -> Tuple[int, Optional[Dict[str, torch.Tensor]]]:
+        """The step to start from and the EMA weights, from the checkpoint ``resume`` names (``auto``: newest)."""
         resume = resume or self.paths.resume_state
         if resume == "auto":
             resume = latest_checkpoint(self.paths.training_state)
             if resume is None:
                 logger.info("resume_state auto: no complete checkpoint in %s, starting from step 0",
                             self.paths.training_state)
-        if resume:
-            step, saved_ema = self._load_checkpoint(Path(resume), accelerator, optimizer, scheduler)
-            ema = saved_ema if saved_ema is not None else ema
-        loss_log = self._open_loss_log(step) if accelerator.is_main_process else None
+        if not resume:
+            return 0, ema
+        step, saved_ema = self._load_checkpoint(Path(resume), accelerator, optimizer, scheduler)
+        return step, saved_ema if saved_ema is not None else ema
 
-        dataset = task.train_dataset()
-        accum = rt.gradient_accumulation_steps
+    def _loader(self, accelerator, step: int) -> DataLoader:
+        tr, accum = self.opt.train, self.opt.runtime.gradient_accumulation_steps
+        dataset = self.task.train_dataset()
         sampler = ShardedBatchSampler(len(dataset), self.train_opt.batch_size, accelerator.process_index,
                                       accelerator.num_processes, seed=tr.manual_seed,
                                       shuffle=self.train_opt.use_shuffle, start=step * accum)
+        self.task.seed = tr.manual_seed
         # a private generator: creating the loader's iterator draws a worker base seed, which must not advance
         # the global RNG (a resumed run creates its iterator after restoring that RNG, the original did not)
-        loader = DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=self.train_opt.n_workers,
-                            collate_fn=task.collate,
-                            generator=torch.Generator().manual_seed(tr.manual_seed + step * accum))
-        task.seed = tr.manual_seed
-        batches = iter(loader)
-        result = TrainResult(step=step)
-        out_dir = Path(self.paths.experiments_root)
-        bar = tqdm(total=tr.niter, initial=step, desc=f"train {opt.name}", unit="step",
-                   disable=True if not accelerator.is_main_process else None, dynamic_ncols=True)
-        model.train()
-        interrupt = _SigintFlag()
+        return DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=self.train_opt.n_workers,
+                          collate_fn=self.task.collate,
+                          generator=torch.Generator().manual_seed(tr.manual_seed + step * accum))
+
+    def _run_loop(self, run: "_Run", step: int) -> int:
+        from tqdm import tqdm
+
+        tr = self.opt.train
+        run.bar = tqdm(total=tr.niter, initial=step, desc=f"train {self.opt.name}", unit="step",
+                       disable=True if not run.accelerator.is_main_process else None, dynamic_ncols=True)
+        run.model.train()
         try:
-            with interrupt:
-                step = self._loop(accelerator, model, optimizer, scheduler, batches, named, ema, step, result, bar,
-                                  out_dir, loss_log, interrupt)
+            with run.interrupt:
+                return self._loop(run, step)
         finally:
-            bar.close()
-            if loss_log is not None:
-                loss_log.close()
-        if accelerator.is_main_process:
-            if ema is not None:
-                _swap_in(task, ema)
-            try:
-                task.save_outputs(Path(self.paths.models))
-            except OSError as e:
-                raise CheckpointWriteError(f"could not write the trained outputs to {self.paths.models} "
-                                           f"({e.strerror or e}); free disk space or make the folder writable, "
-                                           f"then run again with --resume (the checkpoints are complete)") from None
-        accelerator.wait_for_everyone()
-        result.step = step
-        result.seconds = time.perf_counter() - start_time
-        self.accelerator = accelerator
-        return result
+            run.bar.close()
+            if run.loss_log is not None:
+                run.loss_log.close()
+
+    def _write_outputs(self, accelerator, ema: Optional[Dict[str, torch.Tensor]]) -> None:
+        if not accelerator.is_main_process:
+            return
+        if ema is not None:
+            _swap_in(self.task, ema)
+        try:
+            self.task.save_outputs(Path(self.paths.models))
+        except OSError as e:
+            raise CheckpointWriteError(f"could not write the trained outputs to {self.paths.models} "
+                                       f"({e.strerror or e}); free disk space or make the folder writable, "
+                                       f"then run again with --resume (the checkpoints are complete)") from None
 
     def _open_loss_log(self, step: int):
         """``losses.csv`` holding exactly the rows of steps ``<= step`` (a resumed run drops the rest; a line cut
@@ -462,48 +484,56 @@ class Engine:
         csv.writer(f).writerow([step, *(repr(float(logs.get(k, float("nan")))) for k in self._loss_header[1:])])
         f.flush()
 
-    def _loop(self, accelerator, model, optimizer, scheduler, batches, named, ema, step: int, result: TrainResult,
-              bar, out_dir: Path, loss_log, interrupt: "_SigintFlag") -> int:
-        opt, task, rt, tr = self.opt, self.task, self.opt.runtime, self.opt.train
-        accum = rt.gradient_accumulation_steps
-        while step < tr.niter:
-            logs: Dict[str, float] = {}
-            for micro in range(accum):
-                batch = _to_device(next(batches), accelerator.device)
-                task.step = step * accum + micro
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        out = task.training_step(model, batch)
-                    accelerator.backward(out["loss"])
-                    if accelerator.sync_gradients and rt.max_grad_norm:
-                        accelerator.clip_grad_norm_([p for _, p in named], rt.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                for k, v in out.items():
-                    logs[k] = logs.get(k, 0.0) + accelerator.reduce(v.detach().float(), "mean").item() / accum
-            scheduler.step()
+    def _loop(self, run: "_Run", step: int) -> int:
+        while step < self.opt.train.niter:
+            logs = self._train_step(run, step)
             step += 1
-            if ema is not None:
-                with torch.no_grad():
-                    for n, p in task.trainable_state().items():
-                        ema[n].mul_(rt.ema_decay).add_(p.detach().to(ema[n].dtype), alpha=1 - rt.ema_decay)
-            result.losses.append(logs["loss"])
-            lr = scheduler.get_last_lr()[0]
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}")
-            if step % opt.logger.print_freq == 0 or step == tr.niter:
-                logger.info("step %d/%d lr %.3e %s", step, tr.niter, lr,
-                            " ".join(f"{k} {v:.5f}" for k, v in logs.items()))
-            if tr.val_freq and (step % tr.val_freq == 0 or step == tr.niter):
-                result.validations[step] = self._validate(accelerator, model, step, out_dir)
-            if loss_log is not None:
-                self._log_losses(loss_log, step, logs)
-            stop = interrupt.is_set(accelerator)
-            if stop or step % opt.logger.save_checkpoint_freq == 0 or step == tr.niter:
-                saved = self._save_checkpoint(accelerator, optimizer, scheduler, step, ema)
-                if stop and step < tr.niter:
-                    raise TrainingInterrupted(step, saved)
+            self._after_step(run, step, logs)
         return step
+
+    def _train_step(self, run: "_Run", step: int) -> Dict[str, float]:
+        """One optimiser step (``gradient_accumulation_steps`` micro-batches); the losses averaged over them."""
+        task, rt, accelerator = self.task, self.opt.runtime, run.accelerator
+        accum = rt.gradient_accumulation_steps
+        logs: Dict[str, float] = {}
+        for micro in range(accum):
+            batch = _to_device(next(run.batches), accelerator.device)
+            task.step = step * accum + micro
+            with accelerator.accumulate(run.model):
+                with accelerator.autocast():
+                    out = task.training_step(run.model, batch)
+                accelerator.backward(out["loss"])
+                if accelerator.sync_gradients and rt.max_grad_norm:
+                    accelerator.clip_grad_norm_([p for _, p in run.named], rt.max_grad_norm)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            for k, v in out.items():
+                logs[k] = logs.get(k, 0.0) + accelerator.reduce(v.detach().float(), "mean").item() / accum
+        run.scheduler.step()
+        if run.ema is not None:
+            with torch.no_grad():
+                for n, p in task.trainable_state().items():
+                    run.ema[n].mul_(rt.ema_decay).add_(p.detach().to(run.ema[n].dtype), alpha=1 - rt.ema_decay)
+        return logs
+
+    def _after_step(self, run: "_Run", step: int, logs: Dict[str, float]) -> None:
+        """Progress, logs, validation and checkpoint after step ``step``; raises on an interrupt."""
+        opt, tr = self.opt, self.opt.train
+        run.result.losses.append(logs["loss"])
+        lr = run.scheduler.get_last_lr()[0]
+        run.bar.update(1)
+        run.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}")
+        if step % opt.logger.print_freq == 0 or step == tr.niter:
+            logger.info("step %d/%d lr %.3e %s", step, tr.niter, lr, " ".join(f"{k} {v:.5f}" for k, v in logs.items()))
+        if tr.val_freq and (step % tr.val_freq == 0 or step == tr.niter):
+            run.result.validations[step] = self._validate(run.accelerator, run.model, step, run.out_dir)
+        if run.loss_log is not None:
+            self._log_losses(run.loss_log, step, logs)
+        stop = run.interrupt.is_set(run.accelerator)
+        if stop or step % opt.logger.save_checkpoint_freq == 0 or step == tr.niter:
+            saved = self._save_checkpoint(run.accelerator, run.optimizer, run.scheduler, step, run.ema)
+            if stop and step < tr.niter:
+                raise TrainingInterrupted(step, saved)
 
     def _validate(self, accelerator, model: nn.Module, step: int, out_dir: Path) -> Dict[str, float]:
         metrics: Dict[str, float] = {}
@@ -516,6 +546,24 @@ class Engine:
                 logger.info("validation @ %d: %s", step, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         accelerator.wait_for_everyone()
         return metrics
+
+
+@dataclass
+class _Run:
+    """What one :meth:`Engine.fit` call trains with, passed between its steps."""
+
+    accelerator: Any
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    batches: Iterator[Any]
+    named: List[Tuple[str, nn.Parameter]]
+    ema: Optional[Dict[str, torch.Tensor]]
+    result: "TrainResult"
+    out_dir: Path
+    loss_log: Any
+    bar: Any = None
+    interrupt: "_SigintFlag" = field(default_factory=lambda: _SigintFlag())
 
 
 class _SigintFlag:

@@ -433,10 +433,7 @@ _REQUIRED_BY_MODE = {"LQGT": ("dataroot_LQ", "dataroot_GT"), "MD": ("dataroot",)
                      "captions": ("dataroot",)}
 
 
-def _check_semantics(opt: Options, ctx: Context, check_paths: bool) -> None:
-    unknown = [d for d in opt.distortion if d not in DEGRADATIONS]
-    if unknown and opt.task != "text2image":
-        logger.debug("%s: distortion names outside DA-CLIP's ten: %s", ctx.source, unknown)
+def _check_datasets(opt: Options, ctx: Context) -> None:
     for key, ds in opt.datasets.items():
         for name in _REQUIRED_BY_MODE[ds.mode]:
             if getattr(ds, name) is None:
@@ -445,8 +442,9 @@ def _check_semantics(opt: Options, ctx: Context, check_paths: bool) -> None:
             raise ctx.error(f"datasets.{key}", "mode MD needs degradation names: set top-level `distortion: [...]`")
         if ds.batch_size < 1:
             raise ctx.error(f"datasets.{key}.batch_size", f"must be at least 1, got {ds.batch_size}")
-    if opt.train is not None and opt.train.niter < 1:
-        raise ctx.error("train.niter", f"must be at least 1 (training steps), got {opt.train.niter}")
+
+
+def _check_splits(opt: Options, ctx: Context) -> None:
     if opt.is_train and not any(ds.phase == "train" for ds in opt.datasets.values()):
         raise ctx.error("datasets", "training needs a dataset whose key starts with 'train'")
     calib = [key for key, ds in opt.datasets.items() if ds.phase == "calib"]
@@ -454,6 +452,9 @@ def _check_semantics(opt: Options, ctx: Context, check_paths: bool) -> None:
         raise ctx.error(f"datasets.{calib[0]}", "a calibration split is only used to fit the fusion head of a "
                                                 "restoration run; set task: restoration and sd.fusion: true, or "
                                                 "remove it")
+
+
+def _check_sampling(opt: Options, ctx: Context) -> None:
     try:
         opt.sampling.scheduler = scheduler_name(opt.sampling.scheduler)
     except ValueError as e:
@@ -467,14 +468,28 @@ def _check_semantics(opt: Options, ctx: Context, check_paths: bool) -> None:
     if s.tile_size and s.tile_overlap is not None and s.tile_overlap >= s.tile_size:
         raise ctx.error("sampling.tile_overlap", f"must be smaller than sampling.tile_size ({s.tile_size}), "
                                                  f"got {s.tile_overlap}")
-    if opt.daclip.pretrained is None and opt.path.daclip is not None:
-        opt.daclip.pretrained = opt.path.daclip
-    if not check_paths:
-        return
-    for dotted, obj, name, f in _all_path_fields(opt):
+
+
+def _check_paths_exist(opt: Options, ctx: Context) -> None:
+    for dotted, obj, name, _ in _all_path_fields(opt):
         value = getattr(obj, name)
         if value is not None and not Path(value).exists() and not (dotted == "path.resume_state" and value == "auto"):
             raise ctx.error(dotted, f"path {value} does not exist (relative paths are taken from the current folder)")
+
+
+def _check_semantics(opt: Options, ctx: Context, check_paths: bool) -> None:
+    unknown = [d for d in opt.distortion if d not in DEGRADATIONS]
+    if unknown and opt.task != "text2image":
+        logger.debug("%s: distortion names outside DA-CLIP's ten: %s", ctx.source, unknown)
+    _check_datasets(opt, ctx)
+    if opt.train is not None and opt.train.niter < 1:
+        raise ctx.error("train.niter", f"must be at least 1 (training steps), got {opt.train.niter}")
+    _check_splits(opt, ctx)
+    _check_sampling(opt, ctx)
+    if opt.daclip.pretrained is None and opt.path.daclip is not None:
+        opt.daclip.pretrained = opt.path.daclip
+    if check_paths:
+        _check_paths_exist(opt, ctx)
 
 
 def options_to_dict(opt: Options) -> Dict[str, Any]:

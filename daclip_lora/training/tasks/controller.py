@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ...clip.loss import daclip_loss
 from ...data.datasets import Captioned, pair_md, read_daclip_csv
 from ...data.images import read_image, to_uint8
 from ..engine import TrainTask
@@ -28,38 +28,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ControllerTrainer", "DegradationImages", "build_classification_set", "daclip_loss",
            "evaluate_controller"]
-
-
-def _infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    logits = scale * a @ b.T
-    labels = torch.arange(a.shape[0], device=a.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
-def daclip_loss(out: Dict[str, torch.Tensor], kind: str, labels: Optional[torch.Tensor] = None,
-                class_text: Optional[torch.Tensor] = None, caption_weight: float = 1.0) -> Dict[str, torch.Tensor]:
-    """DA-CLIP training loss from :meth:`DaCLIP.forward` outputs.
-
-    Args:
-        out: ``image_features``, ``image_degra_features``, ``logit_scale`` and, when available,
-            ``text_features`` (captions) and ``text_degra_features`` (the batch's degradation words).
-        kind: ``"reference"`` (InfoNCE on degradation words) or ``"label_aware"`` (cross-entropy over
-            ``class_text``, the normalised features of the degradation vocabulary, with ``labels``).
-    """
-    scale = out["logit_scale"]
-    if kind == "reference":
-        degra = _infonce(out["image_degra_features"], out["text_degra_features"], scale)
-    elif kind == "label_aware":
-        degra = F.cross_entropy(scale * out["image_degra_features"] @ class_text.T, labels)
-    else:
-        raise ValueError(f"unknown controller loss {kind!r}; use 'label_aware' or 'reference'")
-    losses = {"loss_degra": degra}
-    total = degra
-    if out.get("text_features") is not None:
-        losses["loss_caption"] = _infonce(out["image_features"], out["text_features"], scale)
-        total = total + caption_weight * losses["loss_caption"]
-    losses["loss"] = total
-    return losses
 
 
 class DegradationImages(Dataset):
