@@ -43,12 +43,7 @@ class LoraSpec:
         Raises:
             AdapterError: with the key, the bad value and what is expected.
         """
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise AdapterError(f"{where}.rank must be an integer >= 1, got {self.rank!r}; typical values are 4-64")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise AdapterError(f"{where}.alpha must be positive, got {self.alpha!r} (the LoRA scale is alpha / rank)")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise AdapterError(f"{where}.dropout must be in [0, 1), got {self.dropout!r}")
+        self._validate_numbers(where)
         if self.targets is not None:
             if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
                 raise AdapterError(f"{where}.targets must be a non-empty list of module names, got {self.targets!r}; "
@@ -61,6 +56,14 @@ class LoraSpec:
             raise AdapterError(f"{where}.init_lora_weights must be true, false or one of {', '.join(INIT_METHODS)}, "
                                f"got {init!r}")
         return self
+
+    def _validate_numbers(self, where: str) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise AdapterError(f"{where}.rank must be an integer >= 1, got {self.rank!r}; typical values are 4-64")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise AdapterError(f"{where}.alpha must be positive, got {self.alpha!r} (the LoRA scale is alpha / rank)")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise AdapterError(f"{where}.dropout must be in [0, 1), got {self.dropout!r}")
 
     def peft_config(self, target_modules: Union[str, Sequence[str]]) -> Any:
         """peft's ``LoraConfig`` for these settings on ``target_modules`` (names, or a regex string)."""

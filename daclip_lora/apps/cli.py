@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from .._utils.compat import DependencyError
 from ..training.engine import CheckpointWriteError
@@ -312,21 +312,18 @@ def _add_options_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, default=Path("."), help="folder for experiments/ and results/ (default: .)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="daclip-lora",
-        description="DA-CLIP on open_clip: checkpoints, controller LoRA and SD LoRA restoration.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_list_models(sub: Any) -> None:
     p = sub.add_parser("list-models", help="list the registered DA-CLIP model names")
     p.add_argument("--all", action="store_true", help="include open_clip's model names")
     p.set_defaults(func=_cmd_list_models)
 
+
+def _add_env(sub: Any) -> None:
     p = sub.add_parser("env", help="print the installed dependency versions and whether they are supported")
     p.set_defaults(func=_cmd_env)
 
+
+def _add_convert(sub: Any) -> None:
     p = sub.add_parser(
         "convert",
         help="rewrite a DA-CLIP/CLIP checkpoint as .safetensors (no optimizer, no alias keys)",
@@ -342,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint that the original DA-CLIP code can load too")
     p.set_defaults(func=_cmd_convert)
 
+
+def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train from a UIR-style options file (-opt X.yml)",
                        description="Train as the options file says (task: controller trains a LoRA on the "
                                    "DA-CLIP controller; task: restoration trains the degradation-aware SD LoRA). "
@@ -359,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     short.add_argument("-t", dest="text_lr", metavar="LR", help="text-encoder LoRA learning rate (sd.text_encoder_lr)")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_test(sub: Any) -> None:
     p = sub.add_parser("test", help="evaluate from a UIR-style options file (-opt X.yml)",
                        description="Evaluate as the options file says (task: controller: zero-shot degradation "
                                    "accuracy; task: restoration: restored images, PSNR/SSIM per degradation). "
@@ -369,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restoration folder (default: <root>/experiments/<name>/models/restoration)")
     p.set_defaults(func=_cmd_test)
 
+
+def _add_make_dataset(sub: Any) -> None:
     p = sub.add_parser(
         "make-dataset",
         help="write a synthetic UIR MD tree (train/val) and DA-CLIP CSVs",
@@ -388,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=_cmd_make_dataset)
 
+
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the embedded end-to-end demo on CPU (no downloads)",
                        description="Synthetic data from scikit-image photographs, the shipped tiny pretrained "
                                    "DA-CLIP, controller-LoRA training and evaluation, the shipped tiny pretrained SD, "
@@ -400,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_restore(sub: Any) -> None:
     p = sub.add_parser("restore", help="restore an image or a folder of images with a trained restoration LoRA",
                        description="Restore every image of INPUT (a folder or one file) into OUTPUT, keeping file "
                                    "names and formats. Images larger than the base's native size are restored in "
@@ -427,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (slower; same outputs to 1e-4)")
     p.set_defaults(func=_cmd_restore)
 
+
+def _add_app(sub: Any) -> None:
     p = sub.add_parser("app", help="web page: degradation probabilities and before/after restoration (Gradio)",
                        description="Serve the restoration web app (pip install -e \".[app]\"). Without --weights or "
                                    "-opt it runs the embedded tiny models on the CPU.")
@@ -445,10 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest upload in pixels (default 1 Mpx)")
     p.set_defaults(func=_cmd_app)
 
+
+def _add_make_tiny_base(sub: Any) -> None:
     p = sub.add_parser("make-tiny-base", help="re-create the tiny pretrained bases that ship with the package",
                        description="Train the tiny SD base (VAE, then UNet denoiser) from scikit-image photographs, "
                                    "deterministically, and write it in diffusers format with recipe.json. The "
-                                   "shipped copy is daclip_lora/assets/tiny_sd (about 28 minutes on 2 CPU cores). "
+                                   "shipped copy is daclip_lora/tiny/assets/tiny_sd (about 28 minutes on 2 CPU cores). "
                                    "--daclip makes the tiny DA-CLIP base instead, --restorer the web app's "
                                    "restorer (which needs both bases).")
     p.add_argument("out", type=Path, help="output folder (replaced if it exists)")
@@ -458,14 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--daclip", action="store_true",
                    help="make the tiny DA-CLIP base instead: its vision tower pretrained on the synthetic "
-                        "degradations (shipped copy: daclip_lora/assets/tiny_daclip, about 15 minutes)")
+                        "degradations (shipped copy: daclip_lora/tiny/assets/tiny_daclip, about 15 minutes)")
     p.add_argument("--daclip-steps", type=int, default=4500, help="training steps of --daclip (default 4500)")
     p.add_argument("--restorer", action="store_true",
                    help="make the tiny restorer the web app starts with instead (the embedded demo's controller "
                         "LoRA and restoration LoRA on the shipped bases; shipped copy: "
-                        "daclip_lora/assets/tiny_restorer)")
+                        "daclip_lora/tiny/assets/tiny_restorer)")
     p.set_defaults(func=_cmd_make_tiny_base)
 
+
+def _add_check_options(sub: Any) -> None:
     p = sub.add_parser("check-options", help="load and validate an options file, print the resolved options",
                        description="Load a UIR-style options file exactly as train/test would and print the "
                                    "resolved, typed options as YAML.")
@@ -473,6 +486,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="resolve as a training file (default: test)")
     p.add_argument("--no-check-paths", action="store_true", help="do not require input paths to exist")
     p.set_defaults(func=_cmd_check_options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daclip-lora",
+        description="DA-CLIP on open_clip: checkpoints, controller LoRA and SD LoRA restoration.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_list_models, _add_env, _add_convert, _add_train, _add_test, _add_make_dataset, _add_demo, _add_restore, _add_app, _add_make_tiny_base, _add_check_options):
+        add(sub)
     return parser
 
 

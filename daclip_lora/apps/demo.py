@@ -137,36 +137,12 @@ def write_overview(results: Path, distortion: List[str], path: Path, per_row: in
     return write_image(path, np.concatenate(rows, axis=0))
 
 
-def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = False) -> Dict[str, Any]:
-    """Run the embedded demo into ``out`` and return (and write) ``out/summary.json``."""
-    from ..training.engine import Engine
-    from ..training.options import load_options
-    from ..tiny.locate import embedded_daclip_base, embedded_sd_base
-    from ..training.tasks.controller import ControllerTrainer, evaluate_controller
-    from ..training.tasks.restoration import RestorationTrainer, evaluate_restoration
-
-    if preset not in DEMO_PRESETS:
-        raise ValueError(f"unknown demo preset {preset!r}; use one of {', '.join(DEMO_PRESETS)}")
-    p = DEMO_PRESETS[preset]
-    out = Path(out).expanduser().resolve()
-    _prepare_out(out, overwrite)
-    start = time.perf_counter()
-    marks: List[Tuple[str, float]] = []
-
-    def stage(name: str, message: str, *args: Any) -> None:
-        marks.append((name, time.perf_counter()))
-        logger.info("[%d/7] " + message, len(marks), *args)
-
-    stage("dataset", "synthetic dataset from scikit-image photographs")
-    manifest = demo_data(out, preset, seed)
-    data, distortion = out / "data", manifest["distortions"]
-
-    stage("daclip_base", "the shipped tiny pretrained DA-CLIP base")
-    base_path = embedded_daclip_base()
-
-    common = {"distortion": distortion, "daclip": {"model": "daclip_tiny", "pretrained": str(base_path)},
-              "runtime": {"device": "cpu"}}
-    controller_opt = _write_yaml(out / "options" / "controller_train.yml", {
+def controller_options(out: Path, distortion: List[str], daclip: Dict[str, Any], preset: str = "full",
+                       seed: int = 0) -> Tuple[Path, Path]:
+    """Training and test options of the demo's controller LoRA run on ``out/data``."""
+    p, data = DEMO_PRESETS[preset], out / "data"
+    common = {"distortion": distortion, "daclip": daclip, "runtime": {"device": "cpu"}}
+    train = _write_yaml(out / "options" / "controller_train.yml", {
         "name": "demo_controller", "task": "controller", **common,
         "datasets": {"train": {"mode": "CSV", "csv": str(data / "daclip_train.csv"),
                                "batch_size": p["controller_batch"]},
@@ -176,71 +152,114 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
                   "val_freq": 0, "manual_seed": seed},
         "logger": {"print_freq": max(1, p["controller_steps"] // 4), "save_checkpoint_freq": p["controller_steps"]},
     })
-    test_opt = _write_yaml(out / "options" / "controller_test.yml", {
+    test = _write_yaml(out / "options" / "controller_test.yml", {
         "name": "demo_controller", "task": "controller", **common,
         "datasets": {"val": {"mode": "MD", "dataroot": str(data / "val")}},
     })
+    return train, test
 
+
+def _controller_summary(trainer, result, before: Dict[str, Any], after: Dict[str, Any], classes: int
+                        ) -> Dict[str, Any]:
+    return {"controller_trainable": trainer.report.trainable,
+            "controller_trainable_percent": round(trainer.report.percent, 3),
+            "controller_steps": result.step,
+            "controller_final_loss": result.losses[-1],
+            "controller_accuracy_before": before["overall"],
+            "controller_accuracy_after": after["overall"],
+            "controller_accuracy_per_class_after": after["per_class"],
+            "chance": 1.0 / classes}
+
+
+def _restoration_summary(report: Dict[str, Any]) -> Dict[str, Any]:
+    mean, per = report["mean"], {k: v for k, v in report.items() if k != "mean"}
+    return {"psnr_lq": mean["lq_psnr"], "psnr_restored": mean["psnr"], "ssim_lq": mean["lq_ssim"],
+            "ssim_restored": mean["ssim"], "degradations_improved": sum(v["psnr"] > v["lq_psnr"] for v in per.values()),
+            "restoration_per_degradation": per}
+
+
+class _Stages:
+    """The demo's numbered stages: logs each one and its start time (``stage_seconds`` in the summary)."""
+
+    def __init__(self, total: int = 7):
+        self.total, self.marks = total, []
+
+    def __call__(self, name: str, message: str, *args: Any) -> None:
+        self.marks.append((name, time.perf_counter()))
+        logger.info(f"[%d/{self.total}] " + message, len(self.marks), *args)
+
+    def seconds(self, end: float) -> Dict[str, float]:
+        stops = [t for _, t in self.marks[1:]] + [end]
+        return {name: round(stop - t, 1) for (name, t), stop in zip(self.marks, stops)}
+
+
+def _controller_stages(out: Path, stage: _Stages, distortion: List[str], daclip: Dict[str, Any], preset: str,
+                       seed: int) -> Dict[str, Any]:
+    """Zero-shot accuracy of the base, controller LoRA training, the same accuracy after."""
+    from ..training.engine import Engine
+    from ..training.options import load_options
+    from ..training.tasks.controller import ControllerTrainer, evaluate_controller
+
+    controller_opt, test_opt = controller_options(out, distortion, daclip, preset, seed)
     stage("controller_before", "degradation accuracy of the base on the held-out split")
     before = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"))["val"]
-
-    stage("controller", "controller LoRA training (%d steps), then the same evaluation", p["controller_steps"])
+    stage("controller", "controller LoRA training (%d steps), then the same evaluation",
+          DEMO_PRESETS[preset]["controller_steps"])
     opt = load_options(controller_opt, is_train=True, root=out / "runs")
     trainer = ControllerTrainer(opt)
     result = Engine(opt, trainer).fit()
     adapter = Path(opt.path.models) / "controller_lora"
     after = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"), adapter=str(adapter))["val"]
+    return {"controller_lora": str(adapter), **_controller_summary(trainer, result, before, after, len(distortion))}
+
+
+def _restoration_stages(out: Path, stage: _Stages, distortion: List[str], daclip: Dict[str, Any], preset: str,
+                        seed: int) -> Dict[str, Any]:
+    """Restoration training (LoRA, then the fusion head) and evaluation of the held-out split."""
+    from ..tiny.locate import embedded_sd_base
+    from ..training.engine import Engine
+    from ..training.options import load_options
+    from ..training.tasks.restoration import RestorationTrainer, evaluate_restoration
 
     stage("sd_base", "the shipped tiny pretrained Stable Diffusion base")
     sd_base = embedded_sd_base()
-
     stage("restoration_training", "degradation-aware SD LoRA training (%d steps, cached latents), then the fusion "
-          "head", p["sd_steps"])
-    sd_train, sd_test = restoration_options(out, "demo_restoration", distortion,
-                                            {**common["daclip"], "adapter": str(adapter)}, preset, seed)
+          "head", DEMO_PRESETS[preset]["sd_steps"])
+    sd_train, sd_test = restoration_options(out, "demo_restoration", distortion, daclip, preset, seed)
     opt = load_options(sd_train, is_train=True, root=out / "runs")
     sd_result = Engine(opt, RestorationTrainer(opt)).fit()
     sd_lora = Path(opt.path.models) / "restoration"
-
     stage("restoration_eval", "restoration of the held-out split")
     test = load_options(sd_test, is_train=False, root=out / "runs")
     report = evaluate_restoration(test, folder=str(sd_lora))["val"]
-    mean = report["mean"]
     overview = write_overview(Path(test.path.results_root), distortion, out / "overview.png")
-    per = {k: v for k, v in report.items() if k != "mean"}
+    return {"sd_base": str(sd_base), "sd_lora": str(sd_lora), "sd_steps": sd_result.step,
+            "sd_final_loss": sd_result.losses[-1], **_restoration_summary(report),
+            "sampling": dict(vars(test.sampling)), "results": str(test.path.results_root), "overview": str(overview)}
 
+
+def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = False) -> Dict[str, Any]:
+    """Run the embedded demo into ``out`` and return (and write) ``out/summary.json``."""
+    from ..tiny.locate import embedded_daclip_base
+
+    if preset not in DEMO_PRESETS:
+        raise ValueError(f"unknown demo preset {preset!r}; use one of {', '.join(DEMO_PRESETS)}")
+    out = Path(out).expanduser().resolve()
+    _prepare_out(out, overwrite)
+    start = time.perf_counter()
+    stage = _Stages()
+    stage("dataset", "synthetic dataset from scikit-image photographs")
+    manifest = demo_data(out, preset, seed)
+    distortion = manifest["distortions"]
+    stage("daclip_base", "the shipped tiny pretrained DA-CLIP base")
+    base_path = embedded_daclip_base()
+    daclip = {"model": "daclip_tiny", "pretrained": str(base_path)}
+    controller = _controller_stages(out, stage, distortion, daclip, preset, seed)
+    restoration = _restoration_stages(out, stage, distortion, {**daclip, "adapter": controller["controller_lora"]},
+                                      preset, seed)
     end = time.perf_counter()
-    summary = {
-        "preset": preset,
-        "seed": seed,
-        "dataset": str(data),
-        "daclip_base": str(base_path),
-        "controller_lora": str(adapter),
-        "controller_trainable": trainer.report.trainable,
-        "controller_trainable_percent": round(trainer.report.percent, 3),
-        "controller_steps": result.step,
-        "controller_final_loss": result.losses[-1],
-        "controller_accuracy_before": before["overall"],
-        "controller_accuracy_after": after["overall"],
-        "controller_accuracy_per_class_after": after["per_class"],
-        "chance": 1.0 / len(distortion),
-        "sd_base": str(sd_base),
-        "sd_lora": str(sd_lora),
-        "sd_steps": sd_result.step,
-        "sd_final_loss": sd_result.losses[-1],
-        "psnr_lq": mean["lq_psnr"],
-        "psnr_restored": mean["psnr"],
-        "ssim_lq": mean["lq_ssim"],
-        "ssim_restored": mean["ssim"],
-        "degradations_improved": sum(v["psnr"] > v["lq_psnr"] for v in per.values()),
-        "restoration_per_degradation": per,
-        "sampling": dict(vars(test.sampling)),
-        "results": str(test.path.results_root),
-        "overview": str(overview),
-        "seconds": round(end - start, 1),
-        "stage_seconds": {name: round(stop - t, 1)
-                          for (name, t), stop in zip(marks, [t for _, t in marks[1:]] + [end])},
-    }
+    summary = {"preset": preset, "seed": seed, "dataset": str(out / "data"), "daclip_base": str(base_path),
+               **controller, **restoration, "seconds": round(end - start, 1), "stage_seconds": stage.seconds(end)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -324,16 +324,8 @@ class _Session:
         return probs, (str(lq_png), str(out_png)), str(out_png), json.dumps(details, indent=1)
 
 
-def build_app(settings: Optional[AppSettings] = None,
-              loader: Optional[Callable[[AppSettings], Restorer]] = None) -> Any:
-    """The Gradio page (a ``gr.Blocks``) for ``settings``; ``loader`` replaces :meth:`Restorer.load` (tests)."""
-    require_gradio()
-    import gradio as gr
-
-    from ..restoration.schedulers import SCHEDULERS
-
-    settings = settings or AppSettings()
-    session = _Session(settings, loader)
+def _handlers(session: "_Session", gr: Any) -> Tuple[Callable, Callable, Callable]:
+    """The page's callbacks: user errors become Gradio error toasts with the package's one-line message."""
 
     def use_example(name, degradation, seed):
         try:
@@ -355,8 +347,66 @@ def build_app(settings: Optional[AppSettings] = None,
         except (ValueError, FileNotFoundError) as e:
             raise gr.Error(str(e), print_exception=False) from None
 
+    return use_example, show, run
+
+
+def _input_column(gr: Any) -> Dict[str, Any]:
     from ..data.degrade import DEGRADATION_FUNCTIONS
 
+    # a File, not an Image: Gradio's Image decodes uploads itself and turns a corrupt file into an
+    # opaque "could not preprocess" error; read_upload gives the reason in the page instead
+    c = {"image": gr.File(label="Input image (LQ): upload", file_types=["image"], type="filepath",
+                          elem_id="input-file"),
+         "preview": gr.Image(label="Input", type="filepath", interactive=False, elem_id="input-preview", height=256)}
+    with gr.Row():
+        c["example"] = gr.Dropdown(example_names(), value="astronaut", label="Example photograph")
+        c["degradation"] = gr.Dropdown([NO_DEGRADATION, *DEGRADATION_FUNCTIONS], value="noisy",
+                                       label="Degrade it with")
+        c["example_seed"] = gr.Number(0, precision=0, label="Degradation seed", minimum=0)
+    c["use"] = gr.Button("Use example", elem_id="use-example")
+    c["restore"] = gr.Button("Restore", variant="primary", elem_id="restore")
+    return c
+
+
+def _sampling_controls(gr: Any) -> List[Any]:
+    """Steps, scheduler, guidance, strength, seed, tile: the order of :meth:`_Session.run`'s arguments."""
+    from ..restoration.schedulers import SCHEDULERS
+
+    with gr.Accordion("Sampling", open=True):
+        gr.Markdown("Steps, scheduler, strength and seed apply to models trained with the diffusion "
+                    "objective; a one-step model (such as the shipped tiny restorer) restores in one "
+                    "UNet call and ignores them.")
+        return [gr.Slider(1, 100, value=20, step=1, label="Steps"),
+                gr.Dropdown(list(SCHEDULERS), value="ddim", label="Scheduler"),
+                gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance scale (1 = off)"),
+                gr.Slider(0.05, 1.0, value=0.4, step=0.05, label="Strength (< 1 starts from the noised LQ)"),
+                gr.Number(0, precision=0, label="Seed", minimum=0),
+                gr.Dropdown(["auto", "off", "64", "128", "256", "512", "768"], value="auto",
+                            allow_custom_value=True, label="Tile size (px)")]
+
+
+def _output_column(gr: Any, settings: AppSettings) -> List[Any]:
+    """Probabilities, before/after slider, download, details: the order of :meth:`_Session.run`'s outputs."""
+    from ..data.degrade import DEGRADATION_FUNCTIONS
+
+    probs = gr.Label(num_top_classes=len(settings.degradations or DEGRADATION_FUNCTIONS),
+                     label="DA-CLIP: predicted degradation", elem_id="probabilities")
+    compare = gr.ImageSlider(label="Before / after", type="filepath", elem_id="compare")
+    download = gr.File(label="Restored image (PNG)", elem_id="download")
+    with gr.Accordion("Details (JSON)", open=False):
+        details = gr.Code(language="json", label="details", elem_id="details")
+    return [probs, compare, download, details]
+
+
+def build_app(settings: Optional[AppSettings] = None,
+              loader: Optional[Callable[[AppSettings], Restorer]] = None) -> Any:
+    """The Gradio page (a ``gr.Blocks``) for ``settings``; ``loader`` replaces :meth:`Restorer.load` (tests)."""
+    require_gradio()
+    import gradio as gr
+
+    settings = settings or AppSettings()
+    session = _Session(settings, loader)
+    use_example, show, run = _handlers(session, gr)
     with gr.Blocks(title="daclip-lora: degradation-aware restoration", analytics_enabled=False) as app:
         gr.Markdown("## daclip-lora: degradation-aware restoration\n"
                     "Upload an image (or degrade a shipped example), then **Restore**. DA-CLIP predicts the "
@@ -364,42 +414,14 @@ def build_app(settings: Optional[AppSettings] = None,
         status = gr.Markdown("Loading the models ...", elem_id="status")
         with gr.Row():
             with gr.Column():
-                # a File, not an Image: Gradio's Image decodes uploads itself and turns a corrupt file into an
-                # opaque "could not preprocess" error; read_upload gives the reason in the page instead
-                image = gr.File(label="Input image (LQ): upload", file_types=["image"], type="filepath",
-                                elem_id="input-file")
-                preview = gr.Image(label="Input", type="filepath", interactive=False, elem_id="input-preview",
-                                   height=256)
-                with gr.Row():
-                    example = gr.Dropdown(example_names(), value="astronaut", label="Example photograph")
-                    degradation = gr.Dropdown([NO_DEGRADATION, *DEGRADATION_FUNCTIONS], value="noisy",
-                                              label="Degrade it with")
-                    example_seed = gr.Number(0, precision=0, label="Degradation seed", minimum=0)
-                use = gr.Button("Use example", elem_id="use-example")
-                restore = gr.Button("Restore", variant="primary", elem_id="restore")
-                with gr.Accordion("Sampling", open=True):
-                    gr.Markdown("Steps, scheduler, strength and seed apply to models trained with the diffusion "
-                                "objective; a one-step model (such as the shipped tiny restorer) restores in one "
-                                "UNet call and ignores them.")
-                    steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
-                    scheduler = gr.Dropdown(list(SCHEDULERS), value="ddim", label="Scheduler")
-                    guidance = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance scale (1 = off)")
-                    strength = gr.Slider(0.05, 1.0, value=0.4, step=0.05,
-                                         label="Strength (< 1 starts from the noised LQ)")
-                    seed = gr.Number(0, precision=0, label="Seed", minimum=0)
-                    tile = gr.Dropdown(["auto", "off", "64", "128", "256", "512", "768"], value="auto",
-                                       allow_custom_value=True, label="Tile size (px)")
+                c = _input_column(gr)
+                sampling = _sampling_controls(gr)
             with gr.Column():
-                probs = gr.Label(num_top_classes=len(settings.degradations or DEGRADATION_FUNCTIONS),
-                                 label="DA-CLIP: predicted degradation", elem_id="probabilities")
-                compare = gr.ImageSlider(label="Before / after", type="filepath", elem_id="compare")
-                download = gr.File(label="Restored image (PNG)", elem_id="download")
-                with gr.Accordion("Details (JSON)", open=False):
-                    details = gr.Code(language="json", label="details", elem_id="details")
-        use.click(use_example, [example, degradation, example_seed], image, api_name="example")
-        image.change(show, image, preview, api_name=False)
-        restore.click(run, [image, steps, scheduler, guidance, strength, seed, tile],
-                      [probs, compare, download, details], api_name=API_NAME, concurrency_limit=1)
+                outputs = _output_column(gr, settings)
+        c["use"].click(use_example, [c["example"], c["degradation"], c["example_seed"]], c["image"],
+                       api_name="example")
+        c["image"].change(show, c["image"], c["preview"], api_name=False)
+        c["restore"].click(run, [c["image"], *sampling], outputs, api_name=API_NAME, concurrency_limit=1)
         app.load(session.status, None, status, api_name=False)
     return app
 

@@ -133,18 +133,7 @@ def load_state_dict(checkpoint_path: Union[str, Path], device: Union[str, torch.
             not hold a mapping of names to tensors.
     """
     path = Path(checkpoint_path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
-    if path.is_dir():
-        raise FileNotFoundError(f"checkpoint path {path} is a folder; pass the checkpoint file inside it")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not complete")
-    if path.suffix == ".safetensors":
-        obj: object = _safetensors_load(path, device)
-    elif _looks_like_safetensors(path):
-        obj = _safetensors_load(path, device)
-    else:
-        obj = _torch_load(path, device)
+    obj = _read_checkpoint_file(path, device)
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
@@ -160,6 +149,19 @@ def load_state_dict(checkpoint_path: Union[str, Path], device: Union[str, torch.
     if all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
     return state_dict
+
+
+def _read_checkpoint_file(path: Path, device: Union[str, torch.device]) -> object:
+    """What the file holds: safetensors (by suffix or header) or a ``weights_only`` torch pickle."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint path {path} is a folder; pass the checkpoint file inside it")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not complete")
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        return _safetensors_load(path, device)
+    return _torch_load(path, device)
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -189,7 +191,7 @@ def checkpoint_kind(state_dict: Mapping[str, torch.Tensor], source: str = "check
     )
 
 
-def _fill_aliases(state_dict: StateDict) -> StateDict:
+def fill_aliases(state_dict: StateDict) -> StateDict:
     """Add the ``visual.*`` <-> ``clip.visual.*`` alias keys a file may have dropped."""
     out = dict(state_dict)
     for k, v in state_dict.items():
@@ -281,7 +283,7 @@ def load_checkpoint(
     kind = checkpoint_kind(state_dict, source)
     if isinstance(model, DaCLIP):
         if kind == "daclip":
-            result = _load_strict(model, _fill_aliases(state_dict), strict, source, "this DA-CLIP model")
+            result = _load_strict(model, fill_aliases(state_dict), strict, source, "this DA-CLIP model")
         else:
             result = _load_strict(model.clip, state_dict, strict, source, "this DA-CLIP model's CLIP")
             model.initial_controller(controller_init)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -22,7 +22,9 @@ from torch import nn
 from .checkpoint import load_checkpoint, read_safetensors_metadata
 from .model import DaCLIP
 from .._utils.suggest import suggest
-from .registry import (_META_KEYS, add_model_config, get_family_factory, get_model_config, get_model_family, list_models as _list_registered, register_family)
+from .registry import (META_KEYS, add_model_config, get_family_factory, get_model_config, get_model_family,
+                       register_family)
+from .registry import list_models as _list_registered
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class UnknownModelError(ValueError):
 @register_family("clip")
 def build_clip(model_cfg: Dict[str, Any], cast_dtype: Optional[torch.dtype] = None, **kwargs: Any) -> CLIP:
     """A plain ``open_clip.CLIP`` from a config (``custom_text`` is ignored: DA-CLIP key names)."""
-    cfg = {k: v for k, v in model_cfg.items() if k not in _META_KEYS}
+    cfg = {k: v for k, v in model_cfg.items() if k not in META_KEYS}
     cfg.update(kwargs)
     return CLIP(**cfg, cast_dtype=cast_dtype)
 
@@ -242,20 +244,53 @@ def create_model(
             force_preprocess_cfg=force_preprocess_cfg, force_context_length=force_context_length,
             output_dict=output_dict, require_pretrained=require_pretrained, **model_kwargs,
         )
-    # Loader options of open_clip.create_model that open_clip's own create_model_and_transforms
-    # passes along once register_with_open_clip() is active; tower-specific weights do not apply.
-    load_weights = model_kwargs.pop("load_weights", True)
-    controller_init = model_kwargs.pop("controller_init", "by_name")
-    lock_clip = model_kwargs.pop("lock_clip", True)
-    if controller_init not in ("by_name", "reference"):
-        raise ValueError(f"controller_init must be 'by_name' or 'reference', got {controller_init!r}")
-    if not model_kwargs.pop("weights_only", True):
-        raise ValueError("weights_only=False is refused: daclip_lora never unpickles arbitrary objects")
-    cache_dir = model_kwargs.get("cache_dir")
-    for key in _OPEN_CLIP_LOADER_KWARGS:
-        model_kwargs.pop(key, None)
-    if not load_weights:
-        pretrained = None
+    loader = _LoaderOptions.pop_from(model_kwargs)
+    pretrained = pretrained if loader.load_weights else None
+    _check_arguments(model_name, pretrained, precision, jit, force_custom_text, require_pretrained)
+    tag_cfg: Dict[str, Any] = {}  # resolved after the cheap checks: it may download
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        pretrained, tag_cfg = resolve_pretrained_tag(model_name, model_cfg, str(pretrained), loader.cache_dir)
+    _apply_overrides(model_name, model_cfg, tag_cfg, force_quick_gelu, force_patch_dropout, force_image_size,
+                     force_context_length)
+    preprocess_cfg = {**asdict(PreprocessCfg()), **model_cfg.get("preprocess_cfg", {}),
+                      **{k: v for k, v in tag_cfg.items() if k in _PREPROCESS_KEYS}}
+    model = _build_and_load(model_name, model_cfg, pretrained, precision, device, loader, model_kwargs)
+    _set_device_and_precision(model, device, precision)
+    inner = model.clip if isinstance(model, DaCLIP) else model
+    if output_dict is not None:
+        inner.output_dict = output_dict
+    preprocess_cfg["size"] = inner.visual.image_size
+    preprocess_cfg.update(force_preprocess_cfg or {})
+    set_model_preprocess_cfg(inner, preprocess_cfg)
+    return model.eval()
+
+
+@dataclass
+class _LoaderOptions:
+    """Loader options of ``open_clip.create_model`` (which open_clip's own ``create_model_and_transforms``
+    passes along once :func:`register_with_open_clip` is active) and ours; tower-specific weights do not apply."""
+
+    load_weights: bool = True
+    controller_init: str = "by_name"
+    lock_clip: bool = True
+    cache_dir: Optional[str] = None
+
+    @classmethod
+    def pop_from(cls, model_kwargs: Dict[str, Any]) -> "_LoaderOptions":
+        out = cls(load_weights=model_kwargs.pop("load_weights", True),
+                  controller_init=model_kwargs.pop("controller_init", "by_name"),
+                  lock_clip=model_kwargs.pop("lock_clip", True), cache_dir=model_kwargs.get("cache_dir"))
+        if out.controller_init not in ("by_name", "reference"):
+            raise ValueError(f"controller_init must be 'by_name' or 'reference', got {out.controller_init!r}")
+        if not model_kwargs.pop("weights_only", True):
+            raise ValueError("weights_only=False is refused: daclip_lora never unpickles arbitrary objects")
+        for key in _OPEN_CLIP_LOADER_KWARGS:
+            model_kwargs.pop(key, None)
+        return out
+
+
+def _check_arguments(model_name: str, pretrained: Optional[str], precision: str, jit: bool,
+                     force_custom_text: bool, require_pretrained: bool) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if jit:
@@ -264,9 +299,12 @@ def create_model(
         logger.info("force_custom_text ignored: DA-CLIP always wraps a plain open_clip CLIP")
     if require_pretrained and not pretrained:
         raise ValueError(f"model {model_name!r} requires pretrained=<checkpoint file>, got {pretrained!r}")
-    tag_cfg: Dict[str, Any] = {}  # resolved after the cheap checks: it may download
-    if pretrained and not Path(pretrained).expanduser().is_file():
-        pretrained, tag_cfg = resolve_pretrained_tag(model_name, model_cfg, str(pretrained), cache_dir)
+
+
+def _apply_overrides(model_name: str, model_cfg: Dict[str, Any], tag_cfg: Dict[str, Any], force_quick_gelu: bool,
+                     force_patch_dropout: Optional[float], force_image_size: Any,
+                     force_context_length: Optional[int]) -> None:
+    """open_clip's ``force_*`` arguments, and QuickGELU when the pretrained tag was trained with it."""
     if tag_cfg.get("quick_gelu") and not model_cfg.get("quick_gelu"):
         logger.info("pretrained tag of %s was trained with QuickGELU: building %s with quick_gelu=True",
                     _open_clip_base(model_name, model_cfg), model_name)
@@ -279,9 +317,12 @@ def create_model(
         model_cfg["vision_cfg"]["image_size"] = force_image_size
     if force_context_length is not None:
         model_cfg["text_cfg"]["context_length"] = force_context_length
-    preprocess_cfg = {**asdict(PreprocessCfg()), **model_cfg.get("preprocess_cfg", {}),
-                      **{k: v for k, v in tag_cfg.items() if k in _PREPROCESS_KEYS}}
 
+
+def _build_and_load(model_name: str, model_cfg: Dict[str, Any], pretrained: Optional[str], precision: str,
+                    device: Union[str, torch.device], loader: _LoaderOptions, model_kwargs: Dict[str, Any]
+                    ) -> nn.Module:
+    """The family's model (on the meta device when asked), with the checkpoint loaded and CLIP (un)locked."""
     factory = get_family_factory(get_model_family(model_cfg))
     on_meta = torch.device(device).type == "meta"
     if on_meta and pretrained:
@@ -290,21 +331,14 @@ def create_model(
         model = factory(model_cfg, cast_dtype=get_cast_dtype(precision), **model_kwargs)
     if pretrained:
         _check_pretrained_name(model_name, pretrained)
-        result = load_checkpoint(model, Path(pretrained).expanduser(), controller_init=controller_init)
+        result = load_checkpoint(model, Path(pretrained).expanduser(), controller_init=loader.controller_init)
         logger.info("loaded %s checkpoint %s into %s", result.kind, pretrained, model_name)
     else:
         logger.info("no pretrained weights for %r: randomly initialised", model_name)
-    if not lock_clip:
+    if not loader.lock_clip:
         model.clip.requires_grad_(True)
         logger.info("lock_clip=False: the wrapped CLIP of %s is trainable", model_name)
-    _set_device_and_precision(model, device, precision)
-    inner = model.clip if isinstance(model, DaCLIP) else model
-    if output_dict is not None:
-        inner.output_dict = output_dict
-    preprocess_cfg["size"] = inner.visual.image_size
-    preprocess_cfg.update(force_preprocess_cfg or {})
-    set_model_preprocess_cfg(inner, preprocess_cfg)
-    return model.eval()
+    return model
 
 
 def _model_and_preprocess(model_name, pretrained, precision, device, mean, std, interpolation, resize_mode,
@@ -405,10 +439,10 @@ def match_model_names(state_dict: Dict[str, torch.Tensor]) -> list:
 
     Models are built on the meta device, so this allocates no weights.
     """
-    from .checkpoint import _fill_aliases, checkpoint_kind
+    from .checkpoint import checkpoint_kind, fill_aliases
 
     kind = checkpoint_kind(state_dict)
-    wanted = {k: tuple(v.shape) for k, v in (_fill_aliases(state_dict) if kind == "daclip" else state_dict).items()}
+    wanted = {k: tuple(v.shape) for k, v in (fill_aliases(state_dict) if kind == "daclip" else state_dict).items()}
     names = []
     for name in _list_registered(family=kind):
         model = create_model(name, device="meta")

@@ -36,7 +36,8 @@ __all__ = [
 
 DEFAULT_FAMILY = "daclip"
 # Keys of a model config that describe it but are not constructor arguments.
-_META_KEYS = {"family", "custom_text", "description", "base_model", "preprocess_cfg"}
+#: config keys that describe a model rather than build it
+META_KEYS = {"family", "custom_text", "description", "base_model", "preprocess_cfg"}
 # Keyword arguments of open_clip.CLIP besides embed_dim / vision_cfg / text_cfg.
 _CLIP_KEYS = {"quick_gelu", "init_logit_scale", "init_logit_bias", "nonscalar_logit_scale", "output_dict"}
 _REQUIRED = {
@@ -88,10 +89,8 @@ def get_family_factory(family: str) -> Callable[..., Any]:
 
 
 # ----------------------------------------------------------------------------- configs
-def validate_model_config(cfg: Any, source: str = "<config>") -> Dict[str, Any]:
-    """Check a model config dict; raise :class:`ConfigError` naming ``source`` and the bad key."""
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{source}: a model config must be a JSON object, got {type(cfg).__name__}")
+def _check_keys(cfg: Dict[str, Any], source: str) -> None:
+    """Required keys present and no unknown key, per section."""
     for section, required in _REQUIRED.items():
         block = cfg if section is None else cfg.get(section)
         where = "top level" if section is None else section
@@ -99,21 +98,23 @@ def validate_model_config(cfg: Any, source: str = "<config>") -> Dict[str, Any]:
             raise ConfigError(f"{source}: {section!r} must be an object, got {type(block).__name__}")
         missing = [k for k in required if k not in block]
         if missing:
-            raise ConfigError(
-                f"{source}: missing required key {missing[0]!r} in {where} "
-                f"(required there: {', '.join(required)})"
-            )
+            raise ConfigError(f"{source}: missing required key {missing[0]!r} in {where} "
+                              f"(required there: {', '.join(required)})")
     for section, fields in _FIELDS.items():
-        for key in cfg[section]:
-            if key not in fields:
-                raise ConfigError(
-                    f"{source}: unknown key {key!r} in {section}.{suggest(key, fields)}"
-                )
-    for key in cfg:
-        if key not in (*_REQUIRED[None], *_CLIP_KEYS, *_META_KEYS):
-            raise ConfigError(
-                f"{source}: unknown top-level key {key!r}.{suggest(key, [*_CLIP_KEYS, *_META_KEYS])}"
-            )
+        unknown = [key for key in cfg[section] if key not in fields]
+        if unknown:
+            raise ConfigError(f"{source}: unknown key {unknown[0]!r} in {section}.{suggest(unknown[0], fields)}")
+    unknown = [key for key in cfg if key not in (*_REQUIRED[None], *_CLIP_KEYS, *META_KEYS)]
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r}."
+                          f"{suggest(unknown[0], [*_CLIP_KEYS, *META_KEYS])}")
+
+
+def validate_model_config(cfg: Any, source: str = "<config>") -> Dict[str, Any]:
+    """Check a model config dict; raise :class:`ConfigError` naming ``source`` and the bad key."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: a model config must be a JSON object, got {type(cfg).__name__}")
+    _check_keys(cfg, source)
     family = cfg.get("family", DEFAULT_FAMILY)
     if family not in _FAMILIES:
         raise ConfigError(

@@ -26,7 +26,7 @@ from .images import list_images, read_image, write_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BUILTIN_IMAGES", "builtin_images", "folder_images", "make_dataset"]
+__all__ = ["BUILTIN_IMAGES", "builtin_images", "folder_images", "make_dataset", "random_patches"]
 
 # skimage.data photographs bundled with the package (no download), with a caption each.
 BUILTIN_IMAGES: Dict[str, str] = {
@@ -78,7 +78,7 @@ def folder_images(folder: Union[str, Path]) -> List[Tuple[str, np.ndarray, str]]
     return out
 
 
-def _patches(sources: List[Tuple[str, np.ndarray, str]], count: int, size: int,
+def random_patches(sources: List[Tuple[str, np.ndarray, str]], count: int, size: int,
              rng: np.random.Generator) -> List[Tuple[np.ndarray, str, str]]:
     """``count`` random ``size``-square crops, cycling over the sources (downscaled when large)."""
     out = []
@@ -96,6 +96,52 @@ def _patches(sources: List[Tuple[str, np.ndarray, str]], count: int, size: int,
             crop = resize(crop, (size, size), order=3, anti_aliasing=True, preserve_range=True).astype(np.float32)
         out.append((np.clip(crop, 0, 1), caption, name))
     return out
+
+
+def _check_arguments(distortions: Optional[Sequence[str]], size: int, patch_size: int, calib_size: int
+                     ) -> List[str]:
+    distortions = list(distortions or DEGRADATION_FUNCTIONS)
+    unknown = [d for d in distortions if d not in DEGRADATION_FUNCTIONS]
+    if unknown:
+        from .._utils.suggest import suggest
+
+        raise ValueError(f"unknown degradation {unknown[0]!r}; available: {', '.join(DEGRADATION_FUNCTIONS)}."
+                         f"{suggest(unknown[0], DEGRADATION_FUNCTIONS)}")
+    if size < 1 or patch_size < 16 or calib_size < 0:
+        raise ValueError(f"size must be >= 1, calib_size >= 0 and patch_size >= 16, got size={size}, "
+                         f"calib_size={calib_size}, patch_size={patch_size}")
+    return distortions
+
+
+class _Counter:
+    """Images written so far, reported to ``progress`` after each one."""
+
+    def __init__(self, progress: Optional[Callable[[int], None]]):
+        self.written, self.progress = 0, progress
+
+    def add(self) -> None:
+        self.written += 1
+        if self.progress:
+            self.progress(self.written)
+
+
+def _write_split(out: Path, split: str, split_index: int, patches: list, distortions: Sequence[str], seed: int,
+                 counter: _Counter) -> Dict[str, int]:
+    """Write one split's LQ/GT pairs for every degradation and its DA-CLIP CSV; the count per degradation."""
+    rows = []
+    for d_index, deg in enumerate(distortions):
+        for i, (clean, caption, _) in enumerate(patches):
+            lq = degrade(clean, deg, seed=[seed, split_index, d_index, i])
+            name = f"{i:05d}.png"
+            write_image(out / split / deg / "GT" / name, clean)
+            write_image(out / split / deg / "LQ" / name, lq)
+            rows.append((f"{split}/{deg}/LQ/{name}", f"{caption}: {deg}"))
+            counter.add()
+    with open(out / f"daclip_{split}.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["filepath", "title"])
+        writer.writerows(rows)
+    return {deg: len(patches) for deg in distortions}
 
 
 def make_dataset(
@@ -131,48 +177,22 @@ def make_dataset(
         the manifest written to ``out/dataset.json``.
     """
     out = Path(out).expanduser()
-    distortions = list(distortions or DEGRADATION_FUNCTIONS)
-    unknown = [d for d in distortions if d not in DEGRADATION_FUNCTIONS]
-    if unknown:
-        from .._utils.suggest import suggest
-
-        raise ValueError(f"unknown degradation {unknown[0]!r}; available: {', '.join(DEGRADATION_FUNCTIONS)}."
-                         f"{suggest(unknown[0], DEGRADATION_FUNCTIONS)}")
-    if size < 1 or patch_size < 16 or calib_size < 0:
-        raise ValueError(f"size must be >= 1, calib_size >= 0 and patch_size >= 16, got size={size}, "
-                         f"calib_size={calib_size}, patch_size={patch_size}")
+    distortions = _check_arguments(distortions, size, patch_size, calib_size)
     val_size = max(2, size // 4) if val_size is None else val_size
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"output folder {out} is not empty; pass --overwrite to replace it")
         shutil.rmtree(out)
     sources = builtin_images() if source == "builtin" else folder_images(source)
-
     rng = np.random.default_rng(seed)
-    splits = {"train": _patches(sources, size, patch_size, rng), "val": _patches(sources, val_size, patch_size, rng)}
+    splits = {"train": random_patches(sources, size, patch_size, rng),
+              "val": random_patches(sources, val_size, patch_size, rng)}
     if calib_size:  # drawn after the other two, which stay what they are without it
-        splits["calib"] = _patches(sources, calib_size, patch_size, rng)
-    split_index = {"train": 0, "val": 1, "calib": 2}
-    counts: Dict[str, Dict[str, int]] = {}
-    written = 0
-    for split, patches in splits.items():
-        rows = []
-        counts[split] = {}
-        for d_index, deg in enumerate(distortions):
-            for i, (clean, caption, _) in enumerate(patches):
-                lq = degrade(clean, deg, seed=[seed, split_index[split], d_index, i])
-                name = f"{i:05d}.png"
-                write_image(out / split / deg / "GT" / name, clean)
-                write_image(out / split / deg / "LQ" / name, lq)
-                rows.append((f"{split}/{deg}/LQ/{name}", f"{caption}: {deg}"))
-                written += 1
-                if progress:
-                    progress(written)
-            counts[split][deg] = len(patches)
-        with open(out / f"daclip_{split}.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["filepath", "title"])
-            writer.writerows(rows)
+        splits["calib"] = random_patches(sources, calib_size, patch_size, rng)
+    counter = _Counter(progress)
+    counts = {split: _write_split(out, split, index, patches, distortions, seed, counter)
+              for index, (split, patches) in enumerate(splits.items())}
+    written = counter.written
     manifest = {"source": source, "distortions": distortions, "patch_size": patch_size, "seed": seed,
                 "counts": counts, "images": [s[0] for s in sources],
                 "train_csv": "daclip_train.csv", "val_csv": "daclip_val.csv"}

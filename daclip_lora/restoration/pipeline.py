@@ -119,7 +119,8 @@ class RestorationPipeline:
             unload_lora(self.backbone.text_encoder, merge=True)
 
     # --------------------------------------------------------------------------- helpers
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the pipeline's ``precision`` on its device (a no-op for fp32 and the meta device)."""
         if self.precision == "fp32" or self.device.type == "meta":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
@@ -238,7 +239,7 @@ class RestorationPipeline:
         """DA-CLIP's content and degradation embeddings, the conditional context and (for guidance > 1) the
         unconditional one (empty prompt, no DA-CLIP tokens)."""
         b = x.shape[0]
-        with self._autocast():
+        with self.autocast():
             image_emb, degra_emb = self.daclip_embeddings(x)
             text = self.text_hidden(self.config.prompt if prompt is None else prompt, b)
             cond = self.model.context(text, image_emb, degra_emb)
@@ -267,7 +268,7 @@ class RestorationPipeline:
             return u + guidance_scale * (cnd - u)
 
         def run(model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
+            with self.autocast():
                 if latent_tile:
                     return tiled_map(lambda m: predict(m, t), model_in, latent_tile, latent_overlap)
                 return predict(model_in, t)

@@ -31,7 +31,7 @@ import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -167,6 +167,40 @@ def _vae_factor(vae) -> int:
 
 
 # ------------------------------------------------------------------------------------ recipe
+def _json_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def _sd_record(out: Path, seed: int, vae_steps: int, unet_steps: int, batch: int, pipe, scaling: float,
+               vae_psnr: float, t_vae: float, denoise: Dict[str, float], seconds: float) -> Dict[str, Any]:
+    """The ``recipe.json`` of the tiny SD base."""
+    import diffusers
+    import transformers
+
+    vae, unet, text_encoder = pipe.vae, pipe.unet, pipe.text_encoder
+    return {
+        "recipe": "daclip_lora.tiny.recipes.train_tiny_sd",
+        "command": f"daclip-lora make-tiny-base {out.name} --seed {seed} --vae-steps {vae_steps} "
+                   f"--unet-steps {unet_steps} --batch {batch}",
+        "seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "batch": batch,
+        "threads": torch.get_num_threads(),
+        "data": {"source": "skimage.data photographs (daclip_lora.data.synthetic.BUILTIN_IMAGES)",
+                 "held_out_images": list(HELD_OUT_IMAGES), "vae_crop": 32, "unet_patch": 64},
+        "vae": {"config": _json_config(VAE_CONFIGS["tiny_pretrained"]),
+                "parameters": sum(p.numel() for p in vae.parameters()), "scaling_factor": scaling,
+                "held_out_reconstruction_psnr_db": round(vae_psnr, 2), "seconds": round(t_vae, 1)},
+        "unet": {"config": _json_config(UNET_CONFIGS["tiny_pretrained"]),
+                 "parameters": sum(p.numel() for p in unet.parameters()), "objective": "epsilon, Min-SNR-5",
+                 "held_out_noise_mse": denoise},
+        "text_encoder": {"parameters": sum(p.numel() for p in text_encoder.parameters()),
+                         "trained": False},
+        "weights_dtype": "float16",
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+        "seconds": round(seconds, 1),
+    }
+
+
 def train_tiny_sd(out: Union[str, Path], seed: int = 0, vae_steps: int = 1500, unet_steps: int = 1500,
                   batch: int = 16, threads: Optional[int] = 2, log_every: int = 250) -> Dict[str, Any]:
     """Train the tiny pretrained SD base and write it to ``out`` (diffusers format + ``recipe.json``).
@@ -183,8 +217,6 @@ def train_tiny_sd(out: Union[str, Path], seed: int = 0, vae_steps: int = 1500, u
     """
     import shutil
 
-    import diffusers
-    import transformers
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -220,27 +252,8 @@ def train_tiny_sd(out: Union[str, Path], seed: int = 0, vae_steps: int = 1500, u
             shutil.rmtree(out)
         pipe.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
         pipe.to(torch.float32)
-        record = {
-            "recipe": "daclip_lora.tiny.recipes.train_tiny_sd",
-            "command": f"daclip-lora make-tiny-base {out.name} --seed {seed} --vae-steps {vae_steps} "
-                       f"--unet-steps {unet_steps} --batch {batch}",
-            "seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "batch": batch,
-            "threads": torch.get_num_threads(),
-            "data": {"source": "skimage.data photographs (daclip_lora.data.synthetic.BUILTIN_IMAGES)",
-                     "held_out_images": list(HELD_OUT_IMAGES), "vae_crop": 32, "unet_patch": 64},
-            "vae": {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in VAE_CONFIGS["tiny_pretrained"].items()},
-                    "parameters": sum(p.numel() for p in vae.parameters()), "scaling_factor": scaling,
-                    "held_out_reconstruction_psnr_db": round(vae_psnr, 2), "seconds": round(t_vae, 1)},
-            "unet": {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIGS["tiny_pretrained"].items()},
-                     "parameters": sum(p.numel() for p in unet.parameters()), "objective": "epsilon, Min-SNR-5",
-                     "held_out_noise_mse": denoise},
-            "text_encoder": {"parameters": sum(p.numel() for p in text_encoder.parameters()),
-                             "trained": False},
-            "weights_dtype": "float16",
-            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                         "transformers": transformers.__version__, "python": platform.python_version()},
-            "seconds": round(time.perf_counter() - start, 1),
-        }
+        record = _sd_record(out, seed, vae_steps, unet_steps, batch, pipe, scaling, vae_psnr, t_vae, denoise,
+                            time.perf_counter() - start)
         (out / "recipe.json").write_text(json.dumps(record, indent=2))
         logger.info("wrote the tiny pretrained SD base to %s (VAE held-out PSNR %.2f dB)", out, vae_psnr)
         return record
@@ -253,16 +266,69 @@ def _degraded_pool(crops: int, seed: int) -> tuple:
     import numpy as np
 
     from ..data.degrade import DEGRADATION_FUNCTIONS, degrade
-    from ..data.synthetic import _patches, builtin_images
+    from ..data.synthetic import builtin_images, random_patches
 
     classes = sorted(DEGRADATION_FUNCTIONS)
-    patches = _patches(builtin_images(), crops, 64, np.random.default_rng(seed))
+    patches = random_patches(builtin_images(), crops, 64, np.random.default_rng(seed))
     images, labels = [], []
     for i, (patch, _, _) in enumerate(patches):
         for k, name in enumerate(classes):
             images.append(torch.from_numpy(degrade(patch, name, seed=[seed, k, i])).permute(2, 0, 1))
             labels.append(k)
     return torch.stack(images), torch.tensor(labels), classes
+
+
+def _train_tower_with_probe(model, train: tuple, val: tuple, steps: int, batch: int, lr: float, seed: int,
+                            log_every: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Train the vision tower through a linear probe on its normalised embedding (the probe is discarded); the
+    held-out probe and zero-shot accuracies."""
+    import math
+
+    import torch.nn.functional as F
+
+    from ..clip.factory import get_tokenizer
+    from ..data.datasets import clip_batch
+
+    (images, labels, classes), (val_images, val_labels, _) = train, val
+    visual = model.clip.visual.requires_grad_(True).train()
+    probe = torch.nn.Linear(model.clip.text_projection.shape[1], len(classes))
+    opt = torch.optim.AdamW(list(visual.parameters()) + list(probe.parameters()), lr=lr, weight_decay=0.05)
+    size = model.image_size
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return probe(F.normalize(visual(clip_batch(x, size)), dim=-1) * 10.0)
+
+    @torch.no_grad()
+    def accuracy(predict) -> Dict[str, Any]:
+        visual.eval()
+        pred = torch.cat([predict(val_images[i:i + 256]) for i in range(0, len(val_images), 256)])
+        visual.train()
+        per = {c: round(float((pred[val_labels == k] == k).float().mean()), 3) for k, c in enumerate(classes)}
+        return {"overall": round(float((pred == val_labels).float().mean()), 4), "per_class": per}
+
+    gen = torch.Generator().manual_seed(seed + 12)
+    warmup = max(1, min(100, steps // 10))
+    logger.info("tiny DA-CLIP: %d training / %d held-out images, %d steps", len(images), len(val_images), steps)
+    for step in range(1, steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        idx = torch.randint(len(images), (batch,), generator=gen)
+        x = images[idx]
+        flip = torch.rand(batch, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        loss = F.cross_entropy(logits(x), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % log_every == 0 or step == steps:
+            logger.info("tiny DA-CLIP step %d/%d loss %.4f held-out probe accuracy %.3f", step, steps,
+                        loss.item(), accuracy(lambda v: logits(v).argmax(1))["overall"])
+    visual.eval().requires_grad_(False)
+    probe_acc = accuracy(lambda v: logits(v).argmax(1))
+    with torch.no_grad():
+        text = model.encode_text(get_tokenizer("daclip_tiny")(classes), normalize=True)
+    zero_shot = accuracy(lambda v: (F.normalize(visual(clip_batch(v, size)), dim=-1) @ text.T).argmax(1))
+    return probe_acc, zero_shot
 
 
 def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, batch: int = 64, crops: int = 1600,
@@ -290,14 +356,10 @@ def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, b
         The recipe record also written to ``out/recipe.json`` (probe and zero-shot accuracy, per class, on new
         crops and degradation draws).
     """
-    import math
     import shutil
 
-    import torch.nn.functional as F
-
     from ..clip.checkpoint import save_model
-    from ..data.datasets import clip_batch
-    from ..clip.factory import create_model, get_tokenizer
+    from ..clip.factory import create_model
 
     if steps < 1 or batch < 1 or crops < 1:
         raise ValueError(f"steps, batch and crops must be >= 1, got steps={steps}, batch={batch}, crops={crops}")
@@ -305,51 +367,12 @@ def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, b
     start = time.perf_counter()
     with torch_threads(threads):
         with torch.random.fork_rng():
-            images, labels, classes = _degraded_pool(crops, seed + 10)
-            val_images, val_labels, _ = _degraded_pool(48, seed + 11)
+            train = _degraded_pool(crops, seed + 10)
+            val = _degraded_pool(48, seed + 11)
             t_data = time.perf_counter() - start
             torch.manual_seed(seed)
             model = create_model("daclip_tiny")
-            visual = model.clip.visual.requires_grad_(True).train()
-            probe = torch.nn.Linear(model.clip.text_projection.shape[1], len(classes))
-            params = list(visual.parameters()) + list(probe.parameters())
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-            size = model.image_size
-
-            def logits(x: torch.Tensor) -> torch.Tensor:
-                return probe(F.normalize(visual(clip_batch(x, size)), dim=-1) * 10.0)
-
-            @torch.no_grad()
-            def accuracy(predict) -> Dict[str, Any]:
-                visual.eval()
-                pred = torch.cat([predict(val_images[i:i + 256]) for i in range(0, len(val_images), 256)])
-                visual.train()
-                per = {c: round(float((pred[val_labels == k] == k).float().mean()), 3) for k, c in enumerate(classes)}
-                return {"overall": round(float((pred == val_labels).float().mean()), 4), "per_class": per}
-
-            gen = torch.Generator().manual_seed(seed + 12)
-            warmup = max(1, min(100, steps // 10))
-            logger.info("tiny DA-CLIP: %d training / %d held-out images, %d steps", len(images), len(val_images),
-                        steps)
-            for step in range(1, steps + 1):
-                for group in opt.param_groups:
-                    group["lr"] = lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-                idx = torch.randint(len(images), (batch,), generator=gen)
-                x = images[idx]
-                flip = torch.rand(batch, generator=gen) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-                loss = F.cross_entropy(logits(x), labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if step % log_every == 0 or step == steps:
-                    logger.info("tiny DA-CLIP step %d/%d loss %.4f held-out probe accuracy %.3f", step, steps,
-                                loss.item(), accuracy(lambda v: logits(v).argmax(1))["overall"])
-            visual.eval().requires_grad_(False)
-            probe_acc = accuracy(lambda v: logits(v).argmax(1))
-            with torch.no_grad():
-                text = model.encode_text(get_tokenizer("daclip_tiny")(classes), normalize=True)
-            zero_shot = accuracy(lambda v: (F.normalize(visual(clip_batch(v, size)), dim=-1) @ text.T).argmax(1))
+            probe_acc, zero_shot = _train_tower_with_probe(model, train, val, steps, batch, lr, seed, log_every)
             model.initial_controller()
             model.eval().requires_grad_(False)
         if out.exists():
@@ -364,7 +387,8 @@ def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, b
             "objective": "cross-entropy over the ten synthetic degradations through a linear probe on the vision "
                          "tower's normalised embedding (probe discarded); text tower random and untrained",
             "data": {"source": "the 14 skimage.data photographs (daclip_lora.data.synthetic.BUILTIN_IMAGES), 64 px "
-                               "patches (daclip_lora.data.synthetic._patches), each degraded by all ten degradations",
+                               "patches (daclip_lora.data.synthetic.random_patches), each degraded by all ten "
+                               "degradations",
                      "training_patches_per_degradation": crops,
                      "held_out": "48 patches per degradation: new crops and degradation draws (seed + 11) of the same "
                                  "photographs, as the demo's held-out split"},

@@ -116,6 +116,11 @@ class RestorationTrainer(TrainTask):
         self.config = self.model.config
         if opt.runtime.gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
+        self._build_datasets(opt)
+        self.cached: Optional[_Cached] = None
+
+    def _build_datasets(self, opt) -> None:
+        """The train split (centre-cropped once when cached), the val split and the fusion head's calib split."""
         self.train_block = next(d for d in opt.datasets.values() if d.phase == "train")
         vae_factor = self.backbone.vae_factor
         patch = self.train_block.patch_size
@@ -125,18 +130,21 @@ class RestorationTrainer(TrainTask):
         if opt.runtime.cache and (self.train_block.use_flip or self.train_block.use_rot):
             logger.warning("runtime.cache: random crops, flips and rotations are off; each image is centre-cropped "
                            "to %d once", patch)
+        clip_size = self.daclip.image_size
         self._train = restoration_dataset(self.train_block, opt.distortion, train=True,
-                                          crop="center" if opt.runtime.cache else "random",
-                                          clip_size=self.daclip.image_size)
+                                          crop="center" if opt.runtime.cache else "random", clip_size=clip_size)
         self.val_block = next((d for d in opt.datasets.values() if d.phase == "val"), None)
         self._val = restoration_dataset(self.val_block, opt.distortion, train=False,
-                                        clip_size=self.daclip.image_size) if self.val_block else None
-        # pairs only the fusion head is fitted on, centre-cropped like the cached training images
-        calib_block = next((d for d in opt.datasets.values() if d.phase == "calib"), None)
-        self._calib = None if calib_block is None else restoration_dataset(
-            dataclasses.replace(calib_block, patch_size=calib_block.patch_size or patch), opt.distortion,
-            train=True, crop="center", clip_size=self.daclip.image_size)
-        self.cached: Optional[_Cached] = None
+                                        clip_size=clip_size) if self.val_block else None
+        self._calib = self._calib_dataset(opt, patch)
+
+    def _calib_dataset(self, opt, patch: int):
+        """Pairs only the fusion head is fitted on, centre-cropped like the cached training images."""
+        block = next((d for d in opt.datasets.values() if d.phase == "calib"), None)
+        if block is None:
+            return None
+        return restoration_dataset(dataclasses.replace(block, patch_size=block.patch_size or patch), opt.distortion,
+                                   train=True, crop="center", clip_size=self.daclip.image_size)
 
     # ------------------------------------------------------------------------------ setup
     def setup(self, accelerator) -> None:
@@ -265,7 +273,7 @@ class RestorationTrainer(TrainTask):
                                                   for k in ("z_lq", "image_emb", "degra_emb"))
                 else:
                     z_lq = self.backbone.encode_latents(lq)
-                    with pipe._autocast():
+                    with pipe.autocast():
                         image_emb, degra_emb = pipe.daclip_embeddings(lq)
                 restored = self._restore_latents(pipe, z_lq, image_emb, degra_emb)
                 for k, v in (("lq", lq), ("gt", gt), ("decoded", self.backbone.decode_latents(restored)),
@@ -285,7 +293,7 @@ class RestorationTrainer(TrainTask):
             sched = self.sd.scheduler
             t = torch.full((b,), self.config.one_step_t, device=self.device, dtype=torch.long)
             noisy = one_step_input(sched, z_lq, t)
-            with pipe._autocast():
+            with pipe.autocast():
                 pred = self.model.denoise(noisy, t, ctx, z_lq if self.config.lq_latent else None,
                                           **self.backbone.unet_kwargs(b, self.device))
             return predicted_x0(sched, pred, noisy, t)
@@ -340,34 +348,48 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
                                                precision=s.precision)
     results_root = Path(opt.path.results_root)
     report: Dict[str, Any] = {}
-    rows = []
     for key, block in opt.datasets.items():
         dataset = restoration_dataset(block, opt.distortion, train=False, clip_size=pipe.daclip.image_size)
-        per: Dict[str, List[Dict[str, float]]] = {}
         n = len(dataset) if max_images is None else min(max_images, len(dataset))
-        for i in range(n):
-            sample = dataset[i]
-            lq, r, gt = restore_sample(pipe, sample, s)
-            deg = sample["degradation"] or "all"
-            name = Path(sample["LQ_path"]).stem
-            write_image(results_root / key / deg / f"{name}.png", r)
-            write_image(results_root / key / deg / "grids" / f"{name}.png", np.concatenate([lq, r, gt], axis=1))
-            restored_m = image_metrics(r, gt, s.crop_border)
-            lq_m = image_metrics(lq, gt, s.crop_border)
-            per.setdefault(deg, []).append({**restored_m, **{f"lq_{k}": v for k, v in lq_m.items()}})
-        table = {deg: {k: float(np.mean([m[k] for m in ms])) for k in ms[0]} | {"n": len(ms)}
-                 for deg, ms in per.items()}
-        everything = [m for ms in per.values() for m in ms]
-        table["mean"] = {k: float(np.mean([m[k] for m in everything])) for k in everything[0]} | {"n": len(everything)}
-        report[key] = table
-        rows.extend([key, deg, *(f"{v[k]:.4f}" for k in _COLUMNS), v["n"]] for deg, v in table.items())
+        report[key] = _summarise(_evaluate_dataset(pipe, dataset, n, results_root / key, s))
+    _write_report(results_root, report)
+    return report
+
+
+def _evaluate_dataset(pipe: RestorationPipeline, dataset, n: int, out: Path, s) -> Dict[str, List[Dict[str, float]]]:
+    """Restore the first ``n`` samples, writing each image and its LQ | restored | GT grid; metrics per image,
+    grouped by degradation."""
+    per: Dict[str, List[Dict[str, float]]] = {}
+    for i in range(n):
+        sample = dataset[i]
+        lq, r, gt = restore_sample(pipe, sample, s)
+        deg = sample["degradation"] or "all"
+        name = Path(sample["LQ_path"]).stem
+        write_image(out / deg / f"{name}.png", r)
+        write_image(out / deg / "grids" / f"{name}.png", np.concatenate([lq, r, gt], axis=1))
+        restored_m = image_metrics(r, gt, s.crop_border)
+        lq_m = image_metrics(lq, gt, s.crop_border)
+        per.setdefault(deg, []).append({**restored_m, **{f"lq_{k}": v for k, v in lq_m.items()}})
+    return per
+
+
+def _summarise(per: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, float]]:
+    """Mean metrics per degradation and over all images (``mean``), with their counts ``n``."""
+    table = {deg: {k: float(np.mean([m[k] for m in ms])) for k in ms[0]} | {"n": len(ms)} for deg, ms in per.items()}
+    everything = [m for ms in per.values() for m in ms]
+    table["mean"] = {k: float(np.mean([m[k] for m in everything])) for k in everything[0]} | {"n": len(everything)}
+    return table
+
+
+def _write_report(results_root: Path, report: Dict[str, Any]) -> None:
+    rows = [[key, deg, *(f"{v[k]:.4f}" for k in _COLUMNS), v["n"]] for key, table in report.items()
+            for deg, v in table.items()]
     results_root.mkdir(parents=True, exist_ok=True)
     (results_root / "metrics.json").write_text(json.dumps(report, indent=2))
     with open(results_root / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["dataset", "degradation", *_COLUMNS, "n"])
         writer.writerows(rows)
-    return report
 
 
 _COLUMNS = ("lq_psnr", "psnr", "lq_ssim", "ssim", "lq_psnr_y", "psnr_y", "lq_ssim_y", "ssim_y")
