@@ -29,8 +29,8 @@ class FusionHead(nn.Module):
     residual coordinates, ``LQ + w1 (D(z) - D(z_LQ)) + w2 (D(z_LQ) - LQ) + w3 LQ``, i.e.
     ``(c1, c2, c3) = (1 - w2 + w3, w1, w2 - w1)``: the same family of blends, but the fit (Adam, per
     coordinate) reaches "add the latent's correction" (``w1``) directly. In the plain ``(c1, c2, c3)``
-    coordinates it settled on smoothing blends and left the correction unused where it helps (raindrops:
-    +1.0 dB from the correction alone, the head below the input). The last layer starts at zero, where
+    coordinates it settled on smoothing blends and left the correction unused where it helps (measurements in
+    ``docs/restoration.md``). The last layer starts at zero, where
     ``(w, a, b) = (0, 1, 0)``: the output is the LQ image.
     """
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .._utils.lora import LoraSpec, inject_lora
 from .backbone import SDBackbone
-from .model import LQConvIn
+from .model import DegradationTimeEmbedding, LQConvIn
 
 __all__ = ["TEXT_ENCODER_LORA_TARGETS", "UNET_LORA_TARGETS", "add_text_encoder_lora", "add_unet_lora", "lora_spec"]
 
@@ -38,6 +38,8 @@ def add_unet_lora(unet: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], 
                          f"linear layer names in this UNet include: {', '.join(names[:12])}") from None
     if isinstance(unet.conv_in, LQConvIn):  # the new LQ channels are trained, the base conv_in is not
         unet.conv_in.lq.requires_grad_(True)
+    if isinstance(getattr(unet, "class_embedding", None), DegradationTimeEmbedding):  # trained in full
+        unet.class_embedding.requires_grad_(True)
 
 
 def add_text_encoder_lora(text_encoder: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None]) -> None:

@@ -41,7 +41,7 @@ from .fusion import FusionHead
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContextProjector", "DaclipConditioner", "LQConvIn", "RestorationConfig", "RestorationUNet"]
+__all__ = ["ContextProjector", "DaclipConditioner", "DegradationTimeEmbedding", "LQConvIn", "RestorationConfig", "RestorationUNet"]
 
 
 @dataclass
@@ -66,6 +66,7 @@ class RestorationConfig:
     fusion: bool = False
     lora: Dict[str, Any] = field(default_factory=dict)
     text_encoder_lora: Optional[Dict[str, Any]] = None
+    time_embedding: bool = False  # DA-CLIP's degradation embedding added to the UNet's time embedding
 
     @property
     def context_slots(self) -> int:
@@ -154,6 +155,37 @@ class LQConvIn(nn.Module):
         return conv.requires_grad_(False)
 
 
+class DegradationTimeEmbedding(nn.Module):
+    """DA-CLIP's degradation embedding -> a residual of the UNet's time embedding, which every ResBlock receives
+    (DA-CLIP's own UIR network conditions its ResBlocks this way).
+
+    Installed as the UNet's ``class_embedding`` (diffusers adds ``class_embedding(class_labels)`` to the time
+    embedding), so the UNet stays a stock ``UNet2DConditionModel``. ``class_labels`` is
+    ``[degradation embedding, keep]``: the last column scales the residual per sample (0: condition dropped, the
+    unconditional branch of guidance). The output layer starts at zero: step 0 is exactly the base model.
+    """
+
+    def __init__(self, embed_dim: int, time_embed_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dim)
+        self.linear_1 = nn.Linear(embed_dim, time_embed_dim)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
+        nn.init.zeros_(self.linear_2.weight)
+        nn.init.zeros_(self.linear_2.bias)
+
+    @staticmethod
+    def labels(degra_emb: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``class_labels`` for the UNet call: the embedding with its per-sample keep weight (default 1)."""
+        k = torch.ones(degra_emb.shape[0], device=degra_emb.device) if keep is None else keep
+        return torch.cat([degra_emb.float(), k.to(degra_emb.device, torch.float32).view(-1, 1)], dim=1)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        emb, keep = labels[:, :-1], labels[:, -1:]
+        p = self.linear_1.weight
+        return self.linear_2(self.act(self.linear_1(self.norm(emb.to(p.dtype))))) * keep.to(p.dtype)
+
+
 class RestorationUNet(nn.Module):
     """The trainable restoration model: SD UNet (+LoRA) with DA-CLIP tokens and the LQ latent."""
 
@@ -171,13 +203,28 @@ class RestorationUNet(nn.Module):
         self.fusion = FusionHead(config.embed_dim).requires_grad_(False) if config.fusion else None
         if config.lq_latent:
             unet.conv_in = LQConvIn(unet.conv_in, config.latent_channels)
+        if config.time_embedding:
+            if getattr(unet, "class_embedding", None) is not None:
+                raise ValueError("sd.conditioning.time_embedding needs a UNet without a class embedding; this base "
+                                 "already has one (class_embed_type is set)")
+            unet.class_embedding = DegradationTimeEmbedding(config.embed_dim, unet.time_embedding.linear_2.out_features)
+
+    def time_labels(self, degra_emb: Optional[torch.Tensor], keep: Optional[torch.Tensor] = None
+                    ) -> Optional[torch.Tensor]:
+        """The UNet's ``class_labels`` for the time-embedding path (``None`` when it is off)."""
+        if not self.config.time_embedding:
+            return None
+        if degra_emb is None:
+            raise ValueError("this restoration model adds DA-CLIP's degradation embedding to the time embedding "
+                             "(time_embedding: true): pass degra_emb")
+        return DegradationTimeEmbedding.labels(degra_emb, keep)
 
     def context(self, text_hidden, image_emb=None, degra_emb=None, keep_daclip=None) -> torch.Tensor:
         return self.conditioner(text_hidden, image_emb, degra_emb, keep_daclip)
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 lq_latents: Optional[torch.Tensor] = None, keep_lq: Optional[torch.Tensor] = None,
-                **unet_kwargs: Any) -> torch.Tensor:
+                time_labels: Optional[torch.Tensor] = None, **unet_kwargs: Any) -> torch.Tensor:
         """The one UNet call of training, validation and inference.
 
         Args:
@@ -186,6 +233,7 @@ class RestorationUNet(nn.Module):
             context: ``(B, 77, D)`` from :meth:`context`.
             lq_latents: ``(B, C, h, w)`` VAE latents of the LQ image (required when ``config.lq_latent``).
             keep_lq: per-sample 0/1 (condition dropout of the LQ latent during training).
+            time_labels: from :meth:`time_labels` (required when ``config.time_embedding``).
             **unet_kwargs: the backbone's extra UNet arguments (none for SD 1.x/2.x).
 
         Returns:
@@ -198,6 +246,11 @@ class RestorationUNet(nn.Module):
             if keep_lq is not None:
                 lq_latents = lq_latents * keep_lq.to(lq_latents.dtype).view(-1, 1, 1, 1)
             noisy = torch.cat([noisy, lq_latents.to(noisy.dtype)], dim=1)
+        if self.config.time_embedding:
+            if time_labels is None:
+                raise ValueError("this restoration model conditions the time embedding (time_embedding: true): pass "
+                                 "time_labels=model.time_labels(degra_emb)")
+            unet_kwargs = {**unet_kwargs, "class_labels": time_labels}
         return self.unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False, **unet_kwargs)[0]
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_hidden: torch.Tensor,
@@ -206,13 +259,16 @@ class RestorationUNet(nn.Module):
                 keep_lq: Optional[torch.Tensor] = None, **unet_kwargs: Any) -> torch.Tensor:
         """Training entry point (one call, DDP-friendly): context from the embeddings, then :meth:`denoise`."""
         context = self.context(text_hidden, image_emb, degra_emb, keep_daclip)
-        return self.denoise(noisy, timesteps, context, lq_latents, keep_lq, **unet_kwargs)
+        return self.denoise(noisy, timesteps, context, lq_latents, keep_lq,
+                            time_labels=self.time_labels(degra_emb, keep_daclip), **unet_kwargs)
 
     def extras_state_dict(self) -> Dict[str, torch.Tensor]:
         """Projector, fusion head and widened ``conv_in`` weights (full weight and bias, as a plain conv has)."""
         out = {f"conditioner.{k}": v for k, v in self.conditioner.state_dict().items()}
         if self.fusion is not None:
             out.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
+        if self.config.time_embedding:
+            out.update({f"time_embedding.{k}": v for k, v in self.unet.class_embedding.state_dict().items()})
         if self.config.lq_latent:
             conv = self.unet.conv_in
             out["conv_in.weight"] = conv.weight.detach()
@@ -236,6 +292,12 @@ class RestorationUNet(nn.Module):
         if self.fusion is not None:
             self._load_fusion({k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")},
                               fusion_state)
+        if self.config.time_embedding:
+            time = {k[len("time_embedding."):]: v for k, v in state.items() if k.startswith("time_embedding.")}
+            if not time:
+                raise ValueError("restoration.json has time_embedding: true but the extras hold no time_embedding.* "
+                                 "weights; re-save the folder with the trainer that wrote it")
+            self.unet.class_embedding.load_state_dict(time)
         if self.config.lq_latent:
             self._load_conv_in(state)
 

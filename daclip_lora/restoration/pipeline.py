@@ -193,8 +193,12 @@ class RestorationPipeline:
         #    context for classifier-free guidance)
         z_lq = self.encode_latents(x, tile, overlap)
         image_emb, degra_emb, cond, uncond = self.encode_conditions(x, prompt, guidance_scale)
+        labels = self.model.time_labels(degra_emb)
+        uncond_labels = None if labels is None or uncond is None else self.model.time_labels(
+            degra_emb, torch.zeros(x.shape[0], device=x.device))
         # 3. the UNet call of every step (guided, tiled)
-        run = self._predictor(x.shape[0], z_lq.shape[1], cond, uncond, guidance_scale, tile, overlap)
+        run = self._predictor(x.shape[0], z_lq.shape[1], (cond, labels), (uncond, uncond_labels), guidance_scale,
+                              tile, overlap)
         # 4. one UNet call (one_step objective) or the sampling loop
         if self.config.objective == "one_step":
             latents = self._one_step(z_lq, run, callback)
@@ -247,10 +251,16 @@ class RestorationPipeline:
                                         keep_daclip=torch.zeros(b, device=x.device)) if guidance_scale > 1 else None
         return image_emb, degra_emb, cond, uncond
 
-    def _predictor(self, b: int, c: int, cond: torch.Tensor, uncond: Optional[torch.Tensor], guidance_scale: float,
+    def _predictor(self, b: int, c: int, cond: Tuple[torch.Tensor, Optional[torch.Tensor]],
+                   uncond: Tuple[Optional[torch.Tensor], Optional[torch.Tensor]], guidance_scale: float,
                    tile: Optional[int], overlap: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``run(model_in, t)``: the (guided, tiled) UNet prediction for ``[latents, LQ latent]`` at ``t``."""
+        """``run(model_in, t)``: the (guided, tiled) UNet prediction for ``[latents, LQ latent]`` at ``t``;
+        ``cond`` and ``uncond`` are (context, time labels) pairs (``uncond`` ``(None, None)`` without guidance)."""
         device, f = self.device, self.vae_factor
+        (cond, labels), (uncond, uncond_labels) = cond, uncond
+
+        def repeat(v: Optional[torch.Tensor], k: int) -> Optional[torch.Tensor]:
+            return None if v is None else v.repeat(k, *([1] * (v.ndim - 1)))
         unet_kwargs = self.backbone.unet_kwargs(b, device)
         latent_tile, latent_overlap = (tile // f, overlap // f) if tile else (0, 0)
 
@@ -258,12 +268,14 @@ class RestorationPipeline:
             k = model_in.shape[0] // b  # tile positions stacked in this call
             tt = t.to(device).expand(model_in.shape[0])
             noisy, lq_in = model_in[:, :c], (model_in[:, c:] if self.config.lq_latent else None)
-            ctx = cond.repeat(k, 1, 1)
+            ctx, lab = cond.repeat(k, 1, 1), repeat(labels, k)
             if uncond is None:
-                return self.model.denoise(noisy, tt, ctx, lq_in, **unet_kwargs)
+                return self.model.denoise(noisy, tt, ctx, lq_in, time_labels=lab, **unet_kwargs)
             both = self.model.denoise(torch.cat([noisy, noisy]), torch.cat([tt, tt]),
                                       torch.cat([uncond.repeat(k, 1, 1), ctx]),
-                                      None if lq_in is None else torch.cat([lq_in, lq_in]), **unet_kwargs)
+                                      None if lq_in is None else torch.cat([lq_in, lq_in]),
+                                      time_labels=None if lab is None else torch.cat([repeat(uncond_labels, k), lab]),
+                                      **unet_kwargs)
             u, cnd = both.float().chunk(2)
             return u + guidance_scale * (cnd - u)
 

@@ -9,7 +9,7 @@ embedded demo and the learnability tests start from a small SD folder that was *
    photographs (``chelsea``, ``coffee``, ``gravel``) are held out and only used to measure reconstruction PSNR
    on 64 px patches. ``scaling_factor`` is set to ``1 / std`` of the training latents, as SD did.
 2. **UNet** (diffusers ``UNet2DConditionModel``, 3 levels, 1.4 M parameters, cross-attention at the 8 px level
-   of a 32 px latent: self-attention at 16 px doubled the step time) trained as an epsilon-prediction denoiser
+   of a 32 px latent, to keep CPU steps short) trained as an epsilon-prediction denoiser
    of the VAE latents of a fixed pool of clean 64 px crops, with the empty prompt (SD 1.x scheduler,
    Min-SNR-5 weighting): a real image prior, not random weights.
 3. **Text encoder** (CLIP text model, 2 layers, width 32) stays random and frozen: nothing here can teach it

@@ -154,6 +154,7 @@ class ConditioningOptions:
     drop_daclip: float = 0.05
     drop_lq: float = 0.05
     lq_start: float = 0.0  # share of training samples noised from the LQ latent (for strength < 1 sampling)
+    time_embedding: bool = False  # DA-CLIP's degradation embedding added to the UNet's time embedding
 
 
 @dataclass

@@ -66,7 +66,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
-        fusion=s.fusion, text_encoder_lora=None)
+        fusion=s.fusion, text_encoder_lora=None, time_embedding=c.time_embedding)
     steps = int(sd.scheduler.config.num_train_timesteps)
     if s.objective == "one_step" and not 0 <= s.one_step_t < steps:
         raise ValueError(f"sd.one_step_t must be a timestep in [0, {steps}) of the base's scheduler, got "
@@ -295,6 +295,7 @@ class RestorationTrainer(TrainTask):
             noisy = one_step_input(sched, z_lq, t)
             with pipe.autocast():
                 pred = self.model.denoise(noisy, t, ctx, z_lq if self.config.lq_latent else None,
+                                          time_labels=self.model.time_labels(degra_emb.float()),
                                           **self.backbone.unet_kwargs(b, self.device))
             return predicted_x0(sched, pred, noisy, t)
         raise ValueError("sd.fusion needs sd.objective: one_step")
