@@ -44,7 +44,8 @@ SUPPORTED: Dict[str, Requirement] = {
     "torch": Requirement("2.1"),
     "open_clip_torch": Requirement("3.0", "4", why="the 3.x factory and model-config API we plug into"),
     "timm": Requirement("1.0"),
-    "peft": Requirement("0.17", why="LoRA on nn.MultiheadAttention (the controller); diffusers' adapter code asks for 0.17"),
+    "peft": Requirement("0.17", why="LoRA on nn.MultiheadAttention (the controller); diffusers' adapter code "
+                                    "asks for 0.17"),
     "diffusers": Requirement("0.30", why="UNet2DConditionModel and the SD LoRA file format"),
     "transformers": Requirement("4.40", why="CLIPTextModel; its PEFT mixin is not used (see inject_lora)"),
     "accelerate": Requirement("0.30"),

@@ -495,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_list_models, _add_env, _add_convert, _add_train, _add_test, _add_make_dataset, _add_demo, _add_restore, _add_app, _add_make_tiny_base, _add_check_options):
+    for add in (_add_list_models, _add_env, _add_convert, _add_train, _add_test, _add_make_dataset, _add_demo,
+                _add_restore, _add_app, _add_make_tiny_base, _add_check_options):
         add(sub)
     return parser
 

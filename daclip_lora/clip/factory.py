@@ -19,9 +19,9 @@ from open_clip import CLIP, SimpleTokenizer, get_cast_dtype, set_model_preproces
 from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2, merge_preprocess_kwargs
 from torch import nn
 
+from .._utils.suggest import suggest
 from .checkpoint import load_checkpoint, read_safetensors_metadata
 from .model import DaCLIP
-from .._utils.suggest import suggest
 from .registry import (META_KEYS, add_model_config, get_family_factory, get_model_config, get_model_family,
                        register_family)
 from .registry import list_models as _list_registered

@@ -21,10 +21,10 @@ from typing import Dict, Optional, Union
 import torch
 from torch import nn
 
-from .model import DaCLIP
-from .._utils.lora import AdapterError, LoraSpec, unload_lora
 from .._utils.io import atomic_dir
+from .._utils.lora import AdapterError, LoraSpec, unload_lora
 from .._utils.suggest import suggest
+from .model import DaCLIP
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,8 @@ from .fusion import FusionHead
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContextProjector", "DaclipConditioner", "DegradationTimeEmbedding", "LQConvIn", "RestorationConfig", "RestorationUNet"]
+__all__ = ["ContextProjector", "DaclipConditioner", "DegradationTimeEmbedding", "LQConvIn", "RestorationConfig",
+           "RestorationUNet"]
 
 
 @dataclass

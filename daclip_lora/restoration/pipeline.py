@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..data.datasets import clip_batch
 from .backbone import SDBackbone, SDComponents, backbone_for, encode_prompt, load_sd_components
 from .diffusion import one_step_input, predicted_x0
 from .model import LQConvIn, RestorationConfig, RestorationUNet
-from .serialization import load_restoration, read_restoration_config
-from ..data.datasets import clip_batch
 from .schedulers import SCHEDULER_ALIASES, SCHEDULERS, make_scheduler
+from .serialization import load_restoration, read_restoration_config
 from .tiling import tiled_map
 
 logger = logging.getLogger(__name__)

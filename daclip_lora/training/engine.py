@@ -305,10 +305,10 @@ class Engine:
         from safetensors.torch import save_file
 
         final = self._checkpoint_dir(step)
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = final.with_name(final.name + ".tmp")  # every process writes its RNG state here
         try:
             if accelerator.is_main_process:
-                tmp_sibling(final).mkdir(parents=True)
+                tmp_sibling(final).mkdir(parents=True)  # the same folder, emptied of a crashed run's leftovers
                 state = {k: v.detach().float().contiguous().cpu() for k, v in self.task.trainable_state().items()}
                 save_file(state, str(tmp / "trainable.safetensors"))
                 if ema is not None:

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ...clip.factory import get_tokenizer, load_daclip
+from ...clip.lora import add_controller_lora, save_controller_lora
 from ...clip.loss import daclip_loss
 from ...data.datasets import Captioned, pair_md, read_daclip_csv
 from ...data.images import read_image, to_uint8
 from ..engine import TrainTask
-from ...clip.factory import get_tokenizer, load_daclip
-from ...clip.lora import add_controller_lora, save_controller_lora
 from ..evaluation import degradation_accuracy, write_degradation_report
 
 logger = logging.getLogger(__name__)

@@ -23,18 +23,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..._utils.image_metrics import image_metrics
+from ...clip.factory import load_daclip
+from ...data.datasets import RestorationDataset, pair_lqgt, pair_md
+from ...data.images import write_image
 from ...restoration.backbone import SDBackbone
 from ...restoration.diffusion import alpha_bar, diffusion_loss, diffusion_target, one_step_input, predicted_x0
 from ...restoration.fusion import fit_fusion_head
 from ...restoration.lora import add_unet_lora, lora_spec
 from ...restoration.model import RestorationConfig, RestorationUNet
-from ...restoration.serialization import save_restoration
-from ...data.datasets import RestorationDataset, pair_lqgt, pair_md
-from ...data.images import write_image
-from ..engine import TrainTask, per_sample_generators, per_sample_noise, per_sample_rand, per_sample_randint
-from ...clip.factory import load_daclip
-from ..._utils.image_metrics import image_metrics
 from ...restoration.pipeline import RestorationPipeline
+from ...restoration.serialization import save_restoration
+from ..engine import TrainTask, per_sample_generators, per_sample_noise, per_sample_rand, per_sample_randint
 
 logger = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
+from ...data.datasets import read_caption_folder
+from ...data.images import read_image, to_uint8, write_image
 from ...restoration.backbone import SDBackbone
 from ...restoration.diffusion import diffusion_loss, diffusion_target
 from ...restoration.lora import add_text_encoder_lora, add_unet_lora
-from ...data.datasets import read_caption_folder
-from ...data.images import read_image, to_uint8, write_image
 from ..engine import TrainTask, per_sample_generators, per_sample_noise, per_sample_randint
 
 logger = logging.getLogger(__name__)
