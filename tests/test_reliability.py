@@ -202,3 +202,33 @@ def test_failed_checkpoint_write_is_one_line_and_keeps_the_last_complete(assets,
     state = Path(opt.path.training_state)
     assert sorted(p.name for p in state.iterdir()) == ["00000001"]  # no .tmp left, step 1 intact
     assert latest_checkpoint(state).name == "00000001"
+
+
+def _killed_rmtree(real):
+    def rmtree(path, *a, **k):  # deletes one file, then the process "dies"
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+        if files:
+            files[0].unlink()
+        raise KeyboardInterrupt
+
+    return rmtree
+
+
+@pytest.mark.parametrize("call", ["remove_tree", "replace_path"])
+def test_a_kill_mid_delete_never_leaves_a_half_folder_under_its_name(tmp_path, monkeypatch, call):
+    import daclip_lora._utils.io as io
+
+    final = tmp_path / "00000003"
+    final.mkdir()
+    for name in ("a.safetensors", "state.json"):
+        (final / name).write_text(name)
+    new = tmp_path / "00000003.tmp"
+    new.mkdir()
+    (new / "state.json").write_text("new")
+    monkeypatch.setattr(io.shutil, "rmtree", _killed_rmtree(io.shutil.rmtree))
+    with pytest.raises(KeyboardInterrupt):
+        io.remove_tree(final) if call == "remove_tree" else io.replace_path(new, final)
+    assert not final.exists()  # gone as a whole, never with only some of its files
+    monkeypatch.undo()
+    io.remove_tree(final)  # the next call clears what the kill left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000003.tmp"]

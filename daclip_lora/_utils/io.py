@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ["atomic_dir", "atomic_file", "replace_path", "tmp_sibling"]
+__all__ = ["atomic_dir", "atomic_file", "remove_tree", "replace_path", "tmp_sibling"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -24,11 +24,26 @@ def tmp_sibling(path: PathLike) -> Path:
     return tmp
 
 
+def remove_tree(path: PathLike) -> None:
+    """Delete the folder ``path`` so that a kill mid-way never leaves it half-deleted under its own name.
+
+    It is first renamed (atomic) to ``<path>.old`` and only then deleted; a ``.old`` left by a kill is
+    removed by the next call for the same path.
+    """
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    if path.is_dir():
+        os.replace(path, old)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def replace_path(tmp: PathLike, final: PathLike) -> Path:
     """Move the complete ``tmp`` (file or folder) to ``final``, replacing what was there."""
     final = Path(final)
     if Path(tmp).is_dir() and final.is_dir():
-        shutil.rmtree(final)
+        remove_tree(final)  # a kill here leaves no half of ``final``: it is absent, the whole tmp still there
     os.replace(tmp, final)
     return final
 

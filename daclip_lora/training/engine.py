@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .._utils.io import atomic_file, replace_path, tmp_sibling
+from .._utils.io import atomic_file, remove_tree, replace_path, tmp_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -330,6 +330,8 @@ class Engine:
         if accelerator.is_main_process:
             older = sorted(p for p in final.parent.iterdir() if p.is_dir() and p.name.isdigit())[:-self.keep]
             for p in older:
+                remove_tree(p)  # renamed first: a kill mid-delete leaves no incomplete step folder
+            for p in final.parent.glob("*.old"):  # what a kill left of an earlier deletion
                 shutil.rmtree(p, ignore_errors=True)
             logger.info("checkpoint: %s", final)
         accelerator.wait_for_everyone()
