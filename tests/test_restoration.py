@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from daclip_lora.apps.cli import main
-from daclip_lora.restoration.lora import add_unet_lora
+from daclip_lora.restoration.lora import add_restoration_lora, add_unet_lora
 from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
 from daclip_lora.restoration.serialization import load_restoration, read_restoration_config, save_restoration
 from daclip_lora.training.engine import Engine
@@ -59,7 +59,7 @@ def _model(assets, seed=0, **config):
                             cross_attention_dim=32, num_tokens=2, lora={"rank": 4, "alpha": 4}, **config)
     torch.manual_seed(seed)
     model = RestorationUNet(sd.unet, cfg)
-    add_unet_lora(model.unet, cfg.lora)
+    add_restoration_lora(model, cfg.lora)
     return sd, model
 
 

@@ -175,6 +175,10 @@ class SDBackbone:
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, tile: Optional[int] = None, overlap: int = 0) -> torch.Tensor:
         """Images in ``[0, 1]`` from scaled latents; ``tile`` (pixels) decodes overlapping tiles and blends them."""
+        return self.decode(latents, tile, overlap)
+
+    def decode(self, latents: torch.Tensor, tile: Optional[int] = None, overlap: int = 0) -> torch.Tensor:
+        """:meth:`decode_latents` with autograd on: pixel-space losses through the frozen decoder."""
         vae = self.vae
         p = next(vae.parameters())
         z = latents.to(p.device, p.dtype) / vae.config.scaling_factor

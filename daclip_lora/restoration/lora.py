@@ -10,7 +10,8 @@ from .._utils.lora import LoraSpec, inject_lora
 from .backbone import SDBackbone
 from .model import DegradationTimeEmbedding, LQConvIn
 
-__all__ = ["TEXT_ENCODER_LORA_TARGETS", "UNET_LORA_TARGETS", "add_text_encoder_lora", "add_unet_lora", "lora_spec"]
+__all__ = ["TEXT_ENCODER_LORA_TARGETS", "UNET_LORA_TARGETS", "add_restoration_lora", "add_text_encoder_lora",
+           "add_unet_lora", "lora_spec"]
 
 UNET_LORA_TARGETS = SDBackbone.unet_lora_targets
 TEXT_ENCODER_LORA_TARGETS = SDBackbone.text_encoder_lora_targets
@@ -40,6 +41,13 @@ def add_unet_lora(unet: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], 
         unet.conv_in.lq.requires_grad_(True)
     if isinstance(getattr(unet, "class_embedding", None), DegradationTimeEmbedding):  # trained in full
         unet.class_embedding.requires_grad_(True)
+
+
+def add_restoration_lora(model: Any, spec: Union[LoraSpec, Dict[str, Any], None], config: Any = None) -> None:
+    """:func:`add_unet_lora` on a :class:`~daclip_lora.restoration.model.RestorationUNet`'s UNet, then its
+    degradation modulation of that LoRA when ``model.config.modulated_lora``."""
+    add_unet_lora(model.unet, spec, config)
+    model.attach_modulation()
 
 
 def add_text_encoder_lora(text_encoder: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None]) -> None:

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from .fusion import FusionHead
+from .modulation import LoraModulation, lora_a_modules
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,12 @@ class RestorationConfig:
     lora: Dict[str, Any] = field(default_factory=dict)
     text_encoder_lora: Optional[Dict[str, Any]] = None
     time_embedding: bool = False  # DA-CLIP's degradation embedding added to the UNet's time embedding
+    modulated_lora: bool = False  # every LoRA layer's B·M(e)·A, M from the degradation embedding (modulation.py)
+
+    @property
+    def uses_time_labels(self) -> bool:
+        """Whether every UNet call takes ``class_labels = [degradation embedding, keep]``."""
+        return self.time_embedding or self.modulated_lora
 
     @property
     def context_slots(self) -> int:
@@ -200,6 +207,7 @@ class RestorationUNet(nn.Module):
             raise ValueError(f"restoration objective must be 'diffusion' or 'one_step', got {config.objective!r}")
         self.unet = unet
         self.conditioner = DaclipConditioner(config)
+        self.modulation: Optional[LoraModulation] = None  # built by attach_modulation, once LoRA is on the UNet
         # fitted after the LoRA, never by the training loop's optimiser
         self.fusion = FusionHead(config.embed_dim).requires_grad_(False) if config.fusion else None
         if config.lq_latent:
@@ -210,14 +218,25 @@ class RestorationUNet(nn.Module):
                                  "already has one (class_embed_type is set)")
             unet.class_embedding = DegradationTimeEmbedding(config.embed_dim, unet.time_embedding.linear_2.out_features)
 
+    def attach_modulation(self) -> None:
+        """With ``config.modulated_lora``, hook the UNet's LoRA layers (call once, after the LoRA is injected)."""
+        if not self.config.modulated_lora or self.modulation is not None:
+            return
+        layers = lora_a_modules(self.unet)
+        rank = int(self.config.lora.get("rank", 0) or 0)
+        self.modulation = LoraModulation(self.config.embed_dim, rank, len(layers))
+        self.modulation.to(next(self.unet.parameters()).device)
+        self.modulation.attach(self.unet)
+
     def time_labels(self, degra_emb: Optional[torch.Tensor], keep: Optional[torch.Tensor] = None
                     ) -> Optional[torch.Tensor]:
-        """The UNet's ``class_labels`` for the time-embedding path (``None`` when it is off)."""
-        if not self.config.time_embedding:
+        """The UNet's per-sample ``class_labels`` ``[degradation embedding, keep]`` read by the time-embedding path
+        and the modulated LoRA (``None`` when both are off)."""
+        if not self.config.uses_time_labels:
             return None
         if degra_emb is None:
-            raise ValueError("this restoration model adds DA-CLIP's degradation embedding to the time embedding "
-                             "(time_embedding: true): pass degra_emb")
+            raise ValueError("this restoration model conditions its UNet on DA-CLIP's degradation embedding "
+                             "(time_embedding or modulated_lora): pass degra_emb")
         return DegradationTimeEmbedding.labels(degra_emb, keep)
 
     def context(self, text_hidden, image_emb=None, degra_emb=None, keep_daclip=None) -> torch.Tensor:
@@ -247,10 +266,10 @@ class RestorationUNet(nn.Module):
             if keep_lq is not None:
                 lq_latents = lq_latents * keep_lq.to(lq_latents.dtype).view(-1, 1, 1, 1)
             noisy = torch.cat([noisy, lq_latents.to(noisy.dtype)], dim=1)
-        if self.config.time_embedding:
+        if self.config.uses_time_labels:
             if time_labels is None:
-                raise ValueError("this restoration model conditions the time embedding (time_embedding: true): pass "
-                                 "time_labels=model.time_labels(degra_emb)")
+                raise ValueError("this restoration model conditions its UNet on the degradation embedding "
+                                 "(time_embedding or modulated_lora): pass time_labels=model.time_labels(degra_emb)")
             unet_kwargs = {**unet_kwargs, "class_labels": time_labels}
         return self.unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False, **unet_kwargs)[0]
 
@@ -270,6 +289,8 @@ class RestorationUNet(nn.Module):
             out.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
         if self.config.time_embedding:
             out.update({f"time_embedding.{k}": v for k, v in self.unet.class_embedding.state_dict().items()})
+        if self.modulation is not None:
+            out.update({f"modulation.{k}": v for k, v in self.modulation.state_dict().items()})
         if self.config.lq_latent:
             conv = self.unet.conv_in
             out["conv_in.weight"] = conv.weight.detach()
@@ -299,6 +320,8 @@ class RestorationUNet(nn.Module):
                 raise ValueError("restoration.json has time_embedding: true but the extras hold no time_embedding.* "
                                  "weights; re-save the folder with the trainer that wrote it")
             self.unet.class_embedding.load_state_dict(time)
+        if self.config.modulated_lora:
+            self._load_modulation({k[len("modulation."):]: v for k, v in state.items() if k.startswith("modulation.")})
         if self.config.lq_latent:
             self._load_conv_in(state)
 
@@ -317,6 +340,15 @@ class RestorationUNet(nn.Module):
             weights = FusionHead.legacy_state(weights)
         self.fusion.load_state_dict(weights)
         self.fusion.fitted = bool(meta.get("fitted", True))
+
+    def _load_modulation(self, weights: Dict[str, torch.Tensor]) -> None:
+        if self.modulation is None:
+            raise ValueError("modulated_lora: true but the UNet's LoRA is not attached yet; load the LoRA first "
+                             "(load_restoration does)")
+        if not weights:
+            raise ValueError("restoration.json has modulated_lora: true but the extras hold no modulation.* "
+                             "weights; re-save the folder with the trainer that wrote it")
+        self.modulation.load_state_dict(weights)
 
     def _load_conv_in(self, state: Dict[str, torch.Tensor]) -> None:
         if "conv_in.weight" not in state:

@@ -109,10 +109,17 @@ class RestorationPipeline:
         return next(self.model.parameters()).device
 
     def merge_lora(self) -> None:
-        """Bake LoRA into the UNet (and text encoder) and fuse the widened ``conv_in``: faster, same outputs."""
+        """Bake LoRA into the UNet (and text encoder) and fuse the widened ``conv_in``: faster, same outputs.
+
+        A degradation-modulated LoRA (``config.modulated_lora``) depends on each image, so it stays unmerged (its
+        hooks run on every call); ``conv_in`` and the text encoder are still fused.
+        """
         from .._utils.lora import unload_lora
 
-        unload_lora(self.model.unet, merge=True)
+        if self.model.modulation is None:
+            unload_lora(self.model.unet, merge=True)
+        else:
+            logger.info("the UNet's LoRA is modulated per image (modulated_lora): kept unmerged")
         if isinstance(self.model.unet.conv_in, LQConvIn):
             self.model.unet.conv_in = self.model.unet.conv_in.fused()
         if getattr(self.backbone.text_encoder, "peft_config", None):

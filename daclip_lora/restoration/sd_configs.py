@@ -57,7 +57,7 @@ def count_restoration_parameters(name: str, rank: int = 8, embed_dim: int = 512,
     """Parameter counts of the restoration model on a real SD UNet, built on the meta device."""
     from diffusers import UNet2DConditionModel
 
-    from .lora import add_unet_lora
+    from .lora import add_restoration_lora
     from .model import RestorationConfig, RestorationUNet
 
     if name not in UNET_CONFIGS:
@@ -70,7 +70,7 @@ def count_restoration_parameters(name: str, rank: int = 8, embed_dim: int = 512,
                                    cross_attention_dim=cfg["cross_attention_dim"], num_tokens=num_tokens,
                                    lora={"rank": rank, "alpha": rank})
         model = RestorationUNet(unet, config)
-        add_unet_lora(model.unet, config.lora)
+        add_restoration_lora(model, config.lora)
     named = dict(model.named_parameters())
     return {"unet": unet_params,
             "lora": sum(p.numel() for n, p in named.items() if "lora_" in n),

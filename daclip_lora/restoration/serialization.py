@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .._utils.io import atomic_dir
 from .backbone import SDBackbone
-from .lora import add_text_encoder_lora, add_unet_lora
+from .lora import add_restoration_lora, add_text_encoder_lora
 from .model import RestorationConfig, RestorationUNet
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _load_unet_lora(model: RestorationUNet, lora_path: Path, state: Dict[str, to
     if not getattr(model.unet, "peft_config", None):
         saved = LoraConfig(**{k: v for k, v in unet_meta.items() if k in LoraConfig.__dataclass_fields__}) \
             if unet_meta else None
-        add_unet_lora(model.unet, model.config.lora, config=saved)
+        add_restoration_lora(model, model.config.lora, config=saved)
     try:
         incompatible = set_peft_model_state_dict(model.unet, unet_state, adapter_name="default")
     except RuntimeError as e:  # size mismatch

@@ -155,6 +155,7 @@ class ConditioningOptions:
     drop_lq: float = 0.05
     lq_start: float = 0.0  # share of training samples noised from the LQ latent (for strength < 1 sampling)
     time_embedding: bool = False  # DA-CLIP's degradation embedding added to the UNet's time embedding
+    modulated_lora: bool = False  # every UNet LoRA layer computes B·M(e)·A, M predicted from that embedding
 
 
 @dataclass
@@ -171,6 +172,9 @@ class SDOptions:
     #: the LQ latent to the restored latent in one call at timestep one_step_t, trained on a per-image log-MSE)
     objective: Literal["diffusion", "one_step"] = "diffusion"
     one_step_t: int = 50
+    #: restoration, one_step: where the per-image log-MSE is taken: "latent" (against the GT latent) or "pixel"
+    #: (the restored latent decoded by the frozen VAE decoder, against the GT image), as OSEDiff and S3Diff train
+    one_step_loss: Literal["latent", "pixel"] = "latent"
     #: restoration: fit the degradation-aware output fusion head after the LoRA (see conditioning.FusionHead)
     fusion: bool = False
     #: training images the fusion head is fitted on, plus every image of a ``datasets.calib`` split (pairs
@@ -245,7 +249,7 @@ _RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_ste
 TASK_KEYS: Dict[str, Tuple[str, ...]] = {
     "controller": ("daclip", "controller", *_RUNTIME_COMMON),
     "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective", "sd.one_step_t",
-                    "sd.fusion", "sd.fusion_images", "runtime", "sampling"),
+                    "sd.one_step_loss", "sd.fusion", "sd.fusion_images", "runtime", "sampling"),
     "text2image": ("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
                    "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score", *_RUNTIME_COMMON,
                    "runtime.snr_gamma", "runtime.noise_offset", "sampling.scheduler", "sampling.steps",

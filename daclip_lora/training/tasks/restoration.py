@@ -30,7 +30,7 @@ from ...data.images import write_image
 from ...restoration.backbone import SDBackbone
 from ...restoration.diffusion import alpha_bar, diffusion_loss, diffusion_target, one_step_input, predicted_x0
 from ...restoration.fusion import fit_fusion_head
-from ...restoration.lora import add_unet_lora, lora_spec
+from ...restoration.lora import add_restoration_lora, lora_spec
 from ...restoration.model import RestorationConfig, RestorationUNet
 from ...restoration.pipeline import RestorationPipeline
 from ...restoration.serialization import save_restoration
@@ -66,7 +66,8 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
-        fusion=s.fusion, text_encoder_lora=None, time_embedding=c.time_embedding)
+        fusion=s.fusion, text_encoder_lora=None, time_embedding=c.time_embedding,
+        modulated_lora=c.modulated_lora)
     steps = int(sd.scheduler.config.num_train_timesteps)
     if s.objective == "one_step" and not 0 <= s.one_step_t < steps:
         raise ValueError(f"sd.one_step_t must be a timestep in [0, {steps}) of the base's scheduler, got "
@@ -84,7 +85,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = RestorationUNet(sd.unet, config)
-        add_unet_lora(model.unet, lora)
+        add_restoration_lora(model, lora)
     return model
 
 
@@ -167,7 +168,9 @@ class RestorationTrainer(TrainTask):
     def frozen_features(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """VAE latents of GT and LQ and DA-CLIP embeddings of the LQ: the frozen models' work."""
         image_emb, degra_emb = self.daclip.encode_image(batch["LQ_clip"].to(self.device, self.dtype), control=True)
-        return {"z_gt": self.backbone.encode_latents(batch["GT"].to(self.device, torch.float32)).float(),
+        gt = batch["GT"].to(self.device, torch.float32)
+        pixels = {"gt": gt} if self.opt.sd.one_step_loss == "pixel" else {}  # the pixel loss's target
+        return {**pixels, "z_gt": self.backbone.encode_latents(gt).float(),
                 "z_lq": self.backbone.encode_latents(batch["LQ"].to(self.device, torch.float32)).float(),
                 "image_emb": image_emb.float(), "degra_emb": degra_emb.float()}
 
@@ -208,8 +211,11 @@ class RestorationTrainer(TrainTask):
             pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
                          keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
             x0 = predicted_x0(sched, pred, noisy, t)
-            mse = (x0 - z_gt.float()).pow(2).mean((1, 2, 3))
-            return {"loss": torch.log(mse + 1e-6).mean(), "latent_mse": mse.mean().detach()}
+            if self.opt.sd.one_step_loss == "pixel":  # through the frozen decoder, against the GT image
+                mse = (self.backbone.decode(x0) - feats["gt"].to(device).float()).pow(2).mean((1, 2, 3))
+            else:
+                mse = (x0 - z_gt.float()).pow(2).mean((1, 2, 3))
+            return {"loss": torch.log(mse + 1e-6).mean(), "mse": mse.mean().detach()}
         noise = per_sample_noise(gens, z_gt.shape[1:], device, rt.noise_offset)
         t = per_sample_randint(gens, sched.config.num_train_timesteps, device)
         noisy = sched.add_noise(z_gt, noise, t)

@@ -1,0 +1,155 @@
+"""The UNet's own DA-CLIP conditioning paths, which reach every block: ``sd.conditioning.time_embedding`` (the
+degradation embedding added to the time embedding every ResBlock receives) and ``sd.conditioning.modulated_lora``
+(every LoRA layer's ``B · M(e) · A``, ``M`` predicted from the degradation embedding)."""
+
+import json
+
+import pytest
+import torch
+
+from daclip_lora.restoration.model import DegradationTimeEmbedding, RestorationUNet
+from daclip_lora.restoration.modulation import LoraModulation, lora_a_modules
+from daclip_lora.restoration.pipeline import RestorationPipeline, load_sd_components
+from daclip_lora.restoration.serialization import load_restoration, read_restoration_config, save_restoration
+from daclip_lora.training.engine import Engine
+from daclip_lora.training.tasks.restoration import RestorationTrainer
+
+from test_restoration import _inputs, _model, _opt, _perturb
+
+PATHS = {"time_embedding": {"time_embedding": True}, "modulated_lora": {"modulated_lora": True},
+         "both": {"time_embedding": True, "modulated_lora": True}}
+
+
+@pytest.fixture(scope="module")
+def assets(sd_assets):
+    return sd_assets
+
+
+def _no_other_conditioning():
+    """Only the path under test can carry the degradation embedding: no DA-CLIP tokens, no LQ latent."""
+    return dict(image_context=False, degra_context=False, lq_latent=False)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@torch.no_grad()
+def test_step0_is_exactly_the_model_without_the_path(assets, path):
+    _, plain = _model(assets, seed=0)
+    _, model = _model(assets, seed=0, **PATHS[path])
+    x = _inputs()
+    assert (model(**x) - plain(**x)).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("path", ["modulated_lora", "both"])
+@torch.no_grad()
+def test_fresh_modulation_is_plain_lora(assets, path):
+    """With trained (non-zero) LoRA weights, a fresh modulation (M = I) leaves the LoRA's output unchanged."""
+    _, plain = _model(assets, seed=0)
+    _, model = _model(assets, seed=0, **PATHS[path])
+    for m in (plain, model):
+        _perturb(m.unet, seed=3)  # LoRA A and B (and the LQ conv) non-zero, the same in both
+    if path == "both":
+        model.unet.class_embedding.linear_2.weight.zero_()  # the time path back at its zero start
+        model.unet.class_embedding.linear_2.bias.zero_()
+    x = _inputs()
+    assert (model(**x) - plain(**x)).abs().max().item() < 1e-6
+
+
+def test_time_embedding_weights_are_trained_in_full(assets):
+    _, model = _model(assets, time_embedding=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    head = {n for n, _ in model.unet.class_embedding.named_parameters()}
+    assert isinstance(model.unet.class_embedding, DegradationTimeEmbedding)
+    assert {f"unet.class_embedding.{n}" for n in head} <= trainable
+    assert len(head) == 6  # norm, linear_1, linear_2: weight and bias each
+
+
+def test_modulation_covers_every_lora_layer_and_is_trained(assets):
+    _, model = _model(assets, modulated_lora=True)
+    layers = lora_a_modules(model.unet)
+    assert isinstance(model.modulation, LoraModulation)
+    assert model.modulation.num_layers == len(layers) > 0
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {f"modulation.{n}" for n, _ in model.modulation.named_parameters()} <= trainable
+    m = model.modulation.matrices(DegradationTimeEmbedding.labels(torch.randn(3, 64)))
+    assert tuple(m.shape) == (3, len(layers), 4, 4)
+
+
+def _fit(model, steps=40, seed=0):
+    """Regress two fixed targets from two degradation embeddings; nothing else tells the samples apart."""
+    g = torch.Generator().manual_seed(seed)
+    x = _inputs(seed)
+    x["degra_emb"] = torch.randn(2, 64, generator=g)
+    target = torch.stack([torch.full((4, 4, 4), 1.0), torch.full((4, 4, 4), -1.0)])
+    x["noisy"] = x["noisy"][:1].expand(2, -1, -1, -1).contiguous()  # the same input for both samples
+    x["timesteps"] = torch.tensor([10, 10])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        loss = (model(**x) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return x
+
+
+@pytest.mark.parametrize("path, uses_it", [("time_embedding", True), ("modulated_lora", True), (None, False)])
+def test_the_unet_uses_the_degradation_embedding_only_through_the_paths(assets, path, uses_it):
+    """Swapping the two samples' embeddings changes the prediction when (and only when) a path is on (the
+    targets differ by 2; this tiny UNet, frozen but for attention LoRA and the path, moves about 0.3 in 40 steps)."""
+    _, model = _model(assets, **PATHS.get(path, {}), **_no_other_conditioning())
+    x = _fit(model)
+    with torch.no_grad():
+        out = model(**x)
+        swapped = model(**{**x, "degra_emb": x["degra_emb"].flip(0)})
+    change = (out - swapped).abs().mean().item()
+    if uses_it:
+        assert change > 0.1, f"the UNet ignores the degradation embedding (mean change {change:.4f})"
+    else:
+        assert change == 0.0
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@torch.no_grad()
+def test_saved_and_loaded_with_the_folder(assets, tmp_path, path):
+    _, model = _model(assets, **PATHS[path])
+    _perturb(model, seed=2)
+    out = save_restoration(model, tmp_path / "restoration")
+    saved = json.loads((out / "restoration.json").read_text())
+    assert all(saved[k] is True for k in PATHS[path])
+    fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
+    load_restoration(fresh, out)
+    x = _inputs(1)
+    assert (fresh(**x) - model(**x)).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_denoise_without_time_labels_is_a_clear_error(assets, path):
+    _, model = _model(assets, **PATHS[path])
+    x = _inputs()
+    ctx = model.context(x["text_hidden"], x["image_emb"], x["degra_emb"])
+    with pytest.raises(ValueError, match="pass time_labels"):
+        model.denoise(x["noisy"], x["timesteps"], ctx, x["lq_latents"])
+
+
+@pytest.mark.parametrize("path, guidance", [("time_embedding", 1.0), ("time_embedding", 2.0),
+                                            ("modulated_lora", 1.0), ("modulated_lora", 2.0)])
+def test_trained_from_options_and_restored_by_the_pipeline(assets, tmp_path, path, guidance):
+    opt = _opt(tmp_path, assets, f"sd.conditioning.{path}=true")
+    Engine(opt, RestorationTrainer(opt)).fit()
+    folder = tmp_path / "experiments" / "r" / "models" / "restoration"
+    assert getattr(read_restoration_config(folder), path) is True
+    pipe = RestorationPipeline.from_pretrained(folder, device="cpu")
+    lq = torch.rand(1, 3, 40, 24, generator=torch.Generator().manual_seed(0))
+    out = pipe(lq, steps=2, guidance_scale=guidance, tile_size=16, seed=0)
+    assert tuple(out.shape) == (1, 3, 40, 24) and torch.isfinite(out).all()
+
+
+def test_merged_pipeline_keeps_the_modulated_lora_and_its_outputs(assets, tmp_path):
+    """merge_lora cannot bake a per-image LoRA: it stays hooked, and the output is the unmerged one."""
+    opt = _opt(tmp_path, assets, "sd.conditioning.modulated_lora=true")
+    Engine(opt, RestorationTrainer(opt)).fit()
+    folder = tmp_path / "experiments" / "r" / "models" / "restoration"
+    lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    unmerged = RestorationPipeline.from_pretrained(folder, device="cpu")(lq, steps=2, seed=0)
+    pipe = RestorationPipeline.from_pretrained(folder, device="cpu", merge_lora=True)
+    assert lora_a_modules(pipe.model.unet)  # still peft layers
+    assert (pipe(lq, steps=2, seed=0) - unmerged).abs().max().item() < 1e-5
