@@ -16,7 +16,10 @@ def test_quick_demo_writes_summary_and_refuses_to_mix_runs(tmp_path, capsys):
     assert summary["daclip_base"] == str(EMBEDDED_DACLIP / "daclip_tiny.safetensors")
     stages = summary["stage_seconds"]
     assert list(stages) == ["dataset", "daclip_base", "controller_before", "controller", "sd_base",
-                            "restoration_training", "restoration_eval"]
+                            "restoration_training", "restoration_eval", "unet_alone"]
+    # the UNet alone (no fusion head), with each image's DA-CLIP embeddings and with another degradation's
+    assert 5.0 < summary["psnr_unet"] < 60.0 and 5.0 < summary["psnr_unet_wrong_embedding"] < 60.0
+    assert 0 <= summary["unet_degradations_improved"] <= 10 and len(summary["unet_per_degradation"]) == 10
     assert min(stages.values()) >= 0 and abs(sum(stages.values()) - summary["seconds"]) < 1.0
     assert (out / "options" / "controller_train.yml").is_file()
     assert "degradation accuracy on the held-out split" in capsys.readouterr().out

@@ -17,7 +17,9 @@ from daclip_lora.training.tasks.restoration import RestorationTrainer
 from test_restoration import _inputs, _model, _opt, _perturb
 
 PATHS = {"time_embedding": {"time_embedding": True}, "modulated_lora": {"modulated_lora": True},
-         "both": {"time_embedding": True, "modulated_lora": True}}
+         "output_norm": {"output_norm": True},
+         "both": {"time_embedding": True, "modulated_lora": True},
+         "all": {"time_embedding": True, "modulated_lora": True, "output_norm": True}}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,28 @@ def test_fresh_modulation_is_plain_lora(assets, path):
         model.unet.class_embedding.linear_2.bias.zero_()
     x = _inputs()
     assert (model(**x) - plain(**x)).abs().max().item() < 1e-6
+
+
+def test_output_norm_new_layers_are_trained_and_the_base_norm_is_not(assets):
+    from daclip_lora.restoration.output_norm import DegradationOutputNorm
+
+    _, model = _model(assets, output_norm=True)
+    norm = model.unet.conv_norm_out
+    assert isinstance(norm, DegradationOutputNorm)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    new = {f"unet.conv_norm_out.{n}" for n, _ in norm.named_parameters() if not n.startswith("norm.")}
+    assert new <= trainable and len(new) == 6  # embed_norm, linear_1, linear_2: weight and bias each
+    assert not {n for n in trainable if n.startswith("unet.conv_norm_out.norm.")}
+
+
+@torch.no_grad()
+def test_output_norm_takes_a_one_pixel_latent(assets):
+    """Its statistics stay finite on a 1x1 feature map (a population std, not a sample std)."""
+    _, model = _model(assets, output_norm=True)
+    _perturb(model, seed=4)
+    x = _inputs()
+    x["noisy"], x["lq_latents"] = x["noisy"][..., :1, :1], x["lq_latents"][..., :1, :1]
+    assert torch.isfinite(model(**x)).all()
 
 
 def test_time_embedding_weights_are_trained_in_full(assets):
@@ -91,7 +115,8 @@ def _fit(model, steps=40, seed=0):
     return x
 
 
-@pytest.mark.parametrize("path, uses_it", [("time_embedding", True), ("modulated_lora", True), (None, False)])
+@pytest.mark.parametrize("path, uses_it", [("time_embedding", True), ("modulated_lora", True), ("output_norm", True),
+                                           (None, False)])
 def test_the_unet_uses_the_degradation_embedding_only_through_the_paths(assets, path, uses_it):
     """Swapping the two samples' embeddings changes the prediction when (and only when) a path is on (the
     targets differ by 2; this tiny UNet, frozen but for attention LoRA and the path, moves about 0.3 in 40 steps)."""
@@ -131,7 +156,8 @@ def test_denoise_without_time_labels_is_a_clear_error(assets, path):
 
 
 @pytest.mark.parametrize("path, guidance", [("time_embedding", 1.0), ("time_embedding", 2.0),
-                                            ("modulated_lora", 1.0), ("modulated_lora", 2.0)])
+                                            ("modulated_lora", 1.0), ("modulated_lora", 2.0),
+                                            ("output_norm", 1.0), ("output_norm", 2.0)])
 def test_trained_from_options_and_restored_by_the_pipeline(assets, tmp_path, path, guidance):
     opt = _opt(tmp_path, assets, f"sd.conditioning.{path}=true")
     Engine(opt, RestorationTrainer(opt)).fit()

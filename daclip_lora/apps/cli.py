@@ -183,6 +183,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"  restoration, held-out split: PSNR {summary['psnr_lq']:.2f} (LQ) -> {summary['psnr_restored']:.2f} dB, "
           f"SSIM {summary['ssim_lq']:.3f} -> {summary['ssim_restored']:.3f}; better than LQ on "
           f"{summary['degradations_improved']} of {len(summary['restoration_per_degradation'])} degradations")
+    print(f"  the UNet alone (no fusion head): PSNR {summary['psnr_unet']:.2f} dB, better than LQ on "
+          f"{summary['unet_degradations_improved']} of {len(summary['unet_per_degradation'])}; given another "
+          f"degradation's DA-CLIP embeddings {summary['psnr_unet_wrong_embedding']:.2f} dB")
     print(f"  restored images    {summary['results']} (overview: {summary['overview']})")
     print(f"  summary            {Path(args.out) / 'summary.json'}")
     return 0

@@ -42,20 +42,26 @@ __all__ = ["run_demo", "train_tiny_restorer", "DEMO_PRESETS"]
 DEMO_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj",
                      "ff.net.2", "time_emb_proj", "conv_out", "conv"]
 
+#: every DA-CLIP path into the UNet: tokens in the text context, the degradation embedding in the time
+#: embedding, the degradation-modulated LoRA and the degradation-aware output norm (docs/restoration.md)
+DEMO_CONDITIONING = {"num_tokens": 2, "time_embedding": True, "modulated_lora": True, "output_norm": True}
+
 DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
     "full": {"size": 96, "val_size": 8, "calib_size": 48, "patch": 64,
              "controller_steps": 300, "controller_batch": 32,
-             "sd_steps": 150, "sd_batch": 8, "sd_lr": 1e-3,
+             "sd_steps": 150, "sd_batch": 8, "sd_lr": 3e-3,
              "sd_lora": {"rank": 8, "alpha": 8, "targets": DEMO_LORA_TARGETS},
-             "sd_conditioning": {"num_tokens": 2},
-             "sd_objective": {"objective": "one_step", "one_step_t": 50, "fusion": True, "fusion_images": 448},
+             "sd_conditioning": DEMO_CONDITIONING,
+             "sd_objective": {"objective": "one_step", "one_step_t": 50, "one_step_loss": "rmse", "fusion": True,
+                              "fusion_images": 448},
              "sample_steps": 1, "sampling": {}},
     "quick": {"size": 4, "val_size": 2, "calib_size": 2, "patch": 32,
               "controller_steps": 6, "controller_batch": 8,
-              "sd_steps": 4, "sd_batch": 8, "sd_lr": 1e-3,
+              "sd_steps": 4, "sd_batch": 8, "sd_lr": 3e-3,
               "sd_lora": {"rank": 4, "alpha": 4, "targets": DEMO_LORA_TARGETS},
-              "sd_conditioning": {"num_tokens": 2},
-              "sd_objective": {"objective": "one_step", "one_step_t": 50, "fusion": True, "fusion_images": 16},
+              "sd_conditioning": DEMO_CONDITIONING,
+              "sd_objective": {"objective": "one_step", "one_step_t": 50, "one_step_loss": "rmse", "fusion": True,
+                               "fusion_images": 16},
               "sample_steps": 1, "sampling": {}},
 }
 
@@ -178,10 +184,23 @@ def _restoration_summary(report: Dict[str, Any]) -> Dict[str, Any]:
             "restoration_per_degradation": per}
 
 
+def _unet_alone_summary(test, folder: Path, distortion: List[str]) -> Dict[str, Any]:
+    """:func:`~daclip_lora.training.tasks.restoration.unet_alone_report` on the held-out split, as summary keys."""
+    from ..restoration.pipeline import RestorationPipeline
+    from ..training.tasks.restoration import restoration_dataset, unet_alone_report
+
+    pipe = RestorationPipeline.from_pretrained(folder, device=test.runtime.device)
+    block = test.datasets["val"]
+    r = unet_alone_report(pipe, restoration_dataset(block, distortion, train=False, clip_size=pipe.daclip.image_size))
+    return {"psnr_unet": r["unet"], "psnr_unet_wrong_embedding": r["unet_wrong_embedding"],
+            "unet_degradations_improved": r["unet_degradations_improved"],
+            "unet_per_degradation": r["per_degradation"]}
+
+
 class _Stages:
     """The demo's numbered stages: logs each one and its start time (``stage_seconds`` in the summary)."""
 
-    def __init__(self, total: int = 7):
+    def __init__(self, total: int = 8):
         self.total, self.marks = total, []
 
     def __call__(self, name: str, message: str, *args: Any) -> None:
@@ -233,8 +252,11 @@ def _restoration_stages(out: Path, stage: _Stages, distortion: List[str], daclip
     test = load_options(sd_test, is_train=False, root=out / "runs")
     report = evaluate_restoration(test, folder=str(sd_lora))["val"]
     overview = write_overview(Path(test.path.results_root), distortion, out / "overview.png")
+    stage("unet_alone", "the UNet without the fusion head, with each image's DA-CLIP embeddings and another "
+          "degradation's")
+    unet = _unet_alone_summary(test, sd_lora, distortion)
     return {"sd_base": str(sd_base), "sd_lora": str(sd_lora), "sd_steps": sd_result.step,
-            "sd_final_loss": sd_result.losses[-1], **_restoration_summary(report),
+            "sd_final_loss": sd_result.losses[-1], **_restoration_summary(report), **unet,
             "sampling": dict(vars(test.sampling)), "results": str(test.path.results_root), "overview": str(overview)}
 
 

@@ -9,6 +9,7 @@ import torch.nn as nn
 from .._utils.lora import LoraSpec, inject_lora
 from .backbone import SDBackbone
 from .model import DegradationTimeEmbedding, LQConvIn
+from .output_norm import DegradationOutputNorm
 
 __all__ = ["TEXT_ENCODER_LORA_TARGETS", "UNET_LORA_TARGETS", "add_restoration_lora", "add_text_encoder_lora",
            "add_unet_lora", "lora_spec"]
@@ -41,6 +42,9 @@ def add_unet_lora(unet: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], 
         unet.conv_in.lq.requires_grad_(True)
     if isinstance(getattr(unet, "class_embedding", None), DegradationTimeEmbedding):  # trained in full
         unet.class_embedding.requires_grad_(True)
+    if isinstance(getattr(unet, "conv_norm_out", None), DegradationOutputNorm):  # its new layers, in full
+        unet.conv_norm_out.requires_grad_(True)
+        unet.conv_norm_out.norm.requires_grad_(False)
 
 
 def add_restoration_lora(model: Any, spec: Union[LoraSpec, Dict[str, Any], None], config: Any = None) -> None:

@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from .fusion import FusionHead
 from .modulation import LoraModulation, lora_a_modules
+from .output_norm import DegradationOutputNorm
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,12 @@ class RestorationConfig:
     text_encoder_lora: Optional[Dict[str, Any]] = None
     time_embedding: bool = False  # DA-CLIP's degradation embedding added to the UNet's time embedding
     modulated_lora: bool = False  # every LoRA layer's B·M(e)·A, M from the degradation embedding (modulation.py)
+    output_norm: bool = False  # conv_norm_out scaled and shifted from that embedding and its input's statistics
 
     @property
     def uses_time_labels(self) -> bool:
         """Whether every UNet call takes ``class_labels = [degradation embedding, keep]``."""
-        return self.time_embedding or self.modulated_lora
+        return self.time_embedding or self.modulated_lora or self.output_norm
 
     @property
     def context_slots(self) -> int:
@@ -217,6 +219,12 @@ class RestorationUNet(nn.Module):
                 raise ValueError("sd.conditioning.time_embedding needs a UNet without a class embedding; this base "
                                  "already has one (class_embed_type is set)")
             unet.class_embedding = DegradationTimeEmbedding(config.embed_dim, unet.time_embedding.linear_2.out_features)
+        if config.output_norm:
+            if not isinstance(getattr(unet, "conv_norm_out", None), nn.GroupNorm):
+                raise ValueError("sd.conditioning.output_norm needs a UNet with a GroupNorm conv_norm_out (SD 1.x/2.x "
+                                 "and the tiny bases have one)")
+            unet.conv_norm_out = DegradationOutputNorm(unet.conv_norm_out, config.embed_dim)
+            unet.conv_norm_out.attach(unet)
 
     def attach_modulation(self) -> None:
         """With ``config.modulated_lora``, hook the UNet's LoRA layers (call once, after the LoRA is injected)."""
@@ -291,6 +299,9 @@ class RestorationUNet(nn.Module):
             out.update({f"time_embedding.{k}": v for k, v in self.unet.class_embedding.state_dict().items()})
         if self.modulation is not None:
             out.update({f"modulation.{k}": v for k, v in self.modulation.state_dict().items()})
+        if self.config.output_norm:  # the new layers only: the base norm's weights are the base model's
+            out.update({f"output_norm.{k}": v for k, v in self.unet.conv_norm_out.state_dict().items()
+                        if not k.startswith("norm.")})
         if self.config.lq_latent:
             conv = self.unet.conv_in
             out["conv_in.weight"] = conv.weight.detach()
@@ -320,6 +331,9 @@ class RestorationUNet(nn.Module):
                 raise ValueError("restoration.json has time_embedding: true but the extras hold no time_embedding.* "
                                  "weights; re-save the folder with the trainer that wrote it")
             self.unet.class_embedding.load_state_dict(time)
+        if self.config.output_norm:
+            self._load_output_norm({k[len("output_norm."):]: v for k, v in state.items()
+                                    if k.startswith("output_norm.")})
         if self.config.modulated_lora:
             self._load_modulation({k[len("modulation."):]: v for k, v in state.items() if k.startswith("modulation.")})
         if self.config.lq_latent:
@@ -340,6 +354,15 @@ class RestorationUNet(nn.Module):
             weights = FusionHead.legacy_state(weights)
         self.fusion.load_state_dict(weights)
         self.fusion.fitted = bool(meta.get("fitted", True))
+
+    def _load_output_norm(self, weights: Dict[str, torch.Tensor]) -> None:
+        if not weights:
+            raise ValueError("restoration.json has output_norm: true but the extras hold no output_norm.* weights; "
+                             "re-save the folder with the trainer that wrote it")
+        missing, unexpected = self.unet.conv_norm_out.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if not k.startswith("norm.")]
+        if missing or unexpected:
+            raise ValueError(f"output_norm weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
     def _load_modulation(self, weights: Dict[str, torch.Tensor]) -> None:
         if self.modulation is None:

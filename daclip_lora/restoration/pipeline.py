@@ -171,7 +171,9 @@ class RestorationPipeline:
     def __call__(self, lq: torch.Tensor, steps: int = 50, scheduler: str = "ddim", guidance_scale: float = 1.0,
                  strength: float = 1.0, seed: int = 0, prompt: Optional[str] = None,
                  tile_size: Optional[int] = None, tile_overlap: Optional[int] = None,
-                 callback: Optional[Callable[[int, int], None]] = None, progress: bool = False) -> torch.Tensor:
+                 callback: Optional[Callable[[int, int], None]] = None, progress: bool = False,
+                 embeddings: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, fusion: bool = True
+                 ) -> torch.Tensor:
         """Restore ``lq`` (``(B, 3, H, W)`` in ``[0, 1]``, any size); returns the same shape in ``[0, 1]``,
         as fp32 on ``lq``'s device.
 
@@ -190,6 +192,9 @@ class RestorationPipeline:
                 size, overlap a quarter of the tile; ``0``: never tile).
             callback: called as ``callback(step, total)`` after every denoising step.
             progress: show a tqdm bar over the denoising steps.
+            embeddings: DA-CLIP ``(content, degradation)`` embeddings to condition on instead of the LQ's own (each
+                ``(B, D)``; e.g. another image's, to measure how much the model uses them).
+            fusion: ``False`` returns the decoded UNet output without the fusion head's blend (the UNet alone).
         """
         # 1. check the inputs, pad to the VAE factor, choose the tiling
         self.check_inputs(lq, steps, strength)
@@ -199,7 +204,7 @@ class RestorationPipeline:
         # 2. the LQ latent and the conditions: DA-CLIP embeddings, prompt, DA-CLIP tokens (and the unconditional
         #    context for classifier-free guidance)
         z_lq = self.encode_latents(x, tile, overlap)
-        image_emb, degra_emb, cond, uncond = self.encode_conditions(x, prompt, guidance_scale)
+        image_emb, degra_emb, cond, uncond = self.encode_conditions(x, prompt, guidance_scale, embeddings)
         labels = self.model.time_labels(degra_emb)
         uncond_labels = None if labels is None or uncond is None else self.model.time_labels(
             degra_emb, torch.zeros(x.shape[0], device=x.device))
@@ -213,7 +218,7 @@ class RestorationPipeline:
             latents = self._sample(z_lq, run, scheduler, steps, strength, seed, callback, progress)
         # 5. decode, then the fusion head's blend with the LQ image when the model has a fitted one
         out = self.decode_latents(latents, tile, overlap)
-        if self.model.fusion is not None and self.model.fusion.fitted:
+        if fusion and self.model.fusion is not None and self.model.fusion.fitted:
             decoded_lq = self.decode_latents(z_lq, tile, overlap)
             out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
         return out[:, :, :h, :w].to(lq.device, torch.float32)
@@ -246,12 +251,17 @@ class RestorationPipeline:
             raise ValueError(f"tile_overlap must be in [0, tile_size {tile}), got {overlap}")
         return tile, overlap
 
-    def encode_conditions(self, x: torch.Tensor, prompt: Optional[str], guidance_scale: float):
-        """DA-CLIP's content and degradation embeddings, the conditional context and (for guidance > 1) the
-        unconditional one (empty prompt, no DA-CLIP tokens)."""
+    def encode_conditions(self, x: torch.Tensor, prompt: Optional[str], guidance_scale: float,
+                          embeddings: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+        """DA-CLIP's content and degradation embeddings (``embeddings`` when given), the conditional context and
+        (for guidance > 1) the unconditional one (empty prompt, no DA-CLIP tokens)."""
         b = x.shape[0]
+        if embeddings is not None and any(e.shape[0] != b for e in embeddings):
+            raise ValueError(f"embeddings must hold one (content, degradation) pair per image: {b} images, got "
+                             f"{[tuple(e.shape) for e in embeddings]}")
         with self.autocast():
-            image_emb, degra_emb = self.daclip_embeddings(x)
+            image_emb, degra_emb = self.daclip_embeddings(x) if embeddings is None else \
+                (e.to(self.device) for e in embeddings)
             text = self.text_hidden(self.config.prompt if prompt is None else prompt, b)
             cond = self.model.context(text, image_emb, degra_emb)
             uncond = self.model.context(self.text_hidden("", b), image_emb, degra_emb,

@@ -156,6 +156,7 @@ class ConditioningOptions:
     lq_start: float = 0.0  # share of training samples noised from the LQ latent (for strength < 1 sampling)
     time_embedding: bool = False  # DA-CLIP's degradation embedding added to the UNet's time embedding
     modulated_lora: bool = False  # every UNet LoRA layer computes B·M(e)·A, M predicted from that embedding
+    output_norm: bool = False  # the UNet's last norm scaled and shifted from that embedding and its input's stats
 
 
 @dataclass
@@ -172,9 +173,12 @@ class SDOptions:
     #: the LQ latent to the restored latent in one call at timestep one_step_t, trained on a per-image log-MSE)
     objective: Literal["diffusion", "one_step"] = "diffusion"
     one_step_t: int = 50
-    #: restoration, one_step: where the per-image log-MSE is taken: "latent" (against the GT latent) or "pixel"
-    #: (the restored latent decoded by the frozen VAE decoder, against the GT image), as OSEDiff and S3Diff train
-    one_step_loss: Literal["latent", "pixel"] = "latent"
+    #: restoration, one_step: the per-image loss, averaged over the batch: "log_mse" (mean PSNR: mild and severe
+    #: degradations weigh alike), "rmse" (between log-MSE and MSE) or "mse"
+    one_step_loss: Literal["log_mse", "rmse", "mse"] = "log_mse"
+    #: restoration, one_step: where it is taken: "latent" (against the GT latent) or "pixel" (the restored latent
+    #: decoded by the frozen VAE decoder, against the GT image, as OSEDiff and S3Diff train)
+    one_step_space: Literal["latent", "pixel"] = "latent"
     #: restoration: fit the degradation-aware output fusion head after the LoRA (see conditioning.FusionHead)
     fusion: bool = False
     #: training images the fusion head is fitted on, plus every image of a ``datasets.calib`` split (pairs
@@ -249,7 +253,7 @@ _RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_ste
 TASK_KEYS: Dict[str, Tuple[str, ...]] = {
     "controller": ("daclip", "controller", *_RUNTIME_COMMON),
     "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective", "sd.one_step_t",
-                    "sd.one_step_loss", "sd.fusion", "sd.fusion_images", "runtime", "sampling"),
+                    "sd.one_step_loss", "sd.one_step_space", "sd.fusion", "sd.fusion_images", "runtime", "sampling"),
     "text2image": ("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
                    "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score", *_RUNTIME_COMMON,
                    "runtime.snr_gamma", "runtime.noise_offset", "sampling.scheduler", "sampling.steps",

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..._utils.image_metrics import image_metrics
+from ..._utils.image_metrics import image_metrics, psnr
 from ...clip.factory import load_daclip
 from ...data.datasets import RestorationDataset, pair_lqgt, pair_md
 from ...data.images import write_image
@@ -38,7 +38,8 @@ from ..engine import TrainTask, per_sample_generators, per_sample_noise, per_sam
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RestorationTrainer", "evaluate_restoration", "build_restoration_model", "restoration_dataset"]
+__all__ = ["RestorationTrainer", "evaluate_restoration", "build_restoration_model", "restoration_dataset",
+           "unet_alone_report"]
 
 
 def restoration_dataset(block, distortion, train: bool, crop: str = "random",
@@ -67,7 +68,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
         fusion=s.fusion, text_encoder_lora=None, time_embedding=c.time_embedding,
-        modulated_lora=c.modulated_lora)
+        modulated_lora=c.modulated_lora, output_norm=c.output_norm)
     steps = int(sd.scheduler.config.num_train_timesteps)
     if s.objective == "one_step" and not 0 <= s.one_step_t < steps:
         raise ValueError(f"sd.one_step_t must be a timestep in [0, {steps}) of the base's scheduler, got "
@@ -169,7 +170,7 @@ class RestorationTrainer(TrainTask):
         """VAE latents of GT and LQ and DA-CLIP embeddings of the LQ: the frozen models' work."""
         image_emb, degra_emb = self.daclip.encode_image(batch["LQ_clip"].to(self.device, self.dtype), control=True)
         gt = batch["GT"].to(self.device, torch.float32)
-        pixels = {"gt": gt} if self.opt.sd.one_step_loss == "pixel" else {}  # the pixel loss's target
+        pixels = {"gt": gt} if self.opt.sd.one_step_space == "pixel" else {}  # the pixel loss's target
         return {**pixels, "z_gt": self.backbone.encode_latents(gt).float(),
                 "z_lq": self.backbone.encode_latents(batch["LQ"].to(self.device, torch.float32)).float(),
                 "image_emb": image_emb.float(), "degra_emb": degra_emb.float()}
@@ -211,11 +212,7 @@ class RestorationTrainer(TrainTask):
             pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
                          keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
             x0 = predicted_x0(sched, pred, noisy, t)
-            if self.opt.sd.one_step_loss == "pixel":  # through the frozen decoder, against the GT image
-                mse = (self.backbone.decode(x0) - feats["gt"].to(device).float()).pow(2).mean((1, 2, 3))
-            else:
-                mse = (x0 - z_gt.float()).pow(2).mean((1, 2, 3))
-            return {"loss": torch.log(mse + 1e-6).mean(), "mse": mse.mean().detach()}
+            return self._one_step_loss(x0, z_gt, feats)
         noise = per_sample_noise(gens, z_gt.shape[1:], device, rt.noise_offset)
         t = per_sample_randint(gens, sched.config.num_train_timesteps, device)
         noisy = sched.add_noise(z_gt, noise, t)
@@ -237,6 +234,18 @@ class RestorationTrainer(TrainTask):
         pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
                      keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
         return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma, weights)}
+
+    def _one_step_loss(self, x0: torch.Tensor, z_gt: torch.Tensor, feats: Dict[str, torch.Tensor]
+                       ) -> Dict[str, torch.Tensor]:
+        """``sd.one_step_loss`` per image in ``sd.one_step_space``, averaged over the batch."""
+        s = self.opt.sd
+        if s.one_step_space == "pixel":  # through the frozen decoder, against the GT image
+            mse = (self.backbone.decode(x0) - feats["gt"].to(x0.device).float()).pow(2).mean((1, 2, 3))
+        else:
+            mse = (x0 - z_gt.float()).pow(2).mean((1, 2, 3))
+        per_image = {"log_mse": lambda: torch.log(mse + 1e-6), "rmse": lambda: (mse + 1e-8).sqrt(),
+                     "mse": lambda: mse}[s.one_step_loss]()
+        return {"loss": per_image.mean(), "mse": mse.mean().detach()}
 
     # ------------------------------------------------------------------------- validation
     def pipeline(self) -> RestorationPipeline:
@@ -378,6 +387,38 @@ def _evaluate_dataset(pipe: RestorationPipeline, dataset, n: int, out: Path, s) 
         lq_m = image_metrics(lq, gt, s.crop_border)
         per.setdefault(deg, []).append({**restored_m, **{f"lq_{k}": v for k, v in lq_m.items()}})
     return per
+
+
+@torch.no_grad()
+def unet_alone_report(pipe: RestorationPipeline, dataset, n: Optional[int] = None) -> Dict[str, Any]:
+    """What the UNet does without the fusion head, and how much it uses DA-CLIP, on the first ``n`` samples.
+
+    Each image is restored without the head twice: with its own DA-CLIP embeddings, and with those of the
+    image at the same position in the *next* degradation's list (a wrong degradation, similar content when the
+    splits are crops of the same photographs). Returns mean PSNRs (``lq``, ``unet``, ``unet_wrong_embedding``),
+    ``unet_degradations_improved`` and per-degradation means.
+    """
+    n = len(dataset) if n is None else min(n, len(dataset))
+    samples = [dataset[i] for i in range(n)]
+    order = sorted({s["degradation"] or "all" for s in samples})
+    groups = {d: [i for i, s in enumerate(samples) if (s["degradation"] or "all") == d] for d in order}
+    embeddings = [tuple(e.float().cpu() for e in pipe.daclip_embeddings(s["LQ"][None].to(pipe.device)))
+                  for s in samples]
+    per: Dict[str, Dict[str, List[float]]] = {d: {"lq": [], "unet": [], "unet_wrong_embedding": []} for d in order}
+    for k, d in enumerate(order):
+        other = groups[order[(k + 1) % len(order)]]
+        for j, i in enumerate(groups[d]):
+            s = samples[i]
+            wrong = embeddings[other[j % len(other)]]
+            gt = s["GT"].permute(1, 2, 0).numpy()
+            for key, emb in (("unet", embeddings[i]), ("unet_wrong_embedding", wrong)):
+                out = pipe(s["LQ"][None], steps=1, embeddings=emb, fusion=False)[0]
+                per[d][key].append(psnr(out.permute(1, 2, 0).numpy(), gt))
+            per[d]["lq"].append(psnr(s["LQ"].permute(1, 2, 0).numpy(), gt))
+    table = {d: {k: float(np.mean(v)) for k, v in m.items()} for d, m in per.items()}
+    mean = {k: float(np.mean([x for m in per.values() for x in m[k]])) for k in ("lq", "unet", "unet_wrong_embedding")}
+    return {**mean, "unet_degradations_improved": sum(t["unet"] > t["lq"] for t in table.values()),
+            "per_degradation": table}
 
 
 def _summarise(per: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, float]]:
