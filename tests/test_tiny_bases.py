@@ -149,15 +149,21 @@ def test_make_tiny_base_refuses_bad_arguments_in_one_line(tmp_path, capsys, argv
 
 
 @torch.no_grad()
-def test_shipped_restorer_in_format_1_restores_identically_after_a_resave(tmp_path):
-    """The shipped restorer was saved before restoration.json had a format_version; re-saved in today's format it
-    restores the same image bit for bit."""
+def test_a_format_1_restorer_restores_identically_after_a_resave(tmp_path):
+    """The restorer shipped before issue 23 (tests/data/format1_restorer) was saved before restoration.json had a
+    format_version; re-saved in today's format it restores the same image bit for bit."""
+    import shutil
+
     from daclip_lora.restoration.pipeline import RestorationPipeline
     from daclip_lora.restoration.serialization import FORMAT_VERSION, save_restoration
-    from daclip_lora.tiny.locate import embedded_restorer
+    from daclip_lora.tiny.locate import EMBEDDED_DACLIP
 
-    shipped = embedded_restorer()
-    assert "format_version" not in json.loads((shipped / "restoration.json").read_text())
+    folder = shutil.copytree(Path(__file__).parent / "data" / "format1_restorer", tmp_path / "format1")
+    shipped = folder / "restoration"
+    config = json.loads((shipped / "restoration.json").read_text())
+    assert "format_version" not in config
+    config.update(base=str(EMBEDDED_SD), daclip_pretrained=str(EMBEDDED_DACLIP / "daclip_tiny.safetensors"))
+    (shipped / "restoration.json").write_text(json.dumps(config))
     lq = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))
     old = RestorationPipeline.from_pretrained(shipped, merge_lora=False, device="cpu")
     before = old(lq, steps=1, seed=0)

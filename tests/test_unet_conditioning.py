@@ -179,3 +179,32 @@ def test_merged_pipeline_keeps_the_modulated_lora_and_its_outputs(assets, tmp_pa
     pipe = RestorationPipeline.from_pretrained(folder, device="cpu", merge_lora=True)
     assert lora_a_modules(pipe.model.unet)  # still peft layers
     assert (pipe(lq, steps=2, seed=0) - unmerged).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("degs, expected", [
+    (["a", "a", "b", "b"], [(0, 2), (1, 3), (2, 0), (3, 1)]),
+    (["b", "a", "b"], [(0, 1), (1, 0), (2, 1)]),  # a short next list wraps around
+    (["a", "a"], [(0, 0), (1, 1)]),  # one degradation: its own list is the next
+])
+def test_wrong_degradation_pairs(degs, expected):
+    from daclip_lora.training.tasks.restoration import _wrong_degradation_pairs
+
+    assert _wrong_degradation_pairs([{"degradation": d} for d in degs]) == expected
+
+
+def test_pipeline_embeddings_argument(assets, tmp_path):
+    """The LQ's own embeddings passed explicitly give the default output exactly; another image's change it (the
+    model uses them); a wrong count is a one-line ValueError."""
+    opt = _opt(tmp_path, assets, "sd.conditioning.output_norm=true", "sd.objective=one_step")
+    Engine(opt, RestorationTrainer(opt)).fit()
+    pipe = RestorationPipeline.from_pretrained(tmp_path / "experiments" / "r" / "models" / "restoration", device="cpu")
+    with torch.no_grad():
+        _perturb(pipe.model.unet.conv_norm_out, seed=5)
+    lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    own = pipe.daclip_embeddings(lq)
+    default = pipe(lq, steps=1)
+    assert (pipe(lq, steps=1, embeddings=own) - default).abs().max().item() == 0.0
+    swapped = tuple(e.flip(0) for e in own)
+    assert (pipe(lq, steps=1, embeddings=swapped) - default).abs().max().item() > 1e-4
+    with pytest.raises(ValueError, match="one \\(content, degradation\\) pair per image"):
+        pipe(lq, steps=1, embeddings=tuple(e[:1] for e in own))

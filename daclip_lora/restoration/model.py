@@ -318,26 +318,25 @@ class RestorationUNet(nn.Module):
     def load_extras(self, state: Dict[str, torch.Tensor], fusion_state: Optional[Dict[str, Any]] = None) -> None:
         """Load :meth:`extras_state_dict` weights; ``fusion_state`` is :meth:`fusion_state` as saved (``None``:
         a format-1 folder, whose ``fusion.fitted``/``fusion.coordinates`` tensors are read instead)."""
-        cond = {k[len("conditioner."):]: v for k, v in state.items() if k.startswith("conditioner.")}
-        missing, unexpected = self.conditioner.load_state_dict(cond, strict=False)
+        missing, unexpected = self.conditioner.load_state_dict(_prefixed(state, "conditioner."), strict=False)
         if missing or unexpected:
             raise ValueError(f"restoration extras do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
         if self.fusion is not None:
-            self._load_fusion({k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")},
-                              fusion_state)
-        if self.config.time_embedding:
-            time = {k[len("time_embedding."):]: v for k, v in state.items() if k.startswith("time_embedding.")}
-            if not time:
-                raise ValueError("restoration.json has time_embedding: true but the extras hold no time_embedding.* "
-                                 "weights; re-save the folder with the trainer that wrote it")
-            self.unet.class_embedding.load_state_dict(time)
-        if self.config.output_norm:
-            self._load_output_norm({k[len("output_norm."):]: v for k, v in state.items()
-                                    if k.startswith("output_norm.")})
-        if self.config.modulated_lora:
-            self._load_modulation({k[len("modulation."):]: v for k, v in state.items() if k.startswith("modulation.")})
+            self._load_fusion(_prefixed(state, "fusion."), fusion_state)
+        loaders = ((self.config.time_embedding, "time_embedding.", self._load_time_embedding),
+                   (self.config.output_norm, "output_norm.", self._load_output_norm),
+                   (self.config.modulated_lora, "modulation.", self._load_modulation))
+        for enabled, prefix, load in loaders:
+            if enabled:
+                load(_prefixed(state, prefix))
         if self.config.lq_latent:
             self._load_conv_in(state)
+
+    def _load_time_embedding(self, weights: Dict[str, torch.Tensor]) -> None:
+        if not weights:
+            raise ValueError("restoration.json has time_embedding: true but the extras hold no time_embedding.* "
+                             "weights; re-save the folder with the trainer that wrote it")
+        self.unet.class_embedding.load_state_dict(weights)
 
     def _load_fusion(self, weights: Dict[str, torch.Tensor], meta: Optional[Dict[str, Any]]) -> None:
         if not weights:
@@ -386,3 +385,8 @@ class RestorationUNet(nn.Module):
             conv.lq.weight.copy_(w[:, conv.base_channels:])
             if "conv_in.bias" in state and conv.base.bias is not None:
                 conv.base.bias.copy_(state["conv_in.bias"])
+
+
+def _prefixed(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """The entries of ``state`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -390,35 +390,44 @@ def _evaluate_dataset(pipe: RestorationPipeline, dataset, n: int, out: Path, s) 
 
 
 @torch.no_grad()
-def unet_alone_report(pipe: RestorationPipeline, dataset, n: Optional[int] = None) -> Dict[str, Any]:
+def unet_alone_report(pipe: RestorationPipeline, dataset, n: Optional[int] = None, fusion: bool = False
+                      ) -> Dict[str, Any]:
     """What the UNet does without the fusion head, and how much it uses DA-CLIP, on the first ``n`` samples.
 
     Each image is restored without the head twice: with its own DA-CLIP embeddings, and with those of the
     image at the same position in the *next* degradation's list (a wrong degradation, similar content when the
     splits are crops of the same photographs). Returns mean PSNRs (``lq``, ``unet``, ``unet_wrong_embedding``),
-    ``unet_degradations_improved`` and per-degradation means.
+    ``unet_degradations_improved`` and per-degradation means. ``fusion=True`` measures the same with the fusion
+    head (the keys keep their names).
     """
     n = len(dataset) if n is None else min(n, len(dataset))
     samples = [dataset[i] for i in range(n)]
-    order = sorted({s["degradation"] or "all" for s in samples})
-    groups = {d: [i for i, s in enumerate(samples) if (s["degradation"] or "all") == d] for d in order}
     embeddings = [tuple(e.float().cpu() for e in pipe.daclip_embeddings(s["LQ"][None].to(pipe.device)))
                   for s in samples]
-    per: Dict[str, Dict[str, List[float]]] = {d: {"lq": [], "unet": [], "unet_wrong_embedding": []} for d in order}
-    for k, d in enumerate(order):
-        other = groups[order[(k + 1) % len(order)]]
-        for j, i in enumerate(groups[d]):
-            s = samples[i]
-            wrong = embeddings[other[j % len(other)]]
-            gt = s["GT"].permute(1, 2, 0).numpy()
-            for key, emb in (("unet", embeddings[i]), ("unet_wrong_embedding", wrong)):
-                out = pipe(s["LQ"][None], steps=1, embeddings=emb, fusion=False)[0]
-                per[d][key].append(psnr(out.permute(1, 2, 0).numpy(), gt))
-            per[d]["lq"].append(psnr(s["LQ"].permute(1, 2, 0).numpy(), gt))
-    table = {d: {k: float(np.mean(v)) for k, v in m.items()} for d, m in per.items()}
+    per: Dict[str, Dict[str, List[float]]] = {}
+    for i, j in _wrong_degradation_pairs(samples):
+        s, gt = samples[i], samples[i]["GT"].permute(1, 2, 0).numpy()
+        scores = per.setdefault(s["degradation"] or "all", {"lq": [], "unet": [], "unet_wrong_embedding": []})
+        scores["lq"].append(psnr(s["LQ"].permute(1, 2, 0).numpy(), gt))
+        for key, emb in (("unet", embeddings[i]), ("unet_wrong_embedding", embeddings[j])):
+            out = pipe(s["LQ"][None], steps=1, embeddings=emb, fusion=fusion)[0]
+            scores[key].append(psnr(out.permute(1, 2, 0).numpy(), gt))
+    table = {d: {k: float(np.mean(v)) for k, v in m.items()} for d, m in sorted(per.items())}
     mean = {k: float(np.mean([x for m in per.values() for x in m[k]])) for k in ("lq", "unet", "unet_wrong_embedding")}
     return {**mean, "unet_degradations_improved": sum(t["unet"] > t["lq"] for t in table.values()),
             "per_degradation": table}
+
+
+def _wrong_degradation_pairs(samples: List[Dict[str, Any]]) -> List[Tuple[int, int]]:
+    """``(i, j)`` for every sample ``i``: ``j`` is the sample at the same position in the next degradation's list
+    (cyclically, in sorted order of the degradation names)."""
+    order = sorted({s["degradation"] or "all" for s in samples})
+    groups = {d: [i for i, s in enumerate(samples) if (s["degradation"] or "all") == d] for d in order}
+    pairs = []
+    for k, d in enumerate(order):
+        other = groups[order[(k + 1) % len(order)]]
+        pairs.extend((i, other[p % len(other)]) for p, i in enumerate(groups[d]))
+    return sorted(pairs)
 
 
 def _summarise(per: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, float]]:

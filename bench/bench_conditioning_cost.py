@@ -1,0 +1,129 @@
+"""What the UNet's DA-CLIP paths cost: one-step UNet call and training step, side by side, interleaved, in one run.
+
+An SD 1.5-sized UNet (random weights, ``UNET_CONFIGS["sd15"]``) at ``--size`` px (latent ``size / 8``), batch 1,
+LoRA rank 8 on the attention projections (the default targets), fp32 on the chosen device:
+
+    plain, merged      LoRA baked into the weights, ``conv_in`` fused (the fastest plain-LoRA inference)
+    plain              the same LoRA unmerged
+    modulated          ``modulated_lora`` (B · M(e) · A, cannot be merged)
+    all paths          ``modulated_lora`` + ``time_embedding`` + ``output_norm`` (the demo's UNet)
+
+Inference: one ``RestorationUNet.denoise`` call (the one-step restoration's UNet work; VAE and DA-CLIP are the same
+for every variant). Training: forward + backward of the one-step loss. Median of ``--repeats`` rounds, the
+variants interleaved within each round.
+
+Usage::
+
+    python bench/bench_conditioning_cost.py --size 256 --repeats 3 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any, Callable, Dict
+
+import torch
+
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    "plain, merged": {"merge": True},
+    "plain": {},
+    "modulated": {"modulated_lora": True},
+    "all paths": {"modulated_lora": True, "time_embedding": True, "output_norm": True},
+}
+
+
+def build(variant: Dict[str, Any], device: str, embed_dim: int = 512):
+    from diffusers import UNet2DConditionModel
+
+    from daclip_lora._utils.lora import unload_lora
+    from daclip_lora.restoration.lora import add_restoration_lora
+    from daclip_lora.restoration.model import LQConvIn, RestorationConfig, RestorationUNet
+    from daclip_lora.restoration.sd_configs import UNET_CONFIGS
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**UNET_CONFIGS["sd15"])
+    paths = {k: v for k, v in variant.items() if k != "merge"}
+    config = RestorationConfig(base="sd15", daclip_model="daclip_ViT-B-32", embed_dim=embed_dim,
+                               cross_attention_dim=768, num_tokens=4, lora={"rank": 8, "alpha": 8},
+                               objective="one_step", **paths)
+    model = RestorationUNet(unet, config)
+    add_restoration_lora(model, config.lora)
+    with torch.no_grad():  # non-zero LoRA B and zero-initialised heads, so every path does real work
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.01)
+    if variant.get("merge"):
+        unload_lora(model.unet, merge=True)
+        model.unet.conv_in = model.unet.conv_in.fused() if isinstance(model.unet.conv_in, LQConvIn) \
+            else model.unet.conv_in
+    return model.to(device)
+
+
+def inputs(size: int, device: str, embed_dim: int = 512) -> Dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    h = size // 8
+    return {k: v.to(device) for k, v in dict(
+        noisy=torch.randn(1, 4, h, h, generator=g), timesteps=torch.tensor([50]),
+        text_hidden=torch.randn(1, 77, 768, generator=g), image_emb=torch.randn(1, embed_dim, generator=g),
+        degra_emb=torch.randn(1, embed_dim, generator=g), lq_latents=torch.randn(1, 4, h, h, generator=g)).items()}
+
+
+def _timed(fn: Callable[[], Any], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", default=None, help="also write the timings here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    x = inputs(args.size, args.device)
+    models = {name: build(v, args.device) for name, v in VARIANTS.items()}
+    infer: Dict[str, list] = {n: [] for n in models}
+    train: Dict[str, list] = {n: [] for n in models if n != "plain, merged"}
+
+    def forward(model):
+        with torch.no_grad():
+            model(**x)
+
+    def step(model):
+        model(**x).float().pow(2).mean().backward()
+
+    for name, model in models.items():  # warm-up
+        forward(model)
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            infer[name].append(_timed(lambda: forward(model), args.device))
+            if name in train:
+                train[name].append(_timed(lambda: step(model), args.device))
+    base_i, base_t = statistics.median(infer["plain, merged"]), statistics.median(train["plain"])
+    print(f"SD 1.5-sized UNet, {args.size} px, batch 1, {args.device}, {args.threads} threads, median of "
+          f"{args.repeats}\n\n| variant | one-step UNet call | vs merged plain | training step | vs plain |\n"
+          "|---|---|---|---|---|")
+    out = {}
+    for name in models:
+        i = statistics.median(infer[name])
+        t = statistics.median(train[name]) if name in train else None
+        out[name] = {"inference_s": i, "train_step_s": t}
+        tt = f"{t:.3f} s | {t / base_t:.2f}x" if t is not None else "- | -"
+        print(f"| {name} | {i:.3f} s | {i / base_i:.2f}x | {tt} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"size": args.size, "device": args.device, "threads": args.threads, "timings": out}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
