@@ -8,6 +8,9 @@ plus ``format_version`` and the fusion head's state (``fusion_head``). Format ve
 * 1 (no ``format_version`` key): the fusion head's ``fitted`` flag and blend-coordinate version were float
   tensors in the extras (``fusion.fitted``, ``fusion.coordinates``); still read.
 * 2: they live in ``restoration.json`` (``fusion_head: {fitted, coordinates}``); the extras hold weights only.
+* 3: the UNet's DA-CLIP paths (``time_embedding``, ``modulated_lora``, ``output_norm``; extras ``time_embedding.*``,
+  ``modulation.*``, ``output_norm.*``). A version-2 reader would drop those keys and build another model, so it
+  must refuse these folders; versions 1 and 2 are still read (the paths off).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 EXTRAS_NAME = "restoration_extras.safetensors"
 CONFIG_NAME = "restoration.json"
 #: version of the folder layout this daclip_lora writes; it reads this one and every older one
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def save_restoration(model: RestorationUNet, out_dir: Union[str, Path], text_encoder: Optional[nn.Module] = None,
