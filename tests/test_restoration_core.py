@@ -373,3 +373,35 @@ def test_text_encoder_lora_of_another_rank_is_one_line(base, tmp_path):
     with pytest.raises(ValueError, match=r"text-encoder LoRA does not fit this text encoder .*another") as e:
         load_restoration(model, out, text_encoder=fresh.text_encoder)
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ every image on its own (issue 24, point 3)
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (4, 4), (1, 40), (7, 5)])
+@torch.no_grad()
+def test_tiny_images_are_padded_to_what_the_unet_needs(size):
+    """The shipped restorer's UNet has three levels: an image under min_side (8 px) used to leave its deepest
+    GroupNorm one value per group and crash; it is padded, restored and cropped back."""
+    from daclip_lora.tiny.locate import embedded_restorer
+
+    pipe = RestorationPipeline.from_pretrained(embedded_restorer(), device="cpu")
+    assert pipe.min_side == 8
+    out = pipe(torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)), steps=1)
+    assert tuple(out.shape) == (1, 3, *size) and torch.isfinite(out).all()
+
+
+def test_a_model_failure_on_one_image_is_reported_and_the_folder_run_goes_on(weights, tmp_path, monkeypatch):
+    pipe = RestorationPipeline.from_pretrained(weights)
+    _write_inputs(tmp_path / "in")
+    real = RestorationPipeline.__call__
+
+    def failing(self, lq, **kw):  # the 20x20 image hits a model failure (e.g. out of memory)
+        if lq.shape[-1] == 20:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, lq, **kw)
+
+    monkeypatch.setattr(RestorationPipeline, "__call__", failing)
+    report = pipe.restore_folder(tmp_path / "in", tmp_path / "out", progress=False, steps=1)
+    assert sorted(p.name for p in report.written) == ["a.png", "b.jpg", "c.png"]
+    reasons = dict((p.name, r) for p, r in report.failed)
+    assert set(reasons) == {"broken.png", "gray.bmp"} and "out of memory" in reasons["gray.bmp"]
+    assert "gray.bmp" in reasons["gray.bmp"]

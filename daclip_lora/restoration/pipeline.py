@@ -161,9 +161,10 @@ class RestorationPipeline:
         tile = self.backbone.native_resolution if tile_size is None else int(tile_size)
         if tile == 0 or max(height, width) <= tile:
             return None
-        f = self.vae_factor
-        if tile < 2 * f:
-            raise ValueError(f"tile_size {tile} is too small: use at least {2 * f} pixels (twice the VAE factor)")
+        f, smallest = self.vae_factor, max(2 * self.vae_factor, self.min_side)
+        if tile < smallest:
+            raise ValueError(f"tile_size {tile} is too small: use at least {smallest} pixels (twice the VAE factor, "
+                             f"and one latent pixel at the UNet's deepest level)")
         return tile // f * f
 
     # ---------------------------------------------------------------------------- sample
@@ -233,10 +234,19 @@ class RestorationPipeline:
         if lq.ndim != 4 or lq.shape[1] != 3:
             raise ValueError(f"lq must be (B, 3, H, W) in [0, 1], got shape {tuple(lq.shape)}")
 
+    @property
+    def min_side(self) -> int:
+        """The smallest image side the model takes: one latent pixel at the UNet's deepest level (smaller images
+        would leave its GroupNorms a single value per group)."""
+        levels = len(self.backbone.unet.config.down_block_types)
+        return self.vae_factor * 2 ** (levels - 1)
+
     def prepare_image(self, lq: torch.Tensor) -> torch.Tensor:
-        """``lq`` in fp32 on the pipeline's device, padded (reflect) to a multiple of the VAE factor."""
+        """``lq`` in fp32 on the pipeline's device, padded (reflect, or replicate for tiny images) to a multiple of
+        the VAE factor and to at least :attr:`min_side` (the output is cropped back)."""
         f, (h, w) = self.vae_factor, lq.shape[2:]
-        ph, pw = (-h) % f, (-w) % f
+        m = self.min_side
+        ph, pw = max((-h) % f, m - h), max((-w) % f, m - w)
         x = lq.to(self.device, torch.float32)
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
@@ -346,6 +356,27 @@ class RestorationPipeline:
         return latents
 
     # ----------------------------------------------------------------------------- folders
+    def _restore_chunk(self, chunk: List[Path], images: Dict[Path, np.ndarray], output: Path, grid: bool,
+                       report: "FolderReport", sampling: Dict[str, Any]) -> None:
+        """Restore and write one batch of same-size images. A failure inside the model (out of memory, a numerical
+        error) is reported for these files and the folder run goes on; argument errors (``ValueError``) stop it."""
+        from ..data.images import write_image
+
+        lq = torch.stack([torch.from_numpy(images[p].transpose(2, 0, 1).copy()) for p in chunk])
+        try:
+            restored = self(lq, **sampling)
+        except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            for p in chunk:
+                report.failed.append((p, f"{p}: not restored ({message})"))
+                logger.error("%s: not restored (%s)", p, message)
+            return
+        for p, r in zip(chunk, restored):
+            arr = r.permute(1, 2, 0).numpy()
+            report.written.append(write_image(output / p.name, arr))
+            if grid:
+                write_image(output / "grids" / f"{p.stem}.png", np.concatenate([images[p], arr], axis=1))
+
     def restore_folder(self, input: Union[str, Path], output: Union[str, Path], batch_size: int = 4,
                        grid: bool = False, progress: bool = True, **sampling: Any) -> FolderReport:
         """Restore every image of a folder (or one image file) into ``output``, keeping names and formats.
@@ -355,7 +386,7 @@ class RestorationPipeline:
         files that are not images. ``grid`` also writes ``output/grids/<name>.png`` (LQ | restored).
         ``sampling`` goes to :meth:`__call__` (steps, scheduler, guidance_scale, strength, seed, tile_size, ...).
         """
-        from ..data.images import ImageError, list_images, read_image, write_image
+        from ..data.images import ImageError, list_images, read_image
 
         input, output = Path(input).expanduser(), Path(output).expanduser()
         report = FolderReport()
@@ -385,13 +416,7 @@ class RestorationPipeline:
         for paths in by_size.values():
             for i in range(0, len(paths), batch_size):
                 chunk = paths[i:i + batch_size]
-                lq = torch.stack([torch.from_numpy(images[p].transpose(2, 0, 1).copy()) for p in chunk])
-                restored = self(lq, **sampling)
-                for p, r in zip(chunk, restored):
-                    arr = r.permute(1, 2, 0).numpy()
-                    report.written.append(write_image(output / p.name, arr))
-                    if grid:
-                        write_image(output / "grids" / f"{p.stem}.png", np.concatenate([images[p], arr], axis=1))
+                self._restore_chunk(chunk, images, output, grid, report, sampling)
                 bar.update(len(chunk))
         bar.close()
         return report
