@@ -317,7 +317,8 @@ def train_tiny_restorer(out: Union[str, Path], seed: int = 0, threads: Optional[
                       daclip_adapter="../controller_lora")
         config_path.write_text(json.dumps(config, indent=2))
         keep = ("controller_accuracy_before", "controller_accuracy_after", "psnr_lq", "psnr_restored", "ssim_lq",
-                "ssim_restored", "degradations_improved", "restoration_per_degradation", "sampling", "seconds")
+                "ssim_restored", "degradations_improved", "restoration_per_degradation", "psnr_unet",
+                "psnr_unet_wrong_embedding", "unet_degradations_improved", "sampling", "seconds")
         record = {"recipe": "daclip_lora.apps.demo.train_tiny_restorer",
                   "command": f"daclip-lora make-tiny-base {out.name} --restorer --seed {seed}", "seed": seed,
                   "what": "the embedded demo (preset full) on the shipped tiny SD and DA-CLIP bases",
