@@ -1,7 +1,7 @@
 """Screenshot of ``daclip-lora app`` for the README: an example photograph degraded on the fly, restored, in
 headless Chromium (Debian's chromium + chromedriver, Selenium).
 
-    python bench/app_screenshot.py --out docs/app.png [--example astronaut --degradation noisy]
+    python bench/app_screenshot.py --out docs/app.png [--example chelsea --degradation noisy]
 """
 
 import argparse
@@ -20,7 +20,7 @@ from daclip_lora.apps.web import AppSettings, launch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("docs/app.png"))
-    ap.add_argument("--example", default="astronaut")
+    ap.add_argument("--example", default="chelsea")
     ap.add_argument("--degradation", default="noisy")
     args = ap.parse_args()
     with socket.socket() as s:

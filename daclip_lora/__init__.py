@@ -12,39 +12,24 @@ from .clip._upstream import bind_open_clip as _bind_open_clip
 
 _bind_open_clip()  # before anything imports open_clip: a UIR checkout's open_clip/ fork must not shadow it
 
-import open_clip as _open_clip  # noqa: E402
-from open_clip import (  # noqa: E402
-    OPENAI_DATASET_MEAN,
-    OPENAI_DATASET_STD,
-    CLIP,
-    SimpleTokenizer,
-    image_transform,
-    tokenize,
-)
+from ._utils.version import __version__  # noqa: E402,F401  (re-exported)
 
-from .clip.checkpoint import (
-    CheckpointError,
-    LoadResult,
-    checkpoint_kind,
-    convert_checkpoint,
-    load_checkpoint,
-    load_state_dict,
-)
-from .clip.factory import (
-    UnknownModelError,
-    create_model,
-    create_model_and_transforms,
-    create_model_from_pretrained,
-    get_tokenizer,
-    is_daclip_lora_model,
-    list_models,
-    register_with_open_clip,
-)
-from .clip.loss import ClipLoss, DaClipLoss, create_loss
-from .clip.model import ControlTransformer, DaCLIP
-from ._utils.version import __version__  # noqa: F401  (re-exported)
-from .clip.registry import ConfigError, add_model_config, get_model_config, list_families, register_family
-
+# Everything else is imported on first use (PEP 562 ``__getattr__`` below): open_clip pulls in torch and
+# torchvision (seconds), which ``daclip-lora --help`` or a mistyped path must not wait for. The names are those
+# of an eager ``from ... import``; ``dir()``, ``from daclip_lora import X`` and ``import daclip_lora as
+# open_clip`` see no difference.
+_OPEN_CLIP_NAMES = ("OPENAI_DATASET_MEAN", "OPENAI_DATASET_STD", "CLIP", "SimpleTokenizer", "image_transform",
+                    "tokenize")
+_API = {
+    ".clip.checkpoint": ("CheckpointError", "LoadResult", "checkpoint_kind", "convert_checkpoint",
+                         "load_checkpoint", "load_state_dict"),
+    ".clip.factory": ("UnknownModelError", "create_model", "create_model_and_transforms",
+                      "create_model_from_pretrained", "get_tokenizer", "is_daclip_lora_model", "list_models",
+                      "register_with_open_clip"),
+    ".clip.loss": ("ClipLoss", "DaClipLoss", "create_loss"),
+    ".clip.model": ("ControlTransformer", "DaCLIP"),
+    ".clip.registry": ("ConfigError", "add_model_config", "get_model_config", "list_families", "register_family"),
+}
 
 __all__ = [
     "__version__",
@@ -81,8 +66,10 @@ __all__ = [
 ]
 
 
-#: The controller LoRA and restoration API, imported on first use (diffusers and peft are heavy).
+#: Where each public name lives (the controller LoRA and restoration API pull in diffusers and peft).
 _LAZY = {
+    **{name: module for module, names in _API.items() for name in names},
+    **{name: "open_clip" for name in _OPEN_CLIP_NAMES},
     "LoraSpec": "._utils.lora", "AdapterError": "._utils.lora",
     "add_controller_lora": ".clip.lora", "load_controller_lora": ".clip.lora", "save_controller_lora": ".clip.lora",
     "merge_controller_lora": ".clip.lora",
@@ -93,16 +80,28 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """The lazily imported API above, then open_clip for any other public name (drop-in use), e.g. ``ClipLoss``."""
-    if name in _LAZY:
-        import importlib
+def _open_clip() -> Any:
+    """open_clip, with the DA-CLIP configs registered in daclip_lora's own registry (``clip.factory``)."""
+    import importlib
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    if not name.startswith("_") and hasattr(_open_clip, name):
-        return getattr(_open_clip, name)
-    raise AttributeError(f"module 'daclip_lora' has no attribute {name!r}")
+    importlib.import_module(".clip.factory", __name__)
+    return importlib.import_module("open_clip")
+
+
+def __getattr__(name: str) -> Any:
+    """The API above, imported on first use, then open_clip for any other public name (drop-in use)."""
+    import importlib
+
+    if name in _LAZY:
+        module = _LAZY[name]
+        value = getattr(importlib.import_module(module, __name__ if module.startswith(".") else None), name)
+    elif not name.startswith("_") and hasattr(_open_clip(), name):
+        value = getattr(_open_clip(), name)
+    else:
+        raise AttributeError(f"module 'daclip_lora' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups are plain attribute reads
+    return value
 
 
 def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(_LAZY) | {n for n in dir(_open_clip) if not n.startswith("_")})
+    return sorted(set(globals()) | set(_LAZY) | {n for n in dir(_open_clip()) if not n.startswith("_")})

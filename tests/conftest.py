@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import daclip_lora
+import daclip_lora.clip.factory  # noqa: F401  (registers the built-in configs before any test snapshots them)
+import daclip_lora.clip.registry  # noqa: F401
 
 TINY = "daclip_tiny"
 

@@ -15,7 +15,7 @@ from daclip_lora.data.datasets import (CaptionedDataset, DatasetError, Restorati
                                        clip_batch, clip_tensor, pair_lqgt, pair_md, read_caption_folder, read_daclip_csv)
 from daclip_lora.data.degrade import DEGRADATION_FUNCTIONS, degrade
 from daclip_lora.data.images import ImageError, read_image, write_image
-from daclip_lora.data.synthetic import make_dataset
+from daclip_lora.data.synthetic import BUILTIN_IMAGES, HELD_OUT_IMAGES, make_dataset
 from daclip_lora.training.options import load_options
 
 RNG = np.random.default_rng(0)
@@ -279,6 +279,57 @@ def test_make_dataset_calib_split_leaves_train_and_val_unchanged(tmp_path):
     calib_gt = read_image(tmp_path / "b/calib/noisy/GT/00000.png")
     for split in ("train", "val"):
         assert not np.array_equal(calib_gt, read_image(tmp_path / f"b/{split}/noisy/GT/00000.png"))
+
+
+def _captions(csv_path):
+    return {item.caption for item in read_daclip_csv(csv_path)}
+
+
+def test_make_dataset_test_split_is_cut_only_from_held_out_photographs(tmp_path):
+    m = make_dataset(tmp_path / "ds", size=12, val_size=12, test_size=6, patch_size=32, distortions=["noisy"], seed=1)
+    held = {BUILTIN_IMAGES[n] for n in HELD_OUT_IMAGES}
+    assert m["held_out_images"] == list(HELD_OUT_IMAGES) and not set(m["images"]) & set(HELD_OUT_IMAGES)
+    assert m["counts"]["test"] == {"noisy": 6} and m["test_csv"] == "daclip_test.csv"
+    assert _captions(tmp_path / "ds" / "daclip_test.csv") == held  # all three, nothing else
+    for split in ("train", "val"):
+        assert not _captions(tmp_path / "ds" / f"daclip_{split}.csv") & held
+
+
+def test_make_dataset_test_split_leaves_the_other_splits_unchanged(tmp_path):
+    kw = dict(size=2, val_size=2, calib_size=2, patch_size=32, distortions=["rainy"], seed=7)
+    make_dataset(tmp_path / "a", **kw)
+    make_dataset(tmp_path / "b", test_size=2, **kw)
+    for rel in ("train/rainy/LQ/00001.png", "val/rainy/GT/00000.png", "calib/rainy/LQ/00001.png"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    assert not (tmp_path / "a" / "test").exists() and (tmp_path / "b" / "test/rainy/LQ/00001.png").is_file()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"source": "FOLDER", "test_size": 2}, "needs held-out images: name the source images"),
+    ({"source": "FOLDER", "held_out": ["scene_9"]}, "held-out image 'scene_9' is not among the source images"),
+    ({"source": "FOLDER", "held_out": ["scene_0", "scene_1"]}, "every source image is held out"),
+    ({"held_out": ["chelsee"]}, "Did you mean: chelsea"),
+    ({"test_size": -1}, "test_size must be >= 0, got -1"),
+])
+def test_make_dataset_rejects_bad_held_out_arguments(tmp_path, kwargs, message):
+    src = tmp_path / "clean"
+    for i in range(2):
+        write_image(src / f"scene_{i}.png", _img(64, 64))
+    kwargs = {k: str(src) if v == "FOLDER" else v for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=message):
+        make_dataset(tmp_path / "ds", size=1, val_size=1, patch_size=32, distortions=["noisy"], **kwargs)
+
+
+def test_make_dataset_cli_writes_the_test_split_from_a_named_folder_image(tmp_path, capsys):
+    src = tmp_path / "clean"
+    for i in range(3):
+        write_image(src / f"scene_{i}.png", _img(64, 64))
+    assert main(["make-dataset", str(tmp_path / "ds"), "--source", str(src), "--size", "2", "--test-size", "1",
+                 "--held-out", "scene_2", "--patch-size", "32", "--distortion", "noisy"]) == 0
+    out = capsys.readouterr().out
+    assert "train 2 / val 2 / test 1 LQ/GT pairs" in out and "test from held-out images scene_2" in out
+    assert [(i.caption, i.degradation) for i in read_daclip_csv(tmp_path / "ds" / "daclip_test.csv")] == [
+        ("scene 2", "noisy")]
 
 
 def test_make_dataset_refuses_non_empty_output(tmp_path, capsys):

@@ -22,7 +22,13 @@ def test_quick_demo_writes_summary_and_refuses_to_mix_runs(tmp_path, capsys):
     assert 0 <= summary["unet_degradations_improved"] <= 10 and len(summary["unet_per_degradation"]) == 10
     assert min(stages.values()) >= 0 and abs(sum(stages.values()) - summary["seconds"]) < 1.0
     assert (out / "options" / "controller_train.yml").is_file()
-    assert "degradation accuracy on the held-out split" in capsys.readouterr().out
+    # the second held-out split: photographs nothing was trained on, with the same figures
+    new = summary["new_photographs"]
+    assert new["images"] == ["chelsea", "coffee", "gravel"] and len(new["restoration_per_degradation"]) == 10
+    assert 5.0 < new["psnr_lq"] < 60.0 and 5.0 < new["psnr_unet"] < 60.0 and 0.0 <= new["controller_accuracy_after"] <= 1
+    assert new["psnr_lq"] != summary["psnr_lq"] and (out / "overview_new_photographs.png").is_file()
+    printed = capsys.readouterr().out
+    assert "new crops (val)" in printed and "new photographs (chelsea, coffee, gravel)" in printed
     assert main(["demo", "--out", str(out), "--preset", "quick"]) == 2
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
     (out / "stale.txt").write_text("old run")

@@ -163,11 +163,13 @@ def test_tiled_restoration_keeps_every_model_call_within_the_tile(base):
     assert len(seen["unet"]) > 2  # more than one tile per step
 
 
-def test_automatic_tiling_starts_above_the_native_size(base):
+def test_automatic_tiling_starts_above_the_native_size_or_512(base):
     pipe = _pipeline(base)
     native = pipe.backbone.native_resolution
-    assert pipe.tile_for(native, native, None) is None
-    assert pipe.tile_for(native + 8, native, None) == native
+    auto = max(native, 512)
+    assert native < 512 and pipe.tile_for(auto, auto, None) is None  # a small base restores 512 px whole
+    assert pipe.tile_for(auto + 8, native, None) == auto
+    assert pipe.tile_for(native + 8, native, native) == native
     assert pipe.tile_for(4 * native, native, 0) is None
     with pytest.raises(ValueError, match="tile_size must be >= 0"):
         pipe.tile_for(64, 64, -1)

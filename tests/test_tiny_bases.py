@@ -91,6 +91,9 @@ def test_shipped_daclip_base_records_its_recipe_and_loads_strictly():
     assert record["recipe"] == "daclip_lora.tiny.recipes.train_tiny_daclip" and "--daclip" in record["command"]
     assert record["data"]["training_patches_per_degradation"] == 1600 and record["steps"] == 4500
     assert set(record["held_out_probe_accuracy"]["per_class"]) == set(record["held_out_zero_shot_accuracy"]["per_class"])
+    # trained without the held-out photographs, and measured on them
+    assert record["data"]["held_out_images"] == list(HELD_OUT_IMAGES)
+    assert 0.5 < record["new_photographs_probe_accuracy"]["overall"] <= 1.0
     model = create_model("daclip_tiny", pretrained=str(embedded_daclip_base()))
     control = dict(model.visual_control.named_parameters())
     diffs = [(p - control[n.replace("transformer.", "transformer.transformer.", 1) if n.startswith("transformer.")

@@ -14,7 +14,7 @@ from typing import Dict, List, Mapping, Optional
 
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["DependencyError", "Requirement", "SUPPORTED", "check_dependencies", "dependency_problems",
+__all__ = ["DependencyError", "MissingExtraError", "Requirement", "SUPPORTED", "check_dependencies", "dependency_problems",
            "installed_versions"]
 
 
@@ -51,6 +51,10 @@ SUPPORTED: Dict[str, Requirement] = {
     "accelerate": Requirement("0.30"),
     "safetensors": Requirement("0.4"),
 }
+
+
+class MissingExtraError(RuntimeError):
+    """An optional dependency (an extra, such as the app's Gradio) is not installed (the message says which)."""
 
 
 def installed_versions(names: Optional[List[str]] = None) -> Dict[str, Optional[str]]:

@@ -9,9 +9,13 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ["atomic_dir", "atomic_file", "remove_tree", "replace_path", "tmp_sibling"]
+__all__ = ["CheckpointWriteError", "atomic_dir", "atomic_file", "remove_tree", "replace_path", "tmp_sibling"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint or output could not be written (full disk, read-only folder); nothing partial was kept."""
 
 
 def tmp_sibling(path: PathLike) -> Path:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
-from .._utils.compat import DependencyError
-from ..training.engine import CheckpointWriteError
+from .._utils.compat import DependencyError, MissingExtraError
+from .._utils.io import CheckpointWriteError
 
 logger = logging.getLogger("daclip_lora.apps.cli")
 
@@ -20,7 +21,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
                PermissionError, CheckpointWriteError, DependencyError)
 
 # Commands that train or restore: the installed dependency versions are checked before they start.
-CHECKED_COMMANDS = {"train", "test", "demo", "restore", "app", "make-tiny-base"}
+CHECKED_COMMANDS = {"train", "test", "demo", "restore", "degradation", "app", "make-tiny-base"}
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -167,6 +168,26 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_table(summary: Dict[str, Any]) -> str:
+    """The demo's held-out figures, one row per split (new crops of the training photographs; new photographs)."""
+    rows = [("new crops (val)", summary)]
+    if summary.get("new_photographs", {}).get("psnr_lq") is not None:
+        rows.append((f"new photographs ({', '.join(summary['new_photographs']['images'])})",
+                     summary["new_photographs"]))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"  {'held-out split':<{width}}  degradation acc.  PSNR LQ  UNet alone  wrong DA-CLIP  with head"
+             f"  improved (UNet / head)"]
+    for name, r in rows:
+        n = len(r["restoration_per_degradation"])
+        lines.append(f"  {name:<{width}}  {r['controller_accuracy_before']:.3f} -> {r['controller_accuracy_after']:.3f}"
+                     f"    {r['psnr_lq']:6.2f}  {r['psnr_unet']:10.2f}  {r['psnr_unet_wrong_embedding']:13.2f}"
+                     f"  {r['psnr_restored']:9.2f}  {r['unet_degradations_improved']}/{n} / "
+                     f"{r['degradations_improved']}/{n}")
+    lines.append(f"  (PSNR in dB; degradation accuracy of DA-CLIP before -> after the controller LoRA, chance "
+                 f"{summary['chance']:.3f})")
+    return "\n".join(lines)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -176,31 +197,60 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"  DA-CLIP base       {summary['daclip_base']}")
     print(f"  controller LoRA    {summary['controller_lora']} ({summary['controller_trainable']:,} trainable, "
           f"{summary['controller_trainable_percent']:.2f}% of the controller)")
-    print(f"  degradation accuracy on the held-out split: {summary['controller_accuracy_before']:.3f} before, "
-          f"{summary['controller_accuracy_after']:.3f} after (chance {summary['chance']:.3f})")
     print(f"  SD base (tiny, pretrained, shipped) {summary['sd_base']}")
     print(f"  SD LoRA            {summary['sd_lora']}")
-    print(f"  restoration, held-out split: PSNR {summary['psnr_lq']:.2f} (LQ) -> {summary['psnr_restored']:.2f} dB, "
-          f"SSIM {summary['ssim_lq']:.3f} -> {summary['ssim_restored']:.3f}; better than LQ on "
-          f"{summary['degradations_improved']} of {len(summary['restoration_per_degradation'])} degradations")
-    print(f"  the UNet alone (no fusion head): PSNR {summary['psnr_unet']:.2f} dB, better than LQ on "
-          f"{summary['unet_degradations_improved']} of {len(summary['unet_per_degradation'])}; given another "
-          f"degradation's DA-CLIP embeddings {summary['psnr_unet_wrong_embedding']:.2f} dB")
+    print(_demo_table(summary))
     print(f"  restored images    {summary['results']} (overview: {summary['overview']})")
     print(f"  summary            {Path(args.out) / 'summary.json'}")
     return 0
 
 
+def _restore_paths(args: argparse.Namespace) -> None:
+    """Check ``restore``'s paths and flags before anything heavy is imported; sets ``args.folder``, the
+    restoration folder to load."""
+    from ..restoration.locate import find_restoration_folder
+    from ..tiny.locate import embedded_restorer
+
+    if not args.input.exists():
+        raise FileNotFoundError(f"--input {args.input} does not exist; pass an image file or a folder of images")
+    if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
+        raise ValueError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
+    if args.output.exists() and not args.output.is_dir():
+        raise NotADirectoryError(f"--output {args.output} is a file; pass a folder (it is created if missing)")
+    if args.scheduler is not None:
+        from ..restoration.schedulers import scheduler_name
+
+        scheduler_name(args.scheduler)  # an unknown name fails before the models load
+    if args.weights is None:
+        logger.info("no --weights: the shipped tiny restorer (%s)", embedded_restorer().parent)
+    args.folder = embedded_restorer() if args.weights is None else find_restoration_folder(args.weights)
+
+
+#: ``restore``'s multi-step sampling flags and their defaults (``None`` on the command line: not given)
+SAMPLING_DEFAULTS = {"steps": 25, "scheduler": "ddim", "strength": 1.0, "seed": 0}
+
+
+def _sampling_arguments(args: argparse.Namespace, pipe: Any) -> Dict[str, Any]:
+    """The sampling arguments of ``restore``; a warning line for each given one the model does not use."""
+    given = [name for name in SAMPLING_DEFAULTS if getattr(args, name) is not None]
+    for name in pipe.ignored_arguments(given):
+        logger.warning("--%s %s does not apply to this one-step model (one UNet call from the LQ latent); ignored",
+                       name, getattr(args, name))
+    return {name: default if getattr(args, name) is None else getattr(args, name)
+            for name, default in SAMPLING_DEFAULTS.items()}
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
     from ..restoration.pipeline import RestorationPipeline
 
-    pipe = RestorationPipeline.from_pretrained(args.weights, base=args.base, daclip_pretrained=args.daclip,
+    if getattr(args, "folder", None) is None:
+        _restore_paths(args)
+    pipe = RestorationPipeline.from_pretrained(args.folder, base=args.base, daclip_pretrained=args.daclip,
                                                merge_lora=not args.no_merge, device=args.device,
                                                precision=args.precision)
     report = pipe.restore_folder(args.input, args.output, batch_size=args.batch_size, grid=args.grid,
-                                 steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance,
-                                 strength=args.strength, seed=args.seed, tile_size=args.tile_size,
-                                 tile_overlap=args.tile_overlap)
+                                 jpeg_quality=args.jpeg_quality, guidance_scale=args.guidance,
+                                 tile_size=args.tile_size, tile_overlap=args.tile_overlap, **_sampling_arguments(args, pipe))
     print(f"restored {len(report.written)} image(s) -> {args.output}"
           + (f" (side-by-side grids in {Path(args.output) / 'grids'})" if args.grid else ""))
     for path in report.skipped:
@@ -208,6 +258,75 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     for path, reason in report.failed:
         print(f"  failed: {reason}")
     return 1 if report.failed else 0
+
+
+def _degradation_model(args: argparse.Namespace) -> tuple:
+    """``(model name, checkpoint, adapter)`` for ``degradation``: explicit flags over the restoration folder's
+    record (``--weights``, default the shipped tiny restorer: its DA-CLIP base and controller LoRA)."""
+    if args.model and not args.weights:
+        return args.model, args.pretrained, args.adapter
+    from ..restoration.locate import find_restoration_folder
+    from ..restoration.serialization import read_restoration_config
+    from ..tiny.locate import embedded_restorer
+
+    config = read_restoration_config(find_restoration_folder(args.weights) if args.weights else embedded_restorer())
+    return (args.model or config.daclip_model, args.pretrained or config.daclip_pretrained,
+            args.adapter or config.daclip_adapter)
+
+
+def _degradation_paths(args: argparse.Namespace) -> None:
+    """Check ``degradation``'s arguments before anything heavy is imported."""
+    if not args.input.exists():
+        raise FileNotFoundError(f"{args.input} does not exist; pass an image file or a folder of images")
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}")
+
+
+def _cmd_degradation(args: argparse.Namespace) -> int:
+    from ..data.images import ImageError, list_images, read_image
+
+    _degradation_paths(args)
+    files = [args.input] if args.input.is_file() else list_images(args.input, strict=False)[0]
+    name, pretrained, adapter = _degradation_model(args)
+    import torch
+
+    from ..clip.factory import get_tokenizer, load_daclip
+    from ..clip.zero_shot import DegradationProbabilities
+    from ..data.datasets import clip_batch
+    from ..data.degrade import DEGRADATION_FUNCTIONS
+
+    model = load_daclip(name, pretrained, adapter).eval()
+    probs = DegradationProbabilities(model, get_tokenizer(name), args.words or list(DEGRADATION_FUNCTIONS))
+    results, failed = {}, 0
+    for path in files:
+        try:
+            image = torch.from_numpy(read_image(path)).permute(2, 0, 1)[None]
+        except (ImageError, OSError) as e:
+            print(f"  failed: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        with torch.no_grad():
+            _, degra = model.encode_image(clip_batch(image, model.image_size), control=True)
+        results[str(path)] = probs.as_dicts(probs.from_embeddings(degra))[0]
+    print(_probability_table(results, args.top))
+    print(f"DA-CLIP {name} ({pretrained or 'random weights'}{', adapter ' + str(adapter) if adapter else ''}); "
+          f"probabilities use the model's own logit scale ({probs.scale:.2f})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"model": name, "pretrained": pretrained, "adapter": adapter,
+                                         "logit_scale": probs.scale, "images": results}, indent=2))
+        print(f"probabilities of every word: {args.json}")
+    return 1 if failed else 0
+
+
+def _probability_table(results: Dict[str, Dict[str, float]], top: int) -> str:
+    """One line per image: its ``top`` most probable degradations."""
+    width = max([len("image")] + [len(Path(p).name) for p in results])
+    lines = [f"{'image':<{width}}  most probable degradations"]
+    for path, probs in results.items():
+        best = sorted(probs.items(), key=lambda kv: -kv[1])[:top]
+        lines.append(f"{Path(path).name:<{width}}  " + "  ".join(f"{w} {p:.2f}" for w, p in best))
+    return "\n".join(lines)
 
 
 def _cmd_make_tiny_base(args: argparse.Namespace) -> int:
@@ -219,7 +338,8 @@ def _cmd_make_tiny_base(args: argparse.Namespace) -> int:
     if args.daclip:
         record = train_tiny_daclip(args.out, seed=args.seed, steps=args.daclip_steps)
         print(f"tiny pretrained DA-CLIP base -> {args.out} in {record['seconds']['total']:.0f} s: held-out probe "
-              f"accuracy {record['held_out_probe_accuracy']['overall']:.3f}, zero-shot "
+              f"accuracy {record['held_out_probe_accuracy']['overall']:.3f} on new crops, "
+              f"{record['new_photographs_probe_accuracy']['overall']:.3f} on new photographs; zero-shot "
               f"{record['held_out_zero_shot_accuracy']['overall']:.3f} (recipe.json has the details)")
         return 0
     if args.restorer:
@@ -265,20 +385,23 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
 
     def progress(n: int) -> None:  # the bar appears once the inputs have been validated
         if not bars:
-            bars.append(tqdm(total=n_deg * (args.size + val_size + args.calib_size), desc="make-dataset", unit="img"))
+            total = n_deg * (args.size + val_size + args.calib_size + args.test_size)
+            bars.append(tqdm(total=total, desc="make-dataset", unit="img"))
         bars[0].update(n - bars[0].n)
 
     try:
         manifest = make_dataset(args.out, source=args.source, distortions=distortions, size=args.size,
                                 val_size=args.val_size, patch_size=args.patch_size, seed=args.seed,
-                                calib_size=args.calib_size,
+                                calib_size=args.calib_size, test_size=args.test_size, held_out=args.held_out,
                                 overwrite=args.overwrite, progress=progress)
     finally:
         for bar in bars:
             bar.close()
     counts = manifest["counts"]
-    print(f"wrote {args.out}: train {sum(counts['train'].values())} / val {sum(counts['val'].values())} LQ/GT "
-          f"pairs over {len(manifest['distortions'])} degradations; CSVs daclip_train.csv, daclip_val.csv")
+    splits = " / ".join(f"{split} {sum(c.values())}" for split, c in counts.items())
+    held_out = f"; test from held-out images {', '.join(manifest['held_out_images'])}" if "test" in counts else ""
+    print(f"wrote {args.out}: {splits} LQ/GT pairs over {len(manifest['distortions'])} degradations; CSVs "
+          f"{', '.join(f'daclip_{split}.csv' for split in counts)}{held_out}")
     return 0
 
 
@@ -389,6 +512,11 @@ def _add_make_dataset(sub: Any) -> None:
     p.add_argument("--val-size", type=int, default=None, help="clean validation patches (default: size/4, >= 2)")
     p.add_argument("--calib-size", type=int, default=0,
                    help="clean patches of a 'calib' split (e.g. for fitting a fusion head; default: none)")
+    p.add_argument("--test-size", type=int, default=0,
+                   help="clean patches of a 'test' split cut only from the held-out images (default: none)")
+    p.add_argument("--held-out", nargs="+", metavar="NAME", default=None,
+                   help="source images (file stems) only the test split uses (default for builtin: "
+                        "chelsea coffee gravel, which the shipped tiny bases never saw; none for a folder)")
     p.add_argument("--patch-size", type=int, default=128, help="patch side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -415,27 +543,55 @@ def _add_restore(sub: Any) -> None:
                                    "names and formats. Images larger than the base's native size are restored in "
                                    "blended tiles. Unreadable files are listed, never skipped silently "
                                    "(exit code 1 if any failed).")
-    p.add_argument("--weights", type=Path, required=True,
-                   help="restoration folder written by training (experiments/<name>/models/restoration)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="restoration folder written by training (experiments/<name>/models/restoration), the folder "
+                        "above it, or a `daclip-lora demo` output folder (default: the shipped tiny restorer, "
+                        "trained on 64 px synthetic degradations: a demonstration, not a photo restorer)")
     p.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
     p.add_argument("--output", type=Path, required=True, help="output folder")
     p.add_argument("--base", default=None, help="SD base folder (default: the one recorded in the weights)")
     p.add_argument("--daclip", default=None, help="DA-CLIP checkpoint (default: the one recorded in the weights)")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps (default: 25)")
-    p.add_argument("--scheduler", default="ddim", help="ddim, dpm++ or euler (aliases such as dpmpp_2m accepted)")
+    one_step = " (multi-step models only: one-step models, the shipped restorer and the demo's included, warn " \
+               "and ignore it)"
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: 25)" + one_step)
+    p.add_argument("--scheduler", default=None,
+                   help="ddim, dpm++ or euler, aliases such as dpmpp_2m accepted (default: ddim)" + one_step)
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1, off)")
-    p.add_argument("--strength", type=float, default=1.0, help="< 1 starts from the noised LQ latent (default: 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strength", type=float, default=None,
+                   help="< 1 starts from the noised LQ latent (default: 1)" + one_step)
+    p.add_argument("--seed", type=int, default=None, help="sampling noise seed (default: 0)" + one_step)
     p.add_argument("--tile-size", type=int, default=None,
                    help="tile side in pixels (default: the base's native size; 0 disables tiling)")
     p.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: tile/4)")
     p.add_argument("--batch-size", type=int, default=4, help="images of the same size restored together")
     p.add_argument("--grid", action="store_true", help="also write OUTPUT/grids/<name>.png (LQ | restored)")
+    p.add_argument("--jpeg-quality", type=int, default=None,
+                   help="quality (1-100) of restored JPEGs (default: each input's own quantisation tables, i.e. its "
+                        "quality; alpha channels are always kept)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast dtype of the UNet and DA-CLIP (default: fp32; bf16 on recent GPUs)")
     p.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (slower; same outputs to 1e-4)")
-    p.set_defaults(func=_cmd_restore)
+    p.set_defaults(func=_cmd_restore, precheck=_restore_paths)
+
+
+def _add_degradation(sub: Any) -> None:
+    p = sub.add_parser("degradation", help="DA-CLIP's zero-shot degradation probabilities of images",
+                       description="Ask DA-CLIP what degradation each image has: the controller's degradation "
+                                   "embedding against the degradation words, softmax with the model's own logit "
+                                   "scale. Default model: the shipped tiny DA-CLIP with the tiny restorer's "
+                                   "controller LoRA (trained on synthetic 64 px degradations).")
+    p.add_argument("input", type=Path, help="an image file or a folder of images")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="a restoration folder (or its parent, or a demo output folder): its recorded DA-CLIP")
+    p.add_argument("--model", default=None, help="DA-CLIP model name, e.g. daclip_ViT-B-32 (with --pretrained)")
+    p.add_argument("--pretrained", default=None, help="DA-CLIP checkpoint, e.g. daclip_ViT-B-32.pt")
+    p.add_argument("--adapter", default=None, help="a controller-LoRA folder written by training")
+    p.add_argument("--words", nargs="+", metavar="WORD", default=None,
+                   help="degradation words (default: DA-CLIP's ten)")
+    p.add_argument("--top", type=int, default=3, help="degradations shown per image (default: 3)")
+    p.add_argument("--json", type=Path, default=None, help="also write every probability to this JSON file")
+    p.set_defaults(func=_cmd_degradation, precheck=_degradation_paths)
 
 
 def _add_app(sub: Any) -> None:
@@ -499,14 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_list_models, _add_env, _add_convert, _add_train, _add_test, _add_make_dataset, _add_demo,
-                _add_restore, _add_app, _add_make_tiny_base, _add_check_options):
+                _add_restore, _add_degradation, _add_app, _add_make_tiny_base, _add_check_options):
         add(sub)
     return parser
 
 
 def _user_errors() -> tuple:
-    from .web import MissingExtraError
-
     return USER_ERRORS + (MissingExtraError,)
 
 
@@ -518,6 +672,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.debug else "%(levelname)s: %(message)s",
     )
     try:
+        if getattr(args, "precheck", None):  # the command's paths, before the dependency check imports anything
+            args.precheck(args)
         if args.command in CHECKED_COMMANDS:
             from .._utils.compat import check_dependencies
 

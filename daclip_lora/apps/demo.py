@@ -4,17 +4,19 @@ Stages (each writes its inputs and outputs under ``--out`` so any stage can be r
 ``daclip-lora train/test -opt <out>/options/*.yml``):
 
 1. a synthetic multi-degradation dataset from scikit-image's photographs (``make-dataset builtin``): train,
-   held-out (val) and calibration splits, each from its own crops;
+   held-out (val) and calibration splits, each from its own crops of the same photographs, and a ``test`` split
+   cut only from photographs that neither the shipped bases nor any demo stage trained on
+   (:data:`~daclip_lora.data.synthetic.HELD_OUT_IMAGES`);
 2. the tiny *pretrained* DA-CLIP base that ships with the package (``daclip_tiny``; its vision tower was trained
    on the synthetic degradations, its text tower is random: :func:`daclip_lora.tiny.recipes.train_tiny_daclip`);
-3. zero-shot degradation accuracy of that base on the held-out split (before);
+3. zero-shot degradation accuracy of that base on the held-out splits (before);
 4. controller-LoRA training on the train split, then the same evaluation (after);
 5. the tiny *pretrained* Stable Diffusion base that ships with the package (:mod:`daclip_lora.tiny.recipes`:
    a VAE trained to reconstruct and a UNet trained as a denoiser on scikit-image photographs);
 6. degradation-aware SD LoRA training on it, conditioned on the adapted DA-CLIP, with cached latents; then the
    fusion head, fitted on training images and on the calibration split (images the controller never saw, so
    the head learns how far DA-CLIP's embeddings can be trusted on new images);
-7. restoration of the held-out split: PSNR/SSIM table (restored vs LQ), restored images, LQ|restored|GT
+7. restoration of the held-out splits: PSNR/SSIM table (restored vs LQ), restored images, LQ|restored|GT
    grids and ``overview.png`` (one row per degradation).
 
 The DA-CLIP base knows image statistics but not the degradation words (nothing here can teach it language), so
@@ -47,15 +49,15 @@ DEMO_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj
 DEMO_CONDITIONING = {"num_tokens": 2, "time_embedding": True, "modulated_lora": True, "output_norm": True}
 
 DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
-    "full": {"size": 96, "val_size": 8, "calib_size": 48, "patch": 64,
+    "full": {"size": 96, "val_size": 8, "test_size": 8, "calib_size": 48, "patch": 64,
              "controller_steps": 300, "controller_batch": 32,
-             "sd_steps": 150, "sd_batch": 8, "sd_lr": 3e-3,
+             "sd_steps": 250, "sd_batch": 8, "sd_lr": 3e-3,
              "sd_lora": {"rank": 8, "alpha": 8, "targets": DEMO_LORA_TARGETS},
              "sd_conditioning": DEMO_CONDITIONING,
              "sd_objective": {"objective": "one_step", "one_step_t": 50, "one_step_loss": "rmse", "fusion": True,
                               "fusion_images": 448},
              "sample_steps": 1, "sampling": {}},
-    "quick": {"size": 4, "val_size": 2, "calib_size": 2, "patch": 32,
+    "quick": {"size": 4, "val_size": 2, "test_size": 2, "calib_size": 2, "patch": 32,
               "controller_steps": 6, "controller_batch": 8,
               "sd_steps": 4, "sd_batch": 8, "sd_lr": 3e-3,
               "sd_lora": {"rank": 4, "alpha": 4, "targets": DEMO_LORA_TARGETS},
@@ -87,7 +89,16 @@ def demo_data(out: Path, preset: str = "full", seed: int = 0) -> Dict[str, Any]:
 
     p = DEMO_PRESETS[preset]
     return make_dataset(out / "data", source="builtin", size=p["size"], val_size=p["val_size"],
-                        calib_size=p["calib_size"], patch_size=p["patch"], seed=seed)
+                        calib_size=p["calib_size"], test_size=p["test_size"], patch_size=p["patch"], seed=seed)
+
+
+#: the demo's two held-out splits: new crops of the training photographs, and photographs nothing was trained on
+EVAL_SPLITS = ("val", "test")
+
+
+def _eval_datasets(data: Path) -> Dict[str, Any]:
+    """``datasets`` of the demo's test options: each held-out split that exists under ``data``."""
+    return {split: {"mode": "MD", "dataroot": str(data / split)} for split in EVAL_SPLITS if (data / split).is_dir()}
 
 
 def restoration_options(out: Path, name: str, distortion: List[str], daclip: Dict[str, Any], preset: str = "full",
@@ -121,26 +132,59 @@ def restoration_options(out: Path, name: str, distortion: List[str], daclip: Dic
         "runtime": {"device": "cpu", "cache": True},
     })
     test = _write_yaml(out / "options" / f"{name}_test.yml", {
-        "name": name, **common, "runtime": {"device": "cpu"},
-        "datasets": {"val": {"mode": "MD", "dataroot": str(data / "val")}},
+        "name": name, **common, "runtime": {"device": "cpu"}, "datasets": _eval_datasets(data),
     })
     return train, test
 
 
-def write_overview(results: Path, distortion: List[str], path: Path, per_row: int = 2) -> Path:
-    """One row per degradation with the first ``per_row`` held-out LQ | restored | GT grids side by side."""
-    import numpy as np
-
+def write_overview(results: Path, distortion: List[str], path: Path, per_row: int = 2, split: str = "val",
+                   zoom: int = 2) -> Path:
+    """One labelled row per degradation: the first ``per_row`` LQ | restored | GT grids of ``split`` side by side,
+    magnified ``zoom`` times (nearest neighbour), with the degradation's name, column headers and each
+    image's PSNR against its GT."""
     from ..data.images import read_image, write_image
 
     rows = []
     for deg in distortion:
-        grids = sorted((results / "val" / deg / "grids").glob("*.png"))[:per_row]
+        grids = [read_image(g) for g in sorted((results / split / deg / "grids").glob("*.png"))[:per_row]]
         if grids:
-            rows.append(np.concatenate([read_image(g) for g in grids], axis=1))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows]
-    return write_image(path, np.concatenate(rows, axis=0))
+            rows.append((deg, grids))
+    if not rows:
+        raise FileNotFoundError(f"no LQ | restored | GT grids under {results / split}: run the evaluation first")
+    return write_image(path, _labelled_overview(rows, zoom))
+
+
+def _labelled_overview(rows: List[Tuple[str, List[Any]]], zoom: int) -> Any:
+    """The overview picture (uint8 array) of ``(degradation, [grid, ...])`` rows."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    from .._utils.image_metrics import psnr
+
+    side = rows[0][1][0].shape[0] * zoom  # one panel (LQ, restored or GT) is side x side
+    font = ImageFont.load_default(size=max(10, side // 9))
+    label_w, head_h, foot_h, gap = side + 8, side // 5, side // 6, 6
+    n = max(len(g) for _, g in rows)
+    width = label_w + n * (3 * side + gap)
+    canvas = Image.new("RGB", (width, head_h + len(rows) * (side + foot_h)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j in range(n):
+        for k, name in enumerate(("LQ", "restored", "GT")):
+            draw.text((label_w + j * (3 * side + gap) + k * side + side // 2, head_h // 2), name, fill="black",
+                      font=font, anchor="mm")
+    for i, (deg, grids) in enumerate(rows):
+        top = head_h + i * (side + foot_h)
+        draw.text((4, top + side // 2), deg, fill="black", font=font, anchor="lm")
+        for j, grid in enumerate(grids):
+            left = label_w + j * (3 * side + gap)
+            big = np.repeat(np.repeat((np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8), zoom, 0), zoom, 1)
+            canvas.paste(Image.fromarray(big), (left, top))
+            w = grid.shape[1] // 3
+            lq, restored, gt = grid[:, :w], grid[:, w:2 * w], grid[:, 2 * w:3 * w]
+            for k, image in enumerate((lq, restored)):
+                draw.text((left + k * side + side // 2, top + side + foot_h // 2), f"{psnr(image, gt):.1f} dB",
+                          fill="black", font=font, anchor="mm")
+    return np.asarray(canvas)
 
 
 def controller_options(out: Path, distortion: List[str], daclip: Dict[str, Any], preset: str = "full",
@@ -159,8 +203,7 @@ def controller_options(out: Path, distortion: List[str], daclip: Dict[str, Any],
         "logger": {"print_freq": max(1, p["controller_steps"] // 4), "save_checkpoint_freq": p["controller_steps"]},
     })
     test = _write_yaml(out / "options" / "controller_test.yml", {
-        "name": "demo_controller", "task": "controller", **common,
-        "datasets": {"val": {"mode": "MD", "dataroot": str(data / "val")}},
+        "name": "demo_controller", "task": "controller", **common, "datasets": _eval_datasets(data),
     })
     return train, test
 
@@ -184,17 +227,30 @@ def _restoration_summary(report: Dict[str, Any]) -> Dict[str, Any]:
             "restoration_per_degradation": per}
 
 
-def _unet_alone_summary(test, folder: Path, distortion: List[str]) -> Dict[str, Any]:
-    """:func:`~daclip_lora.training.tasks.restoration.unet_alone_report` on the held-out split, as summary keys."""
+def _unet_alone_summary(test, folder: Path, distortion: List[str]) -> Dict[str, Dict[str, Any]]:
+    """:func:`~daclip_lora.training.tasks.restoration.unet_alone_report` on each held-out split, as summary keys."""
     from ..restoration.pipeline import RestorationPipeline
     from ..training.tasks.restoration import restoration_dataset, unet_alone_report
 
     pipe = RestorationPipeline.from_pretrained(folder, device=test.runtime.device)
-    block = test.datasets["val"]
-    r = unet_alone_report(pipe, restoration_dataset(block, distortion, train=False, clip_size=pipe.daclip.image_size))
-    return {"psnr_unet": r["unet"], "psnr_unet_wrong_embedding": r["unet_wrong_embedding"],
-            "unet_degradations_improved": r["unet_degradations_improved"],
-            "unet_per_degradation": r["per_degradation"]}
+    out = {}
+    for split, block in test.datasets.items():
+        r = unet_alone_report(pipe, restoration_dataset(block, distortion, train=False,
+                                                        clip_size=pipe.daclip.image_size))
+        out[split] = {"psnr_unet": r["unet"], "psnr_unet_wrong_embedding": r["unet_wrong_embedding"],
+                      "unet_degradations_improved": r["unet_degradations_improved"],
+                      "unet_per_degradation": r["per_degradation"]}
+    return out
+
+
+def _new_photographs(manifest: Dict[str, Any], controller: Dict[str, Any], restoration: Dict[str, Any]
+                     ) -> Dict[str, Any]:
+    """The ``test`` split's figures (photographs no base and no demo stage trained on), popped out of the stage
+    results into one summary block; the top-level keys stay those of the ``val`` split (new crops)."""
+    block = {"images": manifest.get("held_out_images", [])}
+    for part in (controller, restoration):
+        block.update(part.pop("test", {}))
+    return block
 
 
 class _Stages:
@@ -220,21 +276,27 @@ def _controller_stages(out: Path, stage: _Stages, distortion: List[str], daclip:
     from ..training.tasks.controller import ControllerTrainer, evaluate_controller
 
     controller_opt, test_opt = controller_options(out, distortion, daclip, preset, seed)
-    stage("controller_before", "degradation accuracy of the base on the held-out split")
-    before = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"))["val"]
+    stage("controller_before", "degradation accuracy of the base on the held-out splits")
+    before = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"))
     stage("controller", "controller LoRA training (%d steps), then the same evaluation",
           DEMO_PRESETS[preset]["controller_steps"])
     opt = load_options(controller_opt, is_train=True, root=out / "runs")
     trainer = ControllerTrainer(opt)
     result = Engine(opt, trainer).fit()
     adapter = Path(opt.path.models) / "controller_lora"
-    after = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"), adapter=str(adapter))["val"]
-    return {"controller_lora": str(adapter), **_controller_summary(trainer, result, before, after, len(distortion))}
+    after = evaluate_controller(load_options(test_opt, is_train=False, root=out / "runs"), adapter=str(adapter))
+    summary = {"controller_lora": str(adapter),
+               **_controller_summary(trainer, result, before["val"], after["val"], len(distortion))}
+    if "test" in after:
+        summary["test"] = {"controller_accuracy_before": before["test"]["overall"],
+                           "controller_accuracy_after": after["test"]["overall"],
+                           "controller_accuracy_per_class_after": after["test"]["per_class"]}
+    return summary
 
 
 def _restoration_stages(out: Path, stage: _Stages, distortion: List[str], daclip: Dict[str, Any], preset: str,
                         seed: int) -> Dict[str, Any]:
-    """Restoration training (LoRA, then the fusion head) and evaluation of the held-out split."""
+    """Restoration training (LoRA, then the fusion head) and evaluation of the held-out splits."""
     from ..tiny.locate import embedded_sd_base
     from ..training.engine import Engine
     from ..training.options import load_options
@@ -248,16 +310,21 @@ def _restoration_stages(out: Path, stage: _Stages, distortion: List[str], daclip
     opt = load_options(sd_train, is_train=True, root=out / "runs")
     sd_result = Engine(opt, RestorationTrainer(opt)).fit()
     sd_lora = Path(opt.path.models) / "restoration"
-    stage("restoration_eval", "restoration of the held-out split")
+    stage("restoration_eval", "restoration of the held-out splits")
     test = load_options(sd_test, is_train=False, root=out / "runs")
-    report = evaluate_restoration(test, folder=str(sd_lora))["val"]
-    overview = write_overview(Path(test.path.results_root), distortion, out / "overview.png")
+    report = evaluate_restoration(test, folder=str(sd_lora))
+    results = Path(test.path.results_root)
+    overview = write_overview(results, distortion, out / "overview.png")
     stage("unet_alone", "the UNet without the fusion head, with each image's DA-CLIP embeddings and another "
           "degradation's")
     unet = _unet_alone_summary(test, sd_lora, distortion)
-    return {"sd_base": str(sd_base), "sd_lora": str(sd_lora), "sd_steps": sd_result.step,
-            "sd_final_loss": sd_result.losses[-1], **_restoration_summary(report), **unet,
-            "sampling": dict(vars(test.sampling)), "results": str(test.path.results_root), "overview": str(overview)}
+    summary = {"sd_base": str(sd_base), "sd_lora": str(sd_lora), "sd_steps": sd_result.step,
+               "sd_final_loss": sd_result.losses[-1], **_restoration_summary(report["val"]), **unet["val"],
+               "sampling": dict(vars(test.sampling)), "results": str(results), "overview": str(overview)}
+    if "test" in report:
+        summary["test"] = {**_restoration_summary(report["test"]), **unet["test"], "overview": str(
+            write_overview(results, distortion, out / "overview_new_photographs.png", split="test"))}
+    return summary
 
 
 def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = False) -> Dict[str, Any]:
@@ -280,8 +347,10 @@ def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = F
     restoration = _restoration_stages(out, stage, distortion, {**daclip, "adapter": controller["controller_lora"]},
                                       preset, seed)
     end = time.perf_counter()
+    new_photographs = _new_photographs(manifest, controller, restoration)
     summary = {"preset": preset, "seed": seed, "dataset": str(out / "data"), "daclip_base": str(base_path),
-               **controller, **restoration, "seconds": round(end - start, 1), "stage_seconds": stage.seconds(end)}
+               **controller, **restoration, "new_photographs": new_photographs,
+               "seconds": round(end - start, 1), "stage_seconds": stage.seconds(end)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -319,11 +388,12 @@ def train_tiny_restorer(out: Union[str, Path], seed: int = 0, threads: Optional[
         keep = ("controller_accuracy_before", "controller_accuracy_after", "psnr_lq", "psnr_restored", "ssim_lq",
                 "ssim_restored", "degradations_improved", "restoration_per_degradation", "psnr_unet",
                 "psnr_unet_wrong_embedding", "unet_degradations_improved", "sampling", "seconds")
+        new_photographs = {k: v for k, v in summary["new_photographs"].items() if k != "overview"}
         record = {"recipe": "daclip_lora.apps.demo.train_tiny_restorer",
                   "command": f"daclip-lora make-tiny-base {out.name} --restorer --seed {seed}", "seed": seed,
                   "what": "the embedded demo (preset full) on the shipped tiny SD and DA-CLIP bases",
                   "threads": torch.get_num_threads(),
-                  "demo": {k: summary[k] for k in keep},
+                  "demo": {**{k: summary[k] for k in keep}, "new_photographs": new_photographs},
                   "versions": {"torch": torch.__version__, "python": platform.python_version()}}
         (out / "recipe.json").write_text(json.dumps(record, indent=2))
         return record

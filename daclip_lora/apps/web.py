@@ -25,6 +25,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .._utils.compat import MissingExtraError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Restorer", "AppSettings", "MissingExtraError", "require_gradio", "build_app", "example_image", "degraded_example", "read_upload",
@@ -39,10 +41,6 @@ API_NAME = "restore"
 NO_DEGRADATION = "none (clean)"
 
 
-class MissingExtraError(RuntimeError):
-    """An optional dependency of the app is not installed (the message says which extra to install)."""
-
-
 def require_gradio() -> None:
     """Raise :class:`MissingExtraError` unless Gradio is importable."""
     import importlib.util
@@ -54,10 +52,11 @@ def require_gradio() -> None:
 
 # ------------------------------------------------------------------------------ inputs
 def example_names() -> List[str]:
-    """The scikit-image photographs the page offers as examples."""
-    from ..data.synthetic import BUILTIN_IMAGES
+    """The scikit-image photographs the page offers as examples, first the held-out ones that no shipped model
+    trained on (:data:`~daclip_lora.data.synthetic.HELD_OUT_IMAGES`)."""
+    from ..data.synthetic import BUILTIN_IMAGES, HELD_OUT_IMAGES
 
-    return list(BUILTIN_IMAGES)
+    return list(HELD_OUT_IMAGES) + [n for n in BUILTIN_IMAGES if n not in HELD_OUT_IMAGES]
 
 
 def example_image(name: str, size: int = EXAMPLE_SIZE) -> np.ndarray:
@@ -113,25 +112,15 @@ def read_upload(path: Union[str, Path, None], max_pixels: int = DEFAULT_MAX_PIXE
 
 # ------------------------------------------------------------------------------ models
 def resolve_weights(weights: Union[str, Path]) -> Path:
-    """The restoration folder behind ``weights``: the folder itself (it has ``restoration.json``), or a
-    ``daclip-lora demo`` output folder (its ``summary.json`` names the trained LoRA).
+    """The restoration folder behind ``weights``
+    (:func:`~daclip_lora.restoration.locate.find_restoration_folder`).
 
     Raises:
-        FileNotFoundError: neither (the message says what was expected).
+        FileNotFoundError: no restoration folder there (the message says what was expected).
     """
-    from ..restoration.serialization import CONFIG_NAME
+    from ..restoration.locate import find_restoration_folder
 
-    path = Path(weights).expanduser()
-    if (path / CONFIG_NAME).is_file():
-        return path
-    summary = path / "summary.json"
-    if summary.is_file():
-        folder = Path(json.loads(summary.read_text()).get("sd_lora", ""))
-        if (folder / CONFIG_NAME).is_file():
-            return folder
-    raise FileNotFoundError(f"no restoration weights at {path}: pass the folder a restoration run wrote "
-                            f"(experiments/<name>/models/restoration, with {CONFIG_NAME}) or a `daclip-lora demo` "
-                            f"output folder" + ("" if path.exists() else " (the path does not exist)"))
+    return find_restoration_folder(weights)
 
 
 @dataclass
@@ -155,6 +144,7 @@ class Restorer:
 
     def __init__(self, pipeline: Any, degradations: Sequence[str], source: str = ""):
         from ..clip.factory import get_tokenizer
+        from ..clip.zero_shot import DegradationProbabilities
 
         self.pipeline = pipeline
         self.degradations = list(degradations)
@@ -162,12 +152,8 @@ class Restorer:
             raise ValueError("the app needs at least one degradation word for DA-CLIP's probabilities")
         self.source = source
         self._lock = threading.Lock()  # one sampling run at a time: the models are shared
-        tokenizer = get_tokenizer(pipeline.config.daclip_model)
-        daclip = pipeline.daclip
-        p = next(daclip.parameters())
-        with torch.no_grad():
-            self._text = daclip.encode_text(tokenizer(self.degradations).to(p.device), normalize=True).float()
-            self._scale = float(daclip.logit_scale.exp())
+        self._probabilities = DegradationProbabilities(pipeline.daclip, get_tokenizer(pipeline.config.daclip_model),
+                                                       self.degradations)
 
     @classmethod
     def load(cls, settings: AppSettings) -> "Restorer":
@@ -211,9 +197,7 @@ class Restorer:
         """DA-CLIP's zero-shot degradation probabilities of ``image`` (``(H, W, 3)`` in [0, 1]); they sum to 1."""
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
         _, degra = self.pipeline.daclip_embeddings(x)
-        degra = torch.nn.functional.normalize(degra.float(), dim=-1)
-        probs = (self._scale * degra @ self._text.T).softmax(dim=-1)[0].cpu().numpy().astype(np.float64)
-        return {word: float(p) for word, p in zip(self.degradations, probs)}
+        return self._probabilities.as_dicts(self._probabilities.from_embeddings(degra))[0]
 
     @torch.no_grad()
     def restore(self, image: np.ndarray, steps: int = 20, scheduler: str = "ddim", guidance_scale: float = 1.0,
@@ -352,6 +336,7 @@ def _handlers(session: "_Session", gr: Any) -> Tuple[Callable, Callable, Callabl
 
 def _input_column(gr: Any) -> Dict[str, Any]:
     from ..data.degrade import DEGRADATION_FUNCTIONS
+    from ..data.synthetic import HELD_OUT_IMAGES
 
     # a File, not an Image: Gradio's Image decodes uploads itself and turns a corrupt file into an
     # opaque "could not preprocess" error; read_upload gives the reason in the page instead
@@ -359,7 +344,8 @@ def _input_column(gr: Any) -> Dict[str, Any]:
                           elem_id="input-file"),
          "preview": gr.Image(label="Input", type="filepath", interactive=False, elem_id="input-preview", height=256)}
     with gr.Row():
-        c["example"] = gr.Dropdown(example_names(), value="astronaut", label="Example photograph")
+        c["example"] = gr.Dropdown(example_names(), value=HELD_OUT_IMAGES[0], label=f"Example photograph "
+                                   f"({', '.join(HELD_OUT_IMAGES)}: never trained on)")
         c["degradation"] = gr.Dropdown([NO_DEGRADATION, *DEGRADATION_FUNCTIONS], value="noisy",
                                        label="Degrade it with")
         c["example_seed"] = gr.Number(0, precision=0, label="Degradation seed", minimum=0)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageError", "ImageTooLarge", "list_images", "read_image", "write_image", "to_uint8",
-           "MAX_PIXELS"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageError", "ImageTooLarge", "SourceProperties", "list_images", "read_image",
+           "read_properties", "write_image", "to_uint8", "MAX_PIXELS"]
 
 #: Images with more pixels are refused *before* decoding (a 1-GB decode from a 50-kB file is a classic
 #: decompression bomb). Change it for the process (``daclip_lora.data.images.MAX_PIXELS = ...``) or per call.
@@ -90,12 +91,67 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def write_image(path: Union[str, Path], img: np.ndarray) -> Path:
-    """Write a float ``[0, 1]`` (or uint8) RGB image; the format follows the suffix (PNG by default)."""
+#: JPEG quality of written JPEGs that have no source to match (Pillow's own default, 75, is visibly lossy)
+DEFAULT_JPEG_QUALITY = 95
+_ALPHA_SUFFIXES = (".png", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class SourceProperties:
+    """What an output written from an image keeps of it: its alpha channel (uint8 ``(H, W)``, ``None`` when
+    opaque) and, for a JPEG, its quantisation tables and chroma subsampling (so the output is encoded at the
+    input's quality, as Pillow's ``quality="keep"`` does for an image it decoded itself)."""
+
+    alpha: Optional[np.ndarray] = None
+    jpeg_qtables: Optional[Dict[int, Any]] = None
+    jpeg_subsampling: Optional[int] = None
+
+
+def read_properties(path: Union[str, Path]) -> SourceProperties:
+    """The :class:`SourceProperties` of an image file (read after :func:`read_image` accepted it)."""
+    with Image.open(path) as im:
+        props = SourceProperties()
+        if im.format == "JPEG":
+            from PIL import JpegImagePlugin
+
+            props.jpeg_qtables = dict(im.quantization) or None
+            props.jpeg_subsampling = JpegImagePlugin.get_sampling(im)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            alpha = np.asarray(im.convert("RGBA"))[:, :, 3]
+            props.alpha = None if alpha.min() == 255 else alpha.copy()
+        return props
+
+
+def _save_options(path: Path, keep: Optional[SourceProperties], jpeg_quality: Optional[int]) -> Dict[str, Any]:
+    if path.suffix.lower() not in (".jpg", ".jpeg"):
+        return {}
+    if jpeg_quality is not None:
+        if not 1 <= jpeg_quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
+        return {"quality": int(jpeg_quality)}
+    if keep is not None and keep.jpeg_qtables:
+        return {"qtables": keep.jpeg_qtables, "subsampling": keep.jpeg_subsampling}
+    return {"quality": DEFAULT_JPEG_QUALITY}
+
+
+def write_image(path: Union[str, Path], img: np.ndarray, keep: Optional[SourceProperties] = None,
+                jpeg_quality: Optional[int] = None) -> Path:
+    """Write a float ``[0, 1]`` (or uint8) RGB image; the format follows the suffix (PNG by default).
+
+    Args:
+        keep: properties of the image this one was made from (:func:`read_properties`): its alpha channel is
+            carried over unchanged (formats with alpha: PNG, WebP, TIFF) and a JPEG is encoded with its
+            quantisation tables (the input's quality).
+        jpeg_quality: encode a JPEG at this quality (1-100) instead; default: the source's tables, else
+            :data:`DEFAULT_JPEG_QUALITY`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = img if img.dtype == np.uint8 else to_uint8(img)
-    Image.fromarray(data).save(path)
+    alpha = keep.alpha if keep is not None else None
+    if alpha is not None and alpha.shape == data.shape[:2] and path.suffix.lower() in _ALPHA_SUFFIXES:
+        data = np.concatenate([data, alpha[:, :, None]], axis=2)
+    Image.fromarray(data).save(path, **_save_options(path, keep, jpeg_quality))
     return path
 
 

@@ -4,10 +4,14 @@
 
     OUT/train/<degradation>/{LQ,GT}/<index>.png     OUT/val/<degradation>/{LQ,GT}/<index>.png
     OUT/calib/<degradation>/{LQ,GT}/<index>.png     (only with calib_size > 0)
+    OUT/test/<degradation>/{LQ,GT}/<index>.png      (only with test_size > 0: the held-out photographs)
     OUT/daclip_<split>.csv                          (tab-separated filepath, "caption: degradation")
     OUT/dataset.json                                (what was made, and how)
 
 Every clean patch appears under every degradation, so degradation labels cannot be read from content.
+``train``, ``val`` and ``calib`` are crops of the same photographs (``val`` and ``calib`` are new crops and new
+degradation draws); ``test`` is cut only from *held-out* photographs that no other split uses. For ``builtin``
+these are :data:`HELD_OUT_IMAGES`, which the shipped tiny bases never saw either.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .images import list_images, read_image, write_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BUILTIN_IMAGES", "builtin_images", "folder_images", "make_dataset", "random_patches"]
+__all__ = ["BUILTIN_IMAGES", "HELD_OUT_IMAGES", "builtin_images", "folder_images", "make_dataset", "random_patches"]
 
 # skimage.data photographs bundled with the package (no download), with a caption each.
 BUILTIN_IMAGES: Dict[str, str] = {
@@ -45,6 +49,10 @@ BUILTIN_IMAGES: Dict[str, str] = {
     "gravel": "a gravel texture",
     "moon": "a black and white photo of the lunar surface",
 }
+
+#: ``builtin`` photographs kept out of every training split: none of the shipped tiny bases (VAE, UNet, DA-CLIP
+#: tower) saw them, and :func:`make_dataset`'s ``test`` split is cut from them only.
+HELD_OUT_IMAGES = ("chelsea", "coffee", "gravel")
 
 
 def _as_float_rgb(arr: np.ndarray) -> np.ndarray:
@@ -98,6 +106,27 @@ def random_patches(sources: List[Tuple[str, np.ndarray, str]], count: int, size:
     return out
 
 
+def _split_sources(sources: List[Tuple[str, np.ndarray, str]], held_out: Sequence[str], test_size: int
+                   ) -> Tuple[list, list]:
+    """``(training sources, held-out sources)``: ``held_out`` names images (file stems) that only ``test`` uses."""
+    if test_size < 0:
+        raise ValueError(f"test_size must be >= 0, got {test_size}")
+    names = [s[0] for s in sources]
+    unknown = [n for n in held_out if n not in names]
+    if unknown:
+        from .._utils.suggest import suggest
+
+        raise ValueError(f"held-out image {unknown[0]!r} is not among the source images ({', '.join(names)})."
+                         f"{suggest(unknown[0], names)}")
+    if test_size and not held_out:
+        raise ValueError(f"test_size={test_size} needs held-out images: name the source images (file stems) that "
+                         f"only the test split may use (--held-out NAME ...)")
+    train = [s for s in sources if s[0] not in held_out]
+    if not train:
+        raise ValueError(f"every source image is held out ({', '.join(held_out)}); keep at least one for training")
+    return train, [s for s in sources if s[0] in held_out]
+
+
 def _check_arguments(distortions: Optional[Sequence[str]], size: int, patch_size: int, calib_size: int
                      ) -> List[str]:
     distortions = list(distortions or DEGRADATION_FUNCTIONS)
@@ -111,6 +140,10 @@ def _check_arguments(distortions: Optional[Sequence[str]], size: int, patch_size
         raise ValueError(f"size must be >= 1, calib_size >= 0 and patch_size >= 16, got size={size}, "
                          f"calib_size={calib_size}, patch_size={patch_size}")
     return distortions
+
+
+#: each split's own stream of degradation draws
+_SPLIT_INDEX = {"train": 0, "val": 1, "calib": 2, "test": 3}
 
 
 class _Counter:
@@ -155,8 +188,10 @@ def make_dataset(
     seed: int = 0,
     overwrite: bool = False,
     progress: Optional[Callable[[int], None]] = None,
+    test_size: int = 0,
+    held_out: Optional[Sequence[str]] = None,
 ) -> Dict[str, object]:
-    """Write a synthetic UIR ``MD`` tree (train and val) and the matching DA-CLIP CSVs.
+    """Write a synthetic UIR ``MD`` tree (train, val, optionally calib and test) and the matching DA-CLIP CSVs.
 
     Args:
         out: output folder; must be empty or missing unless ``overwrite``.
@@ -172,6 +207,10 @@ def make_dataset(
         seed: everything written is a deterministic function of the seed.
         overwrite: replace an existing non-empty ``out``.
         progress: called with the number of images written after each image.
+        test_size: clean patches of a ``test`` split cut only from the ``held_out`` images (new photographs,
+            not new crops of the training ones). The other splits do not depend on it.
+        held_out: names (file stems) of source images that no split but ``test`` uses; default
+            :data:`HELD_OUT_IMAGES` for ``builtin``, none for a folder.
 
     Returns:
         the manifest written to ``out/dataset.json``.
@@ -184,20 +223,27 @@ def make_dataset(
             raise FileExistsError(f"output folder {out} is not empty; pass --overwrite to replace it")
         shutil.rmtree(out)
     sources = builtin_images() if source == "builtin" else folder_images(source)
+    if held_out is None:
+        held_out = HELD_OUT_IMAGES if source == "builtin" else ()
+    sources, test_sources = _split_sources(sources, list(held_out), test_size)
     rng = np.random.default_rng(seed)
     splits = {"train": random_patches(sources, size, patch_size, rng),
               "val": random_patches(sources, val_size, patch_size, rng)}
     if calib_size:  # drawn after the other two, which stay what they are without it
         splits["calib"] = random_patches(sources, calib_size, patch_size, rng)
+    if test_size:  # its own generator: the other splits stay what they are without it
+        splits["test"] = random_patches(test_sources, test_size, patch_size, np.random.default_rng([seed, 3]))
     counter = _Counter(progress)
-    counts = {split: _write_split(out, split, index, patches, distortions, seed, counter)
-              for index, (split, patches) in enumerate(splits.items())}
+    counts = {split: _write_split(out, split, _SPLIT_INDEX[split], patches, distortions, seed, counter)
+              for split, patches in splits.items()}
     written = counter.written
-    manifest = {"source": source, "distortions": distortions, "patch_size": patch_size, "seed": seed,
-                "counts": counts, "images": [s[0] for s in sources],
+    manifest = {"format_version": 2, "source": source, "distortions": distortions, "patch_size": patch_size,
+                "seed": seed, "counts": counts, "images": [s[0] for s in sources],
+                "held_out_images": [n for n in held_out if n in {s[0] for s in test_sources}],
                 "train_csv": "daclip_train.csv", "val_csv": "daclip_val.csv"}
-    if calib_size:
-        manifest["calib_csv"] = "daclip_calib.csv"
+    for split in ("calib", "test"):
+        if split in splits:
+            manifest[f"{split}_csv"] = f"daclip_{split}.csv"
     (out / "dataset.json").write_text(json.dumps(manifest, indent=2))
     logger.info("wrote %d LQ/GT pairs for %d degradations under %s", written, len(distortions), out)
     return manifest

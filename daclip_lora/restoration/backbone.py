@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -158,9 +158,11 @@ class SDBackbone:
 
     # ---------------------------------------------------------------------------- latents
     @torch.no_grad()
-    def encode_latents(self, images: torch.Tensor, tile: Optional[int] = None, overlap: int = 0) -> torch.Tensor:
+    def encode_latents(self, images: torch.Tensor, tile: Optional[int] = None, overlap: int = 0,
+                       on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
         """Scaled posterior-mean latents of ``images`` (``(B, 3, H, W)`` in ``[0, 1]``, sides multiples of the
-        VAE factor). ``tile`` (pixels) encodes overlapping tiles and blends them (Gaussian weights)."""
+        VAE factor). ``tile`` (pixels) encodes overlapping tiles and blends them (Gaussian weights);
+        ``on_tile(done, total)`` follows them."""
         vae = self.vae
         p = next(vae.parameters())
         x = (images.to(p.device, p.dtype) * 2 - 1)
@@ -168,16 +170,19 @@ class SDBackbone:
         def encode(t: torch.Tensor) -> torch.Tensor:
             return vae.encode(t).latent_dist.mean * vae.config.scaling_factor
 
-        if tile:
-            return tiled_map(encode, x, tile, overlap, scale=1.0 / self.vae_factor, multiple=self.vae_factor)
+        if tile:  # GroupNorm statistics shared by all tiles: no seams, no per-tile tone (tiling.SharedGroupNorm)
+            return tiled_map(encode, x, tile, overlap, scale=1.0 / self.vae_factor, multiple=self.vae_factor,
+                             shared_norms=vae, on_tile=on_tile)
         return encode(x)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, tile: Optional[int] = None, overlap: int = 0) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, tile: Optional[int] = None, overlap: int = 0,
+                       on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
         """Images in ``[0, 1]`` from scaled latents; ``tile`` (pixels) decodes overlapping tiles and blends them."""
-        return self.decode(latents, tile, overlap)
+        return self.decode(latents, tile, overlap, on_tile)
 
-    def decode(self, latents: torch.Tensor, tile: Optional[int] = None, overlap: int = 0) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, tile: Optional[int] = None, overlap: int = 0,
+               on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
         """:meth:`decode_latents` with autograd on: pixel-space losses through the frozen decoder."""
         vae = self.vae
         p = next(vae.parameters())
@@ -188,7 +193,8 @@ class SDBackbone:
 
         if tile:
             f = self.vae_factor
-            out = tiled_map(decode, z, max(1, tile // f), max(0, overlap // f), scale=float(f))
+            out = tiled_map(decode, z, max(1, tile // f), max(0, overlap // f), scale=float(f), shared_norms=vae,
+                            on_tile=on_tile)
         else:
             out = decode(z)
         return ((out + 1) / 2).clamp(0, 1)

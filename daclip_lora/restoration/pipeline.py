@@ -12,7 +12,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from ..data.datasets import clip_batch
 from .backbone import SDBackbone, SDComponents, backbone_for, encode_prompt, load_sd_components
 from .diffusion import one_step_input, predicted_x0
 from .model import LQConvIn, RestorationConfig, RestorationUNet
-from .schedulers import SCHEDULER_ALIASES, SCHEDULERS, make_scheduler
+from .schedulers import SCHEDULER_ALIASES, SCHEDULERS, make_scheduler, scheduler_name
 from .serialization import load_restoration, read_restoration_config
 from .tiling import tiled_map
 
@@ -43,6 +43,34 @@ class FolderReport:
     written: List[Path] = field(default_factory=list)
     failed: List[Tuple[Path, str]] = field(default_factory=list)
     skipped: List[Path] = field(default_factory=list)  # not image files
+
+
+class _TileProgress:
+    """One tqdm bar over the tiles of one image (every tiled VAE and UNet call), so a large image shows progress.
+
+    :meth:`stage` returns an ``on_tile(done, total)`` callback for a stage that runs ``repeats`` tiled maps (the
+    UNet: once per step); the bar's total grows by ``total * repeats`` when the stage's first tile is done.
+    """
+
+    def __init__(self, enabled: bool):
+        self.bar = tqdm(total=0, desc="tiles", unit="tile", leave=False, disable=not enabled) if enabled else None
+
+    def stage(self, repeats: int = 1) -> Optional[Callable[[int, int], None]]:
+        if self.bar is None:
+            return None
+        counted = []
+
+        def on_tile(done: int, total: int) -> None:
+            if not counted:
+                counted.append(True)
+                self.bar.total += total * repeats
+                self.bar.refresh()
+            self.bar.update(1)
+        return on_tile
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class RestorationPipeline:
@@ -80,14 +108,18 @@ class RestorationPipeline:
         """Rebuild from a saved restoration folder (``restoration.json`` says which base models).
 
         Args:
-            folder: what a restoration run wrote (``experiments/<name>/models/restoration``).
+            folder: what a restoration run wrote (``experiments/<name>/models/restoration``), the folder above
+                it or a ``daclip-lora demo`` output folder (see
+                :func:`~daclip_lora.restoration.locate.find_restoration_folder`).
             base, daclip_pretrained: override the base SD folder / DA-CLIP checkpoint recorded in the folder.
             merge_lora: bake LoRA into the UNet and fuse the widened ``conv_in`` (faster, same outputs).
             device: where to run (``None``: CUDA if available, else the CPU).
             precision: autocast dtype (``fp32``, ``bf16``, ``fp16``).
         """
         from ..clip.factory import load_daclip
+        from .locate import find_restoration_folder
 
+        folder = find_restoration_folder(folder)
         config = read_restoration_config(folder)
         backbone = SDBackbone.load(base or config.base)
         model = RestorationUNet(backbone.unet, config)
@@ -133,13 +165,15 @@ class RestorationPipeline:
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
     @torch.no_grad()
-    def encode_latents(self, images: torch.Tensor, tile: Optional[int] = None, overlap: int = 0) -> torch.Tensor:
+    def encode_latents(self, images: torch.Tensor, tile: Optional[int] = None, overlap: int = 0,
+                       on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
         """VAE latents (posterior mean, scaled) of images in ``[0, 1]``."""
-        return self.backbone.encode_latents(images, tile, overlap)
+        return self.backbone.encode_latents(images, tile, overlap, on_tile)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, tile: Optional[int] = None, overlap: int = 0) -> torch.Tensor:
-        return self.backbone.decode_latents(latents, tile, overlap)
+    def decode_latents(self, latents: torch.Tensor, tile: Optional[int] = None, overlap: int = 0,
+                       on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+        return self.backbone.decode_latents(latents, tile, overlap, on_tile)
 
     @torch.no_grad()
     def daclip_embeddings(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -153,12 +187,18 @@ class RestorationPipeline:
         hidden = self.backbone.encode_prompt([prompt], self.config.context_slots)
         return hidden.expand(batch, -1, -1)
 
+    #: smallest automatic tile side (pixels): a small base (the tiny ones: 64 px) is fully convolutional with
+    #: attention at its lowest resolution only, so it restores 512 px at once; 64 px tiles would cut a photo
+    #: into hundreds of pieces
+    AUTO_TILE_MIN = 512
+
     def tile_for(self, height: int, width: int, tile_size: Optional[int]) -> Optional[int]:
         """The pixel tile side for an image (``None``: restore whole). ``tile_size`` ``None`` is automatic:
-        tiles of the base's native resolution for images larger than it; ``0`` never tiles."""
+        tiles of the base's native resolution (at least :attr:`AUTO_TILE_MIN`) for images larger than that;
+        ``0`` never tiles."""
         if tile_size is not None and tile_size < 0:
             raise ValueError(f"tile_size must be >= 0 (0 disables tiling), got {tile_size}")
-        tile = self.backbone.native_resolution if tile_size is None else int(tile_size)
+        tile = max(self.backbone.native_resolution, self.AUTO_TILE_MIN) if tile_size is None else int(tile_size)
         if tile == 0 or max(height, width) <= tile:
             return None
         f, smallest = self.vae_factor, max(2 * self.vae_factor, self.min_side)
@@ -198,41 +238,61 @@ class RestorationPipeline:
             fusion: ``False`` returns the decoded UNet output without the fusion head's blend (the UNet alone).
         """
         # 1. check the inputs, pad to the VAE factor, choose the tiling
-        self.check_inputs(lq, steps, strength)
+        self.check_inputs(lq, steps, strength, scheduler)
         h, w = lq.shape[2:]
         x = self.prepare_image(lq)
         tile, overlap = self.prepare_tiling(x, tile_size, tile_overlap)
         # 2. the LQ latent and the conditions: DA-CLIP embeddings, prompt, DA-CLIP tokens (and the unconditional
         #    context for classifier-free guidance)
-        z_lq = self.encode_latents(x, tile, overlap)
+        tiles = _TileProgress(progress and tile is not None)
+        z_lq = self.encode_latents(x, tile, overlap, tiles.stage())
         image_emb, degra_emb, cond, uncond = self.encode_conditions(x, prompt, guidance_scale, embeddings)
         labels = self.model.time_labels(degra_emb)
         uncond_labels = None if labels is None or uncond is None else self.model.time_labels(
             degra_emb, torch.zeros(x.shape[0], device=x.device))
         # 3. the UNet call of every step (guided, tiled)
+        one_step = self.config.objective == "one_step"
         run = self._predictor(x.shape[0], z_lq.shape[1], (cond, labels), (uncond, uncond_labels), guidance_scale,
-                              tile, overlap)
+                              tile, overlap, tiles.stage(repeats=1 if one_step else self.sampling_steps(steps, strength)))
         # 4. one UNet call (one_step objective) or the sampling loop
-        if self.config.objective == "one_step":
+        if one_step:
             latents = self._one_step(z_lq, run, callback)
         else:
-            latents = self._sample(z_lq, run, scheduler, steps, strength, seed, callback, progress)
+            latents = self._sample(z_lq, run, scheduler, steps, strength, seed, callback, progress and tile is None)
         # 5. decode, then the fusion head's blend with the LQ image when the model has a fitted one
-        out = self.decode_latents(latents, tile, overlap)
-        if fusion and self.model.fusion is not None and self.model.fusion.fitted:
-            decoded_lq = self.decode_latents(z_lq, tile, overlap)
+        blend = fusion and self.model.fusion is not None and self.model.fusion.fitted
+        decode_tiles = tiles.stage(repeats=2 if blend else 1)
+        out = self.decode_latents(latents, tile, overlap, decode_tiles)
+        if blend:
+            decoded_lq = self.decode_latents(z_lq, tile, overlap, decode_tiles)
             out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
+        tiles.close()
         return out[:, :, :h, :w].to(lq.device, torch.float32)
 
     @staticmethod
-    def check_inputs(lq: torch.Tensor, steps: int, strength: float) -> None:
-        """Raise ``ValueError`` naming the bad argument."""
+    def sampling_steps(steps: int, strength: float) -> int:
+        """UNet calls of the sampling loop for ``steps`` and ``strength`` (first-order schedulers)."""
+        return steps if strength >= 1 else max(1, int(round(steps * strength)))
+
+    @staticmethod
+    def check_inputs(lq: torch.Tensor, steps: int, strength: float, scheduler: str = "ddim") -> None:
+        """Raise ``ValueError`` naming the bad argument (an unknown scheduler too, even where none is used)."""
+        scheduler_name(scheduler)
         if not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if lq.ndim != 4 or lq.shape[1] != 3:
             raise ValueError(f"lq must be (B, 3, H, W) in [0, 1], got shape {tuple(lq.shape)}")
+
+    #: sampling arguments a ``one_step`` model does not use (it makes one UNet call from the LQ latent)
+    MULTI_STEP_ARGUMENTS = ("steps", "scheduler", "strength", "seed")
+
+    def ignored_arguments(self, given: Iterable[str]) -> List[str]:
+        """Those of the ``given`` sampling argument names that this model ignores (for a warning)."""
+        if self.config.objective != "one_step":
+            return []
+        return [name for name in given if name in self.MULTI_STEP_ARGUMENTS]
 
     @property
     def min_side(self) -> int:
@@ -280,7 +340,8 @@ class RestorationPipeline:
 
     def _predictor(self, b: int, c: int, cond: Tuple[torch.Tensor, Optional[torch.Tensor]],
                    uncond: Tuple[Optional[torch.Tensor], Optional[torch.Tensor]], guidance_scale: float,
-                   tile: Optional[int], overlap: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+                   tile: Optional[int], overlap: int, on_tile: Optional[Callable[[int, int], None]] = None
+                   ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``run(model_in, t)``: the (guided, tiled) UNet prediction for ``[latents, LQ latent]`` at ``t``;
         ``cond`` and ``uncond`` are (context, time labels) pairs (``uncond`` ``(None, None)`` without guidance)."""
         device, f = self.device, self.vae_factor
@@ -309,7 +370,7 @@ class RestorationPipeline:
         def run(model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self.autocast():
                 if latent_tile:
-                    return tiled_map(lambda m: predict(m, t), model_in, latent_tile, latent_overlap)
+                    return tiled_map(lambda m: predict(m, t), model_in, latent_tile, latent_overlap, on_tile=on_tile)
                 return predict(model_in, t)
 
         return run
@@ -356,13 +417,14 @@ class RestorationPipeline:
         return latents
 
     # ----------------------------------------------------------------------------- folders
-    def _restore_chunk(self, chunk: List[Path], images: Dict[Path, np.ndarray], output: Path, grid: bool,
-                       report: "FolderReport", sampling: Dict[str, Any]) -> None:
+    def _restore_chunk(self, chunk: List[Path], images: Dict[Path, Tuple[np.ndarray, Any]], output: Path,
+                       grid: bool, report: "FolderReport", sampling: Dict[str, Any],
+                       jpeg_quality: Optional[int] = None) -> None:
         """Restore and write one batch of same-size images. A failure inside the model (out of memory, a numerical
         error) is reported for these files and the folder run goes on; argument errors (``ValueError``) stop it."""
         from ..data.images import write_image
 
-        lq = torch.stack([torch.from_numpy(images[p].transpose(2, 0, 1).copy()) for p in chunk])
+        lq = torch.stack([torch.from_numpy(images[p][0].transpose(2, 0, 1).copy()) for p in chunk])
         try:
             restored = self(lq, **sampling)
         except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
@@ -373,20 +435,25 @@ class RestorationPipeline:
             return
         for p, r in zip(chunk, restored):
             arr = r.permute(1, 2, 0).numpy()
-            report.written.append(write_image(output / p.name, arr))
+            lq_image, props = images[p]
+            report.written.append(write_image(output / p.name, arr, keep=props, jpeg_quality=jpeg_quality))
             if grid:
-                write_image(output / "grids" / f"{p.stem}.png", np.concatenate([images[p], arr], axis=1))
+                write_image(output / "grids" / f"{p.stem}.png", np.concatenate([lq_image, arr], axis=1))
 
     def restore_folder(self, input: Union[str, Path], output: Union[str, Path], batch_size: int = 4,
-                       grid: bool = False, progress: bool = True, **sampling: Any) -> FolderReport:
+                       grid: bool = False, progress: bool = True, jpeg_quality: Optional[int] = None,
+                       **sampling: Any) -> FolderReport:
         """Restore every image of a folder (or one image file) into ``output``, keeping names and formats.
+
+        Each output keeps what its input had (:func:`~daclip_lora.data.images.write_image`): the alpha channel,
+        unchanged, and for JPEGs the input's quantisation tables (its quality; ``jpeg_quality`` sets one instead).
 
         Images of the same size are restored together (``batch_size`` at a time). Unreadable images are
         reported in the returned :class:`FolderReport` (and the log), never skipped silently; so are
         files that are not images. ``grid`` also writes ``output/grids/<name>.png`` (LQ | restored).
         ``sampling`` goes to :meth:`__call__` (steps, scheduler, guidance_scale, strength, seed, tile_size, ...).
         """
-        from ..data.images import ImageError, list_images, read_image
+        from ..data.images import ImageError, list_images, read_image, read_properties
 
         input, output = Path(input).expanduser(), Path(output).expanduser()
         report = FolderReport()
@@ -399,10 +466,10 @@ class RestorationPipeline:
                 logger.warning("not an image file, not restored: %s", p)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        images: Dict[Path, np.ndarray] = {}
+        images: Dict[Path, Tuple[np.ndarray, Any]] = {}
         for p in files:
             try:
-                images[p] = read_image(p)
+                images[p] = read_image(p), read_properties(p)
             except (ImageError, OSError) as e:
                 report.failed.append((p, str(e)))
                 logger.error("%s", e)
@@ -410,13 +477,14 @@ class RestorationPipeline:
             raise ValueError(f"output folder {output} is the input folder: restored images would overwrite the "
                              f"inputs; choose another --output")
         by_size: Dict[Tuple[int, int], List[Path]] = {}
-        for p, im in images.items():
+        for p, (im, _) in images.items():
             by_size.setdefault(im.shape[:2], []).append(p)
         bar = tqdm(total=len(images), desc="restore", unit="image", disable=not progress)
+        sampling.setdefault("progress", progress)  # tiles (and steps) of each image too
         for paths in by_size.values():
             for i in range(0, len(paths), batch_size):
                 chunk = paths[i:i + batch_size]
-                self._restore_chunk(chunk, images, output, grid, report, sampling)
+                self._restore_chunk(chunk, images, output, grid, report, sampling, jpeg_quality)
                 bar.update(len(chunk))
         bar.close()
         return report

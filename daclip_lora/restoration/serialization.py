@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from .._utils.io import atomic_dir
 from .backbone import SDBackbone
+from .locate import CONFIG_NAME
 from .lora import add_restoration_lora, add_text_encoder_lora
 from .model import RestorationConfig, RestorationUNet
 
@@ -36,7 +37,6 @@ __all__ = ["CONFIG_NAME", "EXTRAS_NAME", "FORMAT_VERSION", "LORA_WEIGHT_NAME", "
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 EXTRAS_NAME = "restoration_extras.safetensors"
-CONFIG_NAME = "restoration.json"
 #: version of the folder layout this daclip_lora writes; it reads this one and every older one
 FORMAT_VERSION = 3
 

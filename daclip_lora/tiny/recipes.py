@@ -37,14 +37,13 @@ import torch
 
 from .._utils.image_metrics import batch_psnr
 from .._utils.threads import torch_threads
+from ..data.synthetic import HELD_OUT_IMAGES
 from ..restoration.sd_configs import SD_SCHEDULER, TEXT_ENCODER_CONFIGS, UNET_CONFIGS, VAE_CONFIGS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["HELD_OUT_IMAGES", "train_tiny_daclip", "train_tiny_sd"]
 
-#: scikit-image photographs never seen by the VAE or UNet of the shipped base.
-HELD_OUT_IMAGES = ("chelsea", "coffee", "gravel")
 
 # ----------------------------------------------------------------------------------- data
 def _photographs(held_out: bool) -> List[torch.Tensor]:
@@ -260,16 +259,18 @@ def train_tiny_sd(out: Union[str, Path], seed: int = 0, vae_steps: int = 1500, u
 
 
 # ------------------------------------------------------------------------------- DA-CLIP base
-def _degraded_pool(crops: int, seed: int) -> tuple:
-    """``crops`` random 64 px patches of the scikit-image photographs (cycling over them, like the demo's data), each
-    degraded by all ten degradations: ``(images (10 * crops, 3, 64, 64), labels, class names)``."""
+def _degraded_pool(crops: int, seed: int, held_out: bool = False) -> tuple:
+    """``crops`` random 64 px patches of the scikit-image photographs (cycling over them, like the demo's data; with
+    ``held_out`` only :data:`HELD_OUT_IMAGES`, else only the others), each degraded by all ten degradations:
+    ``(images (10 * crops, 3, 64, 64), labels, class names)``."""
     import numpy as np
 
     from ..data.degrade import DEGRADATION_FUNCTIONS, degrade
     from ..data.synthetic import builtin_images, random_patches
 
     classes = sorted(DEGRADATION_FUNCTIONS)
-    patches = random_patches(builtin_images(), crops, 64, np.random.default_rng(seed))
+    sources = [s for s in builtin_images() if (s[0] in HELD_OUT_IMAGES) == held_out]
+    patches = random_patches(sources, crops, 64, np.random.default_rng(seed))
     images, labels = [], []
     for i, (patch, _, _) in enumerate(patches):
         for k, name in enumerate(classes):
@@ -278,10 +279,19 @@ def _degraded_pool(crops: int, seed: int) -> tuple:
     return torch.stack(images), torch.tensor(labels), classes
 
 
-def _train_tower_with_probe(model, train: tuple, val: tuple, steps: int, batch: int, lr: float, seed: int,
-                            log_every: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def _accuracy(predict, split: tuple) -> Dict[str, Any]:
+    """Overall and per-class accuracy of ``predict`` (images -> class indices) on ``(images, labels, classes)``."""
+    images, labels, classes = split
+    with torch.no_grad():
+        pred = torch.cat([predict(images[i:i + 256]) for i in range(0, len(images), 256)])
+    per = {c: round(float((pred[labels == k] == k).float().mean()), 3) for k, c in enumerate(classes)}
+    return {"overall": round(float((pred == labels).float().mean()), 4), "per_class": per}
+
+
+def _train_tower_with_probe(model, train: tuple, held_out: Dict[str, tuple], steps: int, batch: int, lr: float,
+                            seed: int, log_every: int) -> Dict[str, Dict[str, Any]]:
     """Train the vision tower through a linear probe on its normalised embedding (the probe is discarded); the
-    held-out probe and zero-shot accuracies."""
+    probe and zero-shot accuracies on each ``held_out`` split (the first one is logged during training)."""
     import math
 
     import torch.nn.functional as F
@@ -289,7 +299,7 @@ def _train_tower_with_probe(model, train: tuple, val: tuple, steps: int, batch: 
     from ..clip.factory import get_tokenizer
     from ..data.datasets import clip_batch
 
-    (images, labels, classes), (val_images, val_labels, _) = train, val
+    images, labels, classes = train
     visual = model.clip.visual.requires_grad_(True).train()
     probe = torch.nn.Linear(model.clip.text_projection.shape[1], len(classes))
     opt = torch.optim.AdamW(list(visual.parameters()) + list(probe.parameters()), lr=lr, weight_decay=0.05)
@@ -298,17 +308,10 @@ def _train_tower_with_probe(model, train: tuple, val: tuple, steps: int, batch: 
     def logits(x: torch.Tensor) -> torch.Tensor:
         return probe(F.normalize(visual(clip_batch(x, size)), dim=-1) * 10.0)
 
-    @torch.no_grad()
-    def accuracy(predict) -> Dict[str, Any]:
-        visual.eval()
-        pred = torch.cat([predict(val_images[i:i + 256]) for i in range(0, len(val_images), 256)])
-        visual.train()
-        per = {c: round(float((pred[val_labels == k] == k).float().mean()), 3) for k, c in enumerate(classes)}
-        return {"overall": round(float((pred == val_labels).float().mean()), 4), "per_class": per}
-
+    first = next(iter(held_out.values()))
     gen = torch.Generator().manual_seed(seed + 12)
     warmup = max(1, min(100, steps // 10))
-    logger.info("tiny DA-CLIP: %d training / %d held-out images, %d steps", len(images), len(val_images), steps)
+    logger.info("tiny DA-CLIP: %d training images, %d steps", len(images), steps)
     for step in range(1, steps + 1):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -321,14 +324,17 @@ def _train_tower_with_probe(model, train: tuple, val: tuple, steps: int, batch: 
         loss.backward()
         opt.step()
         if step % log_every == 0 or step == steps:
+            visual.eval()
             logger.info("tiny DA-CLIP step %d/%d loss %.4f held-out probe accuracy %.3f", step, steps,
-                        loss.item(), accuracy(lambda v: logits(v).argmax(1))["overall"])
+                        loss.item(), _accuracy(lambda v: logits(v).argmax(1), first)["overall"])
+            visual.train()
     visual.eval().requires_grad_(False)
-    probe_acc = accuracy(lambda v: logits(v).argmax(1))
     with torch.no_grad():
         text = model.encode_text(get_tokenizer("daclip_tiny")(classes), normalize=True)
-    zero_shot = accuracy(lambda v: (F.normalize(visual(clip_batch(v, size)), dim=-1) @ text.T).argmax(1))
-    return probe_acc, zero_shot
+    return {name: {"probe": _accuracy(lambda v: logits(v).argmax(1), split),
+                   "zero_shot": _accuracy(lambda v: (F.normalize(visual(clip_batch(v, size)), dim=-1) @ text.T
+                                                     ).argmax(1), split)}
+            for name, split in held_out.items()}
 
 
 def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, batch: int = 64, crops: int = 1600,
@@ -368,11 +374,12 @@ def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, b
     with torch_threads(threads):
         with torch.random.fork_rng():
             train = _degraded_pool(crops, seed + 10)
-            val = _degraded_pool(48, seed + 11)
+            held_out = {"new_crops": _degraded_pool(48, seed + 11),
+                        "new_photographs": _degraded_pool(48, seed + 13, held_out=True)}
             t_data = time.perf_counter() - start
             torch.manual_seed(seed)
             model = create_model("daclip_tiny")
-            probe_acc, zero_shot = _train_tower_with_probe(model, train, val, steps, batch, lr, seed, log_every)
+            acc = _train_tower_with_probe(model, train, held_out, steps, batch, lr, seed, log_every)
             model.initial_controller()
             model.eval().requires_grad_(False)
         if out.exists():
@@ -386,14 +393,19 @@ def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, b
             "model": "daclip_tiny",
             "objective": "cross-entropy over the ten synthetic degradations through a linear probe on the vision "
                          "tower's normalised embedding (probe discarded); text tower random and untrained",
-            "data": {"source": "the 14 skimage.data photographs (daclip_lora.data.synthetic.BUILTIN_IMAGES), 64 px "
-                               "patches (daclip_lora.data.synthetic.random_patches), each degraded by all ten "
-                               "degradations",
+            "data": {"source": "the skimage.data photographs (daclip_lora.data.synthetic.BUILTIN_IMAGES) but the "
+                               "held-out ones, 64 px patches (daclip_lora.data.synthetic.random_patches), each "
+                               "degraded by all ten degradations",
                      "training_patches_per_degradation": crops,
-                     "held_out": "48 patches per degradation: new crops and degradation draws (seed + 11) of the same "
-                                 "photographs, as the demo's held-out split"},
-            "held_out_probe_accuracy": probe_acc,
-            "held_out_zero_shot_accuracy": zero_shot,
+                     "held_out_images": list(HELD_OUT_IMAGES),
+                     "held_out": "48 patches per degradation for each split: 'new_crops' are new crops and "
+                                 "degradation draws (seed + 11) of the training photographs, as the demo's val split; "
+                                 "'new_photographs' are crops (seed + 13) of the held-out photographs only, as the "
+                                 "demo's test split"},
+            "held_out_probe_accuracy": acc["new_crops"]["probe"],
+            "held_out_zero_shot_accuracy": acc["new_crops"]["zero_shot"],
+            "new_photographs_probe_accuracy": acc["new_photographs"]["probe"],
+            "new_photographs_zero_shot_accuracy": acc["new_photographs"]["zero_shot"],
             "parameters": {"vision_tower": sum(p.numel() for p in model.clip.visual.parameters()),
                            "total": sum(p.numel() for p in model.parameters())},
             "weights_dtype": "float16",
@@ -401,6 +413,7 @@ def train_tiny_daclip(out: Union[str, Path], seed: int = 0, steps: int = 4500, b
             "seconds": {"data": round(t_data, 1), "total": round(time.perf_counter() - start, 1)},
         }
         (out / "recipe.json").write_text(json.dumps(record, indent=2))
-        logger.info("wrote the tiny pretrained DA-CLIP base to %s (held-out probe accuracy %.3f)", out,
-                    probe_acc["overall"])
+        logger.info("wrote the tiny pretrained DA-CLIP base to %s (held-out probe accuracy %.3f on new crops, "
+                    "%.3f on new photographs)", out, acc["new_crops"]["probe"]["overall"],
+                    acc["new_photographs"]["probe"]["overall"])
         return record

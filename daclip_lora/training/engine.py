@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .._utils.io import atomic_file, remove_tree, replace_path, tmp_sibling
+from .._utils.io import CheckpointWriteError, atomic_file, remove_tree, replace_path, tmp_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}; continue with --resume "
                          f"(path.resume_state: auto)")
         self.step, self.checkpoint = step, checkpoint
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint or output could not be written (full disk, read-only folder); nothing partial was kept."""
 
 
 def latest_checkpoint(training_state: Any) -> Optional[Path]:
