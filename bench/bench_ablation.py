@@ -1,9 +1,10 @@
 """Ablation of the UNet's DA-CLIP conditioning on the embedded demo's data: one run, several seeds, side by side.
 
 Every variant is trained from the shipped tiny pretrained SD base with the demo's settings (one-step, per-image
-RMSE, LoRA rank 8 on every conv/linear layer, 150 steps, lr 3e-3) on the demo's cached training split, and
-evaluated on its held-out split **without the fusion head** (the UNet alone), then again with each image given
-the DA-CLIP embeddings of an image of another degradation (``wrong emb.``):
+RMSE, LoRA rank 8 on every conv/linear layer, 250 steps, lr 3e-3) on the demo's cached training split, and
+evaluated on its two held-out splits (``val``: new crops of the training photographs; ``test``: photographs no
+model trained on) **without the fusion head** (the UNet alone), then again with each image given the DA-CLIP
+embeddings of an image of another degradation (``wrong emb.``):
 
     no_daclip       no DA-CLIP conditioning at all (LQ latent only)
     tokens          DA-CLIP content + degradation tokens in the text context only (the earlier default)
@@ -23,6 +24,7 @@ Prints a Markdown table (mean over seeds, with the range) and writes ``ablation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -48,7 +50,7 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
 def _link_demo_data(demo: Path, out: Path) -> None:
     """restoration_options reads ``out/data``: link the demo's splits there."""
     (out / "data").mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val", "calib"):
+    for split in ("train", "val", "calib", "test"):
         link = out / "data" / split
         if not link.exists() and (demo / "data" / split).is_dir():
             link.symlink_to((demo / "data" / split).resolve(), target_is_directory=True)
@@ -72,6 +74,12 @@ def run_variant(name: str, seed: int, out: Path, distortion, daclip) -> Dict[str
     pipe = RestorationPipeline.from_pretrained(Path(opt.path.models) / "restoration", device="cpu")
     val = restoration_dataset(opt.datasets["val"], distortion, train=False, clip_size=pipe.daclip.image_size)
     report = unet_alone_report(pipe, val, fusion=head)
+    test_root = out / "data" / "test"
+    if test_root.is_dir():
+        block = dataclasses.replace(opt.datasets["val"], dataroot=str(test_root))
+        test = unet_alone_report(pipe, restoration_dataset(block, distortion, train=False,
+                                                           clip_size=pipe.daclip.image_size), fusion=head)
+        report["test"] = {k: test[k] for k in ("lq", "unet", "unet_wrong_embedding", "unet_degradations_improved")}
     return {**report, "train_seconds": round(seconds, 1)}
 
 
@@ -80,14 +88,17 @@ def _table(results: Dict[str, Dict[int, Dict[str, Any]]]) -> str:
         v = np.asarray(values, dtype=float)
         return f"{v.mean():.2f} ({v.min():.2f}-{v.max():.2f})" if len(v) > 1 else f"{v.mean():.2f}"
 
-    lines = ["| variant | PSNR LQ | PSNR out (seeds: mean (min-max)) | improved (of 10) | wrong emb. | drop |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| variant | PSNR LQ | PSNR out (seeds: mean (min-max)) | improved (of 10) | wrong emb. | drop | "
+             "new photographs: LQ / out / improved |",
+             "|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
         r = list(runs.values())
         drop = [x["unet"] - x["unet_wrong_embedding"] for x in r]
+        new = (f"{r[0]['test']['lq']:.2f} / {stat([x['test']['unet'] for x in r])} / "
+               f"{'/'.join(str(x['test']['unet_degradations_improved']) for x in r)}" if "test" in r[0] else "")
         lines.append(f"| {name} | {r[0]['lq']:.2f} | {stat([x['unet'] for x in r])} | "
                      f"{'/'.join(str(x['unet_degradations_improved']) for x in r)} | "
-                     f"{stat([x['unet_wrong_embedding'] for x in r])} | {stat(drop)} |")
+                     f"{stat([x['unet_wrong_embedding'] for x in r])} | {stat(drop)} | {new} |")
     return "\n".join(lines)
 
 

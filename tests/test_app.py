@@ -168,15 +168,84 @@ def test_cli_app_without_gradio_says_which_extra(monkeypatch, capsys):
     assert len(err) == 1 and 'pip install -e ".[app]"' in err[0]
 
 
+# --------------------------------------------------------------------------- hardening
+@pytest.mark.parametrize("url", ["http://daclip-lora-test.invalid/a.png", "https://example.com/x.jpg",
+                                 "file:///etc/passwd", "HTTP://X/y"])
+def test_url_inputs_are_refused(url):
+    assert webapp.is_url(url)
+    with pytest.raises(ValueError, match="is a URL; the app takes uploaded files only"):
+        webapp.read_upload(url)
+
+
+@pytest.mark.parametrize("path", ["/tmp/a.png", "C:/x/y.png", "relative/http:/not.png", ""])
+def test_file_paths_are_not_urls(path):
+    assert not webapp.is_url(path)
+
+
+def test_upload_above_the_size_cap_says_how_to_allow_it(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(b"\0" * (3 * 2 ** 20 // 2))  # 1.5 MB
+    with pytest.raises(ValueError, match=r"big.png is 1.5 MB, above this app's upload limit of 1.0 MB.*"
+                                         r"--max-upload-mb 2"):
+        webapp.read_upload(path, max_mb=1.0)
+
+
+def test_default_upload_cap_follows_max_pixels():
+    assert webapp.AppSettings().max_upload_mb == 8.0
+    assert webapp.AppSettings(max_pixels=4 * 2 ** 20).max_upload_mb == 32.0
+    with pytest.raises(ValueError, match="cache_seconds must be >= 60"):
+        webapp.AppSettings(cache_seconds=5)
+
+
+@pytest.mark.parametrize("steps, guidance, strength, seed, message", [
+    (20, 1.0, 0.5, 10 ** 30, r"seed must be a whole number in \[0, 4294967295\], got 10{30}"),
+    (20, 1.0, 0.5, -1, "seed must be a whole number"),
+    (0, 1.0, 0.5, 0, r"steps must be a whole number in \[1, 1000\], got 0"),
+    (2.5, 1.0, 0.5, 0, "steps must be a whole number"),
+    (20, 1.0, 0.0, 0, r"strength must be a number in \[0.01, 1.0\], got 0.0"),
+    (20, float("nan"), 0.5, 0, "guidance must be a number"),
+    (20, 1.0, "x", 0, "strength must be a number"),
+])
+def test_out_of_range_numbers_are_refused(steps, guidance, strength, seed, message):
+    with pytest.raises(ValueError, match=message):
+        webapp.check_request(steps, guidance, strength, seed)
+
+
+def _no_models(settings):
+    raise ValueError("no models in this test")
+
+
+def test_session_refuses_an_out_of_range_seed_before_restoring(tmp_path):
+    session = webapp._Session(webapp.AppSettings(), _no_models)
+    with pytest.raises(ValueError, match="seed must be a whole number"):
+        session.run(str(_upload(tmp_path)), 2, "ddim", 1.0, 0.5, 10 ** 30, "auto")
+    with pytest.raises(ValueError, match="tile size must be 0 \\(off\\) to 4096 pixels"):
+        webapp._tile_argument("100000")
+
+
+def test_sweep_removes_old_outputs_and_close_removes_the_folder(tmp_path):
+    session = webapp._Session(webapp.AppSettings(cache_seconds=600), _no_models)
+    old, new = session._out_dir / "1" / "old.png", session._out_dir / "previews" / "new.png"
+    for f in (old, new):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    os.utime(old, (0, 0))  # 1970
+    assert session.sweep() == 1
+    assert not old.parent.exists() and new.is_file()
+    assert session.sweep(now=os.path.getmtime(new) + 601) == 1 and not any(session._out_dir.iterdir())
+    session.close()
+    assert not session._out_dir.exists()
+
+
 # --------------------------------------------------------------------------- served page
+#: the served page's upload cap (MB): above the test uploads (about 12 KB), below a 512x512 noise PNG
+SERVED_UPLOAD_MB = 0.25
 @pytest.fixture(scope="module")
 def served(restorer):
     pytest.importorskip("gradio", reason='the web app needs the app extra: pip install -e ".[app]"')
     port = _free_port()
-    app = webapp.build_app(webapp.AppSettings(), loader=lambda s: restorer)
-    app.queue(default_concurrency_limit=1)
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-               theme=webapp.local_theme())
+    app = webapp.launch(webapp.AppSettings(max_upload_mb=SERVED_UPLOAD_MB), port=port, block=False,
+                        loader=lambda s: restorer)
     yield f"http://127.0.0.1:{port}/"
     app.close()
 
@@ -193,6 +262,31 @@ def test_gradio_client_calls_the_restore_api(served, tmp_path):
     assert abs(sum(c["confidence"] for c in label["confidences"]) - 1) < 1e-4
     assert json.loads(details)["steps"] == 2
     assert json.loads(details)["objective"] == "one_step"  # the shipped tiny restorer
+
+
+def test_served_app_refuses_an_oversized_upload(served, tmp_path):
+    import httpx
+
+    big = write_image(tmp_path / "big.png", np.random.default_rng(0).random((512, 512, 3)).astype(np.float32))
+    assert big.stat().st_size > SERVED_UPLOAD_MB * 2 ** 20
+    with open(big, "rb") as f:
+        r = httpx.post(served + "gradio_api/upload", files={"files": ("big.png", f, "image/png")}, timeout=30)
+    assert r.status_code == 413 and "maximum allowed size" in r.text.lower()
+
+
+def test_served_app_refuses_a_url_input_without_resolving_it(served, monkeypatch):
+    import httpx
+
+    looked_up = []
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: looked_up.append(host) or real(host, *a, **k))
+    url = "http://daclip-lora-test.invalid/x.png"
+    data = [{"path": url, "url": url, "meta": {"_type": "gradio.FileData"}}, 2, "ddim", 1.0, 0.5, 0, "auto"]
+    r = httpx.post(served + f"gradio_api/call/{webapp.API_NAME}", json={"data": data}, timeout=30)
+    event = r.json()["event_id"]
+    stream = httpx.get(served + f"gradio_api/call/{webapp.API_NAME}/{event}", timeout=60).text
+    assert "event: error" in stream and "is a URL; the app takes uploaded files only" in stream
+    assert "daclip-lora-test.invalid" not in looked_up
 
 
 def _browser():

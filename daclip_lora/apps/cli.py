@@ -367,7 +367,8 @@ def _cmd_app(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{flag} {path} does not exist")
     settings = AppSettings(weights=args.weights and str(args.weights), options=args.opt_file and str(args.opt_file),
                            base=args.base, daclip_pretrained=args.daclip, degradations=args.degradations,
-                           device=args.device, max_pixels=args.max_pixels)
+                           device=args.device, max_pixels=args.max_pixels, max_upload_mb=args.max_upload_mb,
+                           cache_seconds=int(args.cache_minutes * 60))
     print(f"daclip-lora app on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     launch(settings, host=args.host, port=args.port, share=args.share)
     return 0
@@ -611,6 +612,10 @@ def _add_app(sub: Any) -> None:
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest upload in pixels (default 1 Mpx)")
+    p.add_argument("--max-upload-mb", type=float, default=None,
+                   help="largest upload file in MB (default: 8 bytes a pixel of --max-pixels, 8 MB for 1 Mpx)")
+    p.add_argument("--cache-minutes", type=float, default=60,
+                   help="uploads and results are deleted after this many minutes (default 60; all at exit)")
     p.set_defaults(func=_cmd_app)
 
 

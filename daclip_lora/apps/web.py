@@ -13,8 +13,10 @@ Every user error (corrupt upload, oversized image, missing weights) becomes a me
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -38,6 +40,18 @@ DEFAULT_MAX_PIXELS = 1024 * 1024
 EXAMPLE_SIZE = 128
 #: The endpoint name for ``gradio_client``: ``Client(url).predict(..., api_name="/restore")``.
 API_NAME = "restore"
+
+#: bounds of the page's and the API's numbers: what the pipeline accepts (seed: a torch generator's 64-bit range,
+#: kept to 32 bits as numpy's and most UIs' seeds are; steps: the 1000 training timesteps of SD schedulers)
+LIMITS = {"steps": (1, 1000), "guidance": (0.0, 30.0), "strength": (0.01, 1.0), "seed": (0, 2 ** 32 - 1),
+          "tile": (0, 4096)}
+#: how long uploads, previews and results stay on disk (seconds), and how often the sweep runs
+DEFAULT_CACHE_SECONDS = 3600
+
+
+def default_upload_mb(max_pixels: int) -> float:
+    """The upload size cap for ``max_pixels``: 8 bytes a pixel (16-bit RGBA, uncompressed), at least 1 MB."""
+    return max(1.0, round(8 * max_pixels / 2 ** 20, 1))
 NO_DEGRADATION = "none (clean)"
 
 
@@ -87,18 +101,33 @@ def degraded_example(name: str, degradation: str, seed: int = 0, size: int = EXA
     return np.clip(degrade(image, degradation, seed=seed), 0, 1).astype(np.float32)
 
 
-def read_upload(path: Union[str, Path, None], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an uploaded file as float RGB in [0, 1], refusing corrupt files and images above ``max_pixels``.
+def is_url(value: Any) -> bool:
+    """Whether an input names a URL (``scheme://...``) rather than a file: the page takes files only."""
+    import re
+
+    return bool(value) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(value)) is not None
+
+
+def read_upload(path: Union[str, Path, None], max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_mb: Optional[float] = None) -> np.ndarray:
+    """Decode an uploaded file as float RGB in [0, 1], refusing URLs, files above ``max_mb``, corrupt files and
+    images above ``max_pixels``.
 
     Raises:
-        ValueError: nothing uploaded, a file that is not a readable image, or one that is too large (the
+        ValueError: nothing uploaded, a URL, a file that is not a readable image, or one that is too large (the
             message says what was received and what to do).
     """
     from ..data.images import ImageError, ImageTooLarge, read_image
 
     if path is None or str(path) == "":
         raise ValueError("no image: upload one, or pick an example and press 'Use example'")
+    if is_url(path):
+        raise ValueError(f"{str(path)[:80]} is a URL; the app takes uploaded files only (download it, then upload)")
     name = Path(path).name
+    size_mb = Path(path).stat().st_size / 2 ** 20 if Path(path).is_file() else 0.0
+    if max_mb is not None and size_mb > max_mb:
+        raise ValueError(f"{name} is {size_mb:.1f} MB, above this app's upload limit of {max_mb:.1f} MB; "
+                         f"compress it, or start the app with --max-upload-mb {int(size_mb) + 1}")
     try:
         return read_image(path, max_pixels=max_pixels)
     except ImageTooLarge as e:
@@ -137,6 +166,21 @@ class AppSettings:
     degradations: Optional[List[str]] = None
     device: Optional[str] = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: upload cap in MB (``None``: :func:`default_upload_mb` of ``max_pixels``)
+    max_upload_mb: Optional[float] = None
+    #: uploads, previews and results older than this are deleted (seconds)
+    cache_seconds: int = DEFAULT_CACHE_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.max_upload_mb is None:
+            self.max_upload_mb = default_upload_mb(self.max_pixels)
+        if self.max_upload_mb <= 0:
+            raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
+        if self.cache_seconds < 60:
+            raise ValueError(f"cache_seconds must be >= 60 (results must outlive a request), got "
+                             f"{self.cache_seconds}")
 
 
 class Restorer:
@@ -221,9 +265,29 @@ def _tile_argument(tile: Any) -> Optional[int]:
         value = int(tile)
     except (TypeError, ValueError):
         raise ValueError(f"tile size must be 'auto', 'off' or a number of pixels, got {tile!r}") from None
-    if value < 0:
-        raise ValueError(f"tile size must be >= 0 pixels, got {value}")
+    low, high = LIMITS["tile"]
+    if not low <= value <= high:
+        raise ValueError(f"tile size must be 0 (off) to {high} pixels, got {value}")
     return value
+
+
+def bounded(name: str, value: Any, kind: type = float) -> Any:
+    """``value`` as ``kind`` if within ``LIMITS[name]``; else a ``ValueError`` naming it, its range and the value."""
+    low, high = LIMITS[name]
+    what = "a whole number" if kind is int else "a number"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {what} in [{low}, {high}], got {value!r}") from None
+    if not low <= number <= high or (kind is int and number != int(number)):
+        raise ValueError(f"{name} must be {what} in [{low}, {high}], got {value!r}")
+    return kind(number)
+
+
+def check_request(steps: Any, guidance: Any, strength: Any, seed: Any) -> Tuple[int, float, float, int]:
+    """The page's and the API's sampling numbers, each checked by :func:`bounded`."""
+    return (bounded("steps", steps, int), bounded("guidance", guidance), bounded("strength", strength),
+            bounded("seed", seed, int))
 
 
 # ------------------------------------------------------------------------------ the page
@@ -237,7 +301,24 @@ class _Session:
         self._error: Optional[str] = None
         self._done = threading.Event()
         self._out_dir = Path(tempfile.mkdtemp(prefix="daclip_lora_app_"))
+        atexit.register(self.close)
         threading.Thread(target=self._load, daemon=True).start()
+
+    def close(self) -> None:
+        """Remove the app's output folder (at exit, or when the page is closed)."""
+        shutil.rmtree(self._out_dir, ignore_errors=True)
+
+    def sweep(self, now: Optional[float] = None) -> int:
+        """Delete output files older than ``settings.cache_seconds`` (and folders left empty); the number of files
+        removed."""
+        cutoff = (time.time() if now is None else now) - self.settings.cache_seconds
+        old = [f for f in self._out_dir.rglob("*") if f.is_file() and f.stat().st_mtime < cutoff]
+        for f in old:
+            f.unlink(missing_ok=True)
+        for folder in sorted((d for d in self._out_dir.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        return len(old)
 
     def _load(self) -> None:
         try:
@@ -261,20 +342,22 @@ class _Session:
             return f"**Error.** {self._error}"
         r = self._restorer
         return (f"Models: {r.source} on {r.pipeline.device}. Degradation words: {', '.join(r.degradations)}. "
-                f"Largest upload: {self.settings.max_pixels / 1e6:.1f} Mpx.")
+                f"Largest upload: {self.settings.max_pixels / 1e6:.1f} Mpx and {self.settings.max_upload_mb:.1f} "
+                f"MB; files are deleted after {self.settings.cache_seconds // 60} minutes.")
 
     def use_example(self, name: str, degradation: str, seed: float) -> str:
         from ..data.images import write_image
 
-        image = degraded_example(name, degradation, int(seed))
+        seed = bounded("seed", seed, int)
+        image = degraded_example(name, degradation, seed)
         tag = degradation.replace(" ", "_").replace("(", "").replace(")", "")
-        return str(write_image(self._out_dir / "examples" / f"{name}_{tag}_{int(seed)}.png", image))
+        return str(write_image(self._out_dir / "examples" / f"{name}_{tag}_{seed}.png", image))
 
     def preview(self, path: str) -> str:
         """Check an upload and return a PNG of it for the page (a ``ValueError`` says what is wrong)."""
         from ..data.images import write_image
 
-        image = read_upload(path, self.settings.max_pixels)
+        image = read_upload(path, self.settings.max_pixels, self.settings.max_upload_mb)
         return str(write_image(self._out_dir / "previews" / f"{Path(path).stem}.png", image))
 
     def run(self, path: Optional[str], steps: float, scheduler: str, guidance: float, strength: float,
@@ -283,7 +366,10 @@ class _Session:
         """One request: probabilities, (LQ, restored) PNG paths, the restored PNG, and a details JSON string."""
         from ..data.images import write_image
 
-        image = read_upload(path, self.settings.max_pixels)
+        steps, guidance, strength, seed = check_request(steps, guidance, strength, seed)
+        tile_size = _tile_argument(tile)
+        self.sweep()
+        image = read_upload(path, self.settings.max_pixels, self.settings.max_upload_mb)
         restorer = self.restorer()
         start = time.perf_counter()
         probs = restorer.probabilities(image)
@@ -292,9 +378,8 @@ class _Session:
             if progress is not None:
                 progress((step, total), desc="denoising", unit="steps")
 
-        restored = restorer.restore(image, steps=int(steps), scheduler=scheduler, guidance_scale=guidance,
-                                    strength=strength, seed=int(seed), tile_size=_tile_argument(tile),
-                                    callback=callback)
+        restored = restorer.restore(image, steps=steps, scheduler=scheduler, guidance_scale=guidance,
+                                    strength=strength, seed=seed, tile_size=tile_size, callback=callback)
         seconds = time.perf_counter() - start
         run = self._out_dir / f"{int(time.time() * 1000)}"
         stem = Path(path).stem
@@ -302,8 +387,8 @@ class _Session:
         out_png = write_image(run / f"{stem}_restored.png", restored)
         h, w = image.shape[:2]
         details = {"width": w, "height": h, "predicted_degradation": max(probs, key=probs.get),
-                   "probabilities": probs, "steps": int(steps), "scheduler": scheduler, "guidance_scale": guidance,
-                   "strength": strength, "seed": int(seed), "tile": tile, "seconds": round(seconds, 2),
+                   "probabilities": probs, "steps": steps, "scheduler": scheduler, "guidance_scale": guidance,
+                   "strength": strength, "seed": seed, "tile": tile, "seconds": round(seconds, 2),
                    "objective": restorer.pipeline.config.objective, "models": restorer.source}
         return probs, (str(lq_png), str(out_png)), str(out_png), json.dumps(details, indent=1)
 
@@ -348,7 +433,8 @@ def _input_column(gr: Any) -> Dict[str, Any]:
                                    f"({', '.join(HELD_OUT_IMAGES)}: never trained on)")
         c["degradation"] = gr.Dropdown([NO_DEGRADATION, *DEGRADATION_FUNCTIONS], value="noisy",
                                        label="Degrade it with")
-        c["example_seed"] = gr.Number(0, precision=0, label="Degradation seed", minimum=0)
+        c["example_seed"] = gr.Number(0, precision=0, label="Degradation seed", minimum=LIMITS["seed"][0],
+                                      maximum=LIMITS["seed"][1])
     c["use"] = gr.Button("Use example", elem_id="use-example")
     c["restore"] = gr.Button("Restore", variant="primary", elem_id="restore")
     return c
@@ -366,7 +452,7 @@ def _sampling_controls(gr: Any) -> List[Any]:
                 gr.Dropdown(list(SCHEDULERS), value="ddim", label="Scheduler"),
                 gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance scale (1 = off)"),
                 gr.Slider(0.05, 1.0, value=0.4, step=0.05, label="Strength (< 1 starts from the noised LQ)"),
-                gr.Number(0, precision=0, label="Seed", minimum=0),
+                gr.Number(0, precision=0, label="Seed", minimum=LIMITS["seed"][0], maximum=LIMITS["seed"][1]),
                 gr.Dropdown(["auto", "off", "64", "128", "256", "512", "768"], value="auto",
                             allow_custom_value=True, label="Tile size (px)")]
 
@@ -384,6 +470,28 @@ def _output_column(gr: Any, settings: AppSettings) -> List[Any]:
     return [probs, compare, download, details]
 
 
+def _files_only(component: Any, gr: Any) -> None:
+    """Refuse URL inputs before Gradio fetches them (its fetch resolves the host name first): the component's
+    cache-moving methods, which receive every input path, raise for a URL. An instance attribute, so the stock
+    ``gr.File`` and its front-end stay as they are."""
+    for name in ("async_move_resource_to_block_cache", "move_resource_to_block_cache"):
+        original = getattr(component, name)
+
+        def guarded(path: Any, *args: Any, _original: Callable = original, **kwargs: Any) -> Any:
+            if is_url(path):
+                raise gr.Error(f"{str(path)[:80]} is a URL; the app takes uploaded files only (download it, "
+                               f"then upload)", print_exception=False)
+            return _original(path, *args, **kwargs)
+
+        if name.startswith("async"):
+            async def guarded_async(path: Any, *args: Any, _guard: Callable = guarded, **kwargs: Any) -> Any:
+                result = _guard(path, *args, **kwargs)
+                return await result
+            setattr(component, name, guarded_async)
+        else:
+            setattr(component, name, guarded)
+
+
 def build_app(settings: Optional[AppSettings] = None,
               loader: Optional[Callable[[AppSettings], Restorer]] = None) -> Any:
     """The Gradio page (a ``gr.Blocks``) for ``settings``; ``loader`` replaces :meth:`Restorer.load` (tests)."""
@@ -393,7 +501,9 @@ def build_app(settings: Optional[AppSettings] = None,
     settings = settings or AppSettings()
     session = _Session(settings, loader)
     use_example, show, run = _handlers(session, gr)
-    with gr.Blocks(title="daclip-lora: degradation-aware restoration", analytics_enabled=False) as app:
+    cache = settings.cache_seconds  # Gradio's own upload cache: swept like the app's outputs
+    with gr.Blocks(title="daclip-lora: degradation-aware restoration", analytics_enabled=False,
+                   delete_cache=(max(60, cache // 4), cache)) as app:
         gr.Markdown("## daclip-lora: degradation-aware restoration\n"
                     "Upload an image (or degrade a shipped example), then **Restore**. DA-CLIP predicts the "
                     "degradation; the Stable Diffusion LoRA, conditioned on DA-CLIP's embeddings, restores.")
@@ -406,6 +516,7 @@ def build_app(settings: Optional[AppSettings] = None,
                 outputs = _output_column(gr, settings)
         c["use"].click(use_example, [c["example"], c["degradation"], c["example_seed"]], c["image"],
                        api_name="example")
+        _files_only(c["image"], gr)
         c["image"].change(show, c["image"], c["preview"], api_name=False)
         c["restore"].click(run, [c["image"], *sampling], outputs, api_name=API_NAME, concurrency_limit=1)
         app.load(session.status, None, status, api_name=False)
@@ -413,12 +524,14 @@ def build_app(settings: Optional[AppSettings] = None,
 
 
 def launch(settings: AppSettings, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-           block: bool = True) -> Any:
-    """Build and serve the page (``share``: Gradio's public tunnel, off by default)."""
-    app = build_app(settings)
+           block: bool = True, loader: Optional[Callable[[AppSettings], Restorer]] = None) -> Any:
+    """Build and serve the page (``share``: Gradio's public tunnel, off by default), uploads capped at
+    ``settings.max_upload_mb`` by Gradio itself (the page shows its message) and again by :func:`read_upload`."""
+    app = build_app(settings, loader)
     app.queue(default_concurrency_limit=1)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-               show_error=True, quiet=not block, theme=local_theme())
+               show_error=True, quiet=not block, theme=local_theme(),
+               max_file_size=int(settings.max_upload_mb * 2 ** 20))
     return app
 
 

@@ -177,6 +177,20 @@ def _write_split(out: Path, split: str, split_index: int, patches: list, distort
     return {deg: len(patches) for deg in distortions}
 
 
+def _draw_splits(sources: list, test_sources: list, sizes: Dict[str, int], patch_size: int, seed: int
+                 ) -> Dict[str, list]:
+    """The clean patches of each split: train, val and calib from one stream in that order (calib drawn last, so
+    the other two stay what they are without it), test from its own stream over the held-out sources."""
+    rng = np.random.default_rng(seed)
+    splits = {"train": random_patches(sources, sizes["train"], patch_size, rng),
+              "val": random_patches(sources, sizes["val"], patch_size, rng)}
+    if sizes["calib"]:
+        splits["calib"] = random_patches(sources, sizes["calib"], patch_size, rng)
+    if sizes["test"]:
+        splits["test"] = random_patches(test_sources, sizes["test"], patch_size, np.random.default_rng([seed, 3]))
+    return splits
+
+
 def make_dataset(
     out: Union[str, Path],
     source: str = "builtin",
@@ -226,13 +240,8 @@ def make_dataset(
     if held_out is None:
         held_out = HELD_OUT_IMAGES if source == "builtin" else ()
     sources, test_sources = _split_sources(sources, list(held_out), test_size)
-    rng = np.random.default_rng(seed)
-    splits = {"train": random_patches(sources, size, patch_size, rng),
-              "val": random_patches(sources, val_size, patch_size, rng)}
-    if calib_size:  # drawn after the other two, which stay what they are without it
-        splits["calib"] = random_patches(sources, calib_size, patch_size, rng)
-    if test_size:  # its own generator: the other splits stay what they are without it
-        splits["test"] = random_patches(test_sources, test_size, patch_size, np.random.default_rng([seed, 3]))
+    splits = _draw_splits(sources, test_sources, {"train": size, "val": val_size, "calib": calib_size,
+                                                  "test": test_size}, patch_size, seed)
     counter = _Counter(progress)
     counts = {split: _write_split(out, split, _SPLIT_INDEX[split], patches, distortions, seed, counter)
               for split, patches in splits.items()}
