@@ -250,6 +250,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                                                precision=args.precision)
     report = pipe.restore_folder(args.input, args.output, batch_size=args.batch_size, grid=args.grid,
                                  jpeg_quality=args.jpeg_quality, guidance_scale=args.guidance,
+                                 color_fix=args.color_fix,
                                  tile_size=args.tile_size, tile_overlap=args.tile_overlap, **_sampling_arguments(args, pipe))
     print(f"restored {len(report.written)} image(s) -> {args.output}"
           + (f" (side-by-side grids in {Path(args.output) / 'grids'})" if args.grid else ""))
@@ -558,6 +559,10 @@ def _add_restore(sub: Any) -> None:
     p.add_argument("--scheduler", default=None,
                    help="ddim, dpm++ or euler, aliases such as dpmpp_2m accepted (default: ddim)" + one_step)
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1, off)")
+    p.add_argument("--color-fix", choices=["none", "wavelet", "adain", "auto"], default="none",
+                   help="give the result the LQ's colours: wavelet (its low frequencies), adain (its channel "
+                        "statistics), auto (wavelet unless DA-CLIP reads a low-frequency degradation such as low "
+                        "light or haze); default none")
     p.add_argument("--strength", type=float, default=None,
                    help="< 1 starts from the noised LQ latent (default: 1)" + one_step)
     p.add_argument("--seed", type=int, default=None, help="sampling noise seed (default: 0)" + one_step)

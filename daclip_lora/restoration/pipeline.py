@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..data.datasets import clip_batch
 from .backbone import SDBackbone, SDComponents, backbone_for, encode_prompt, load_sd_components
+from .color_fix import COLOR_FIXES, apply_color_fix
 from .diffusion import one_step_input, predicted_x0
 from .model import LQConvIn, RestorationConfig, RestorationUNet
 from .schedulers import SCHEDULER_ALIASES, SCHEDULERS, make_scheduler, scheduler_name
@@ -91,6 +92,7 @@ class RestorationPipeline:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
+        self._probabilities: Any = None  # DA-CLIP's degradation words, built on first use (color_fix auto)
 
     @property
     def sd(self) -> SDComponents:
@@ -213,8 +215,8 @@ class RestorationPipeline:
                  strength: float = 1.0, seed: int = 0, prompt: Optional[str] = None,
                  tile_size: Optional[int] = None, tile_overlap: Optional[int] = None,
                  callback: Optional[Callable[[int, int], None]] = None, progress: bool = False,
-                 embeddings: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, fusion: bool = True
-                 ) -> torch.Tensor:
+                 embeddings: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, fusion: bool = True,
+                 color_fix: str = "none") -> torch.Tensor:
         """Restore ``lq`` (``(B, 3, H, W)`` in ``[0, 1]``, any size); returns the same shape in ``[0, 1]``,
         as fp32 on ``lq``'s device.
 
@@ -236,9 +238,11 @@ class RestorationPipeline:
             embeddings: DA-CLIP ``(content, degradation)`` embeddings to condition on instead of the LQ's own (each
                 ``(B, D)``; e.g. another image's, to measure how much the model uses them).
             fusion: ``False`` returns the decoded UNet output without the fusion head's blend (the UNet alone).
+            color_fix: ``none``, ``wavelet``, ``adain`` or ``auto`` (:mod:`~daclip_lora.restoration.color_fix`;
+                ``auto`` skips the fix where DA-CLIP reads a low-frequency degradation).
         """
         # 1. check the inputs, pad to the VAE factor, choose the tiling
-        self.check_inputs(lq, steps, strength, scheduler)
+        self.check_inputs(lq, steps, strength, scheduler, color_fix)
         h, w = lq.shape[2:]
         x = self.prepare_image(lq)
         tile, overlap = self.prepare_tiling(x, tile_size, tile_overlap)
@@ -266,6 +270,9 @@ class RestorationPipeline:
         if blend:
             decoded_lq = self.decode_latents(z_lq, tile, overlap, decode_tiles)
             out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
+        if color_fix != "none":
+            words = self.predicted_degradations(degra_emb) if color_fix == "auto" else None
+            out = apply_color_fix(out, x, color_fix, words)
         tiles.close()
         return out[:, :, :h, :w].to(lq.device, torch.float32)
 
@@ -274,10 +281,25 @@ class RestorationPipeline:
         """UNet calls of the sampling loop for ``steps`` and ``strength`` (first-order schedulers)."""
         return steps if strength >= 1 else max(1, int(round(steps * strength)))
 
+    def predicted_degradations(self, degradation: torch.Tensor) -> List[str]:
+        """DA-CLIP's most probable degradation word (of the ten) for each degradation embedding ``(B, D)``."""
+        if self._probabilities is None:
+            from ..clip.factory import get_tokenizer
+            from ..clip.zero_shot import DegradationProbabilities
+            from ..data.degrade import DEGRADATION_FUNCTIONS
+
+            self._probabilities = DegradationProbabilities(self.daclip, get_tokenizer(self.config.daclip_model),
+                                                           list(DEGRADATION_FUNCTIONS))
+        probs = self._probabilities.from_embeddings(degradation)
+        return [self._probabilities.words[i] for i in probs.argmax(-1).tolist()]
+
     @staticmethod
-    def check_inputs(lq: torch.Tensor, steps: int, strength: float, scheduler: str = "ddim") -> None:
+    def check_inputs(lq: torch.Tensor, steps: int, strength: float, scheduler: str = "ddim",
+                     color_fix: str = "none") -> None:
         """Raise ``ValueError`` naming the bad argument (an unknown scheduler too, even where none is used)."""
         scheduler_name(scheduler)
+        if color_fix not in COLOR_FIXES:
+            raise ValueError(f"unknown colour fix {color_fix!r}; use one of {', '.join(COLOR_FIXES)}")
         if not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         if steps < 1:
