@@ -137,7 +137,8 @@ def restored(tmp_path_factory):
 
 def test_restore_without_weights_uses_the_shipped_restorer_and_handles_every_image(restored):
     assert restored["code"] == 0
-    assert sorted(p.name for p in restored["out"].iterdir()) == ["alpha.png", "dot.png", "photo.jpg"]
+    assert sorted(p.name for p in restored["out"].iterdir()) == ["alpha.png", "degradations.json", "dot.png",
+                                                                 "photo.jpg"]
     assert Image.open(restored["out"] / "dot.png").size == (1, 1)
 
 
@@ -230,3 +231,29 @@ def test_overview_is_labelled(tmp_path):
     assert (label_column < 128).any() and (header < 128).any()  # text drawn there
     with pytest.raises(FileNotFoundError, match=re.escape("no LQ | restored | GT grids")):
         write_overview(tmp_path, ["noisy"], tmp_path / "x.png", split="test")
+
+
+# ------------------------------------------------------------------- DA-CLIP's reading per image
+def test_restore_writes_dacips_reading_of_every_image(restored):
+    record = json.loads((restored["out"] / "degradations.json").read_text())
+    assert set(record["images"]) == {"alpha.png", "dot.png", "photo.jpg"} and record["override"] is None
+    for entry in record["images"].values():
+        probs = entry["probabilities"]
+        assert len(probs) == 10 and abs(sum(probs.values()) - 1) < 1e-5 and entry["predicted"] == max(probs,
+                                                                                                     key=probs.get)
+
+
+def test_degradation_word_override_changes_the_restoration(tmp_path):
+    from daclip_lora.data.images import read_image
+    from daclip_lora.restoration.pipeline import RestorationPipeline
+
+    write_image(tmp_path / "in" / "a.png", _photo(64, 64))
+    pipe = RestorationPipeline.from_pretrained(EMBEDDED_RESTORER, device="cpu")
+    pipe.restore_folder(tmp_path / "in", tmp_path / "own", progress=False)
+    pipe.restore_folder(tmp_path / "in", tmp_path / "low", progress=False, degradation="low-light")
+    own, low = read_image(tmp_path / "own" / "a.png"), read_image(tmp_path / "low" / "a.png")
+    assert np.abs(own - low).mean() > 0.01  # the conditioning is used: told "low light", it brightens
+    assert json.loads((tmp_path / "low" / "degradations.json").read_text())["override"] == "low-light"
+    lq = torch.from_numpy(_photo(64, 64)).permute(2, 0, 1)[None]
+    direct = pipe(lq)[0].permute(1, 2, 0).numpy()
+    assert np.abs(direct - own).max() <= 1 / 255 + 1e-6  # the folder path conditions exactly as a direct call

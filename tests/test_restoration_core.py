@@ -290,7 +290,7 @@ def test_restore_command_on_a_folder_of_mixed_sizes(weights, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1  # one unreadable file
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file()) == ["a.png", "b.jpg", "c.png",
-                                                                                    "gray.bmp"]
+                                                                                    "degradations.json", "gray.bmp"]
     for name, size in (("a.png", (48, 40)), ("b.jpg", (30, 33)), ("gray.bmp", (20, 20))):
         with Image.open(tmp_path / "out" / name) as im:
             assert im.size == size and im.format == {"png": "PNG", "jpg": "JPEG", "bmp": "BMP"}[name[-3:]]

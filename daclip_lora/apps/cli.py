@@ -250,10 +250,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                                                precision=args.precision)
     report = pipe.restore_folder(args.input, args.output, batch_size=args.batch_size, grid=args.grid,
                                  jpeg_quality=args.jpeg_quality, guidance_scale=args.guidance,
-                                 color_fix=args.color_fix,
+                                 color_fix=args.color_fix, degradation=args.degradation,
                                  tile_size=args.tile_size, tile_overlap=args.tile_overlap, **_sampling_arguments(args, pipe))
     print(f"restored {len(report.written)} image(s) -> {args.output}"
-          + (f" (side-by-side grids in {Path(args.output) / 'grids'})" if args.grid else ""))
+          + (f" (side-by-side grids in {Path(args.output) / 'grids'})" if args.grid else "")
+          + ("; DA-CLIP's reading of each: degradations.json" if report.degradations else ""))
     for path in report.skipped:
         print(f"  not an image, not restored: {path}")
     for path, reason in report.failed:
@@ -563,6 +564,10 @@ def _add_restore(sub: Any) -> None:
                    help="give the result the LQ's colours: wavelet (its low frequencies), adain (its channel "
                         "statistics), auto (wavelet unless DA-CLIP reads a low-frequency degradation such as low "
                         "light or haze); default none")
+    p.add_argument("--degradation", default=None, metavar="WORD",
+                   help="condition on the DA-CLIP text embedding of this degradation word (e.g. hazy) instead of "
+                        "each image's own degradation embedding (DA-CLIP's reading is still written to "
+                        "OUTPUT/degradations.json)")
     p.add_argument("--strength", type=float, default=None,
                    help="< 1 starts from the noised LQ latent (default: 1)" + one_step)
     p.add_argument("--seed", type=int, default=None, help="sampling noise seed (default: 0)" + one_step)

@@ -44,6 +44,8 @@ class FolderReport:
     written: List[Path] = field(default_factory=list)
     failed: List[Tuple[Path, str]] = field(default_factory=list)
     skipped: List[Path] = field(default_factory=list)  # not image files
+    #: DA-CLIP's zero-shot degradation probabilities of each restored input (file name -> word -> probability)
+    degradations: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
 class _TileProgress:
@@ -281,8 +283,10 @@ class RestorationPipeline:
         """UNet calls of the sampling loop for ``steps`` and ``strength`` (first-order schedulers)."""
         return steps if strength >= 1 else max(1, int(round(steps * strength)))
 
-    def predicted_degradations(self, degradation: torch.Tensor) -> List[str]:
-        """DA-CLIP's most probable degradation word (of the ten) for each degradation embedding ``(B, D)``."""
+    @property
+    def degradation_words(self) -> Any:
+        """DA-CLIP's zero-shot classifier over the ten degradation words
+        (:class:`~daclip_lora.clip.zero_shot.DegradationProbabilities`), built on first use."""
         if self._probabilities is None:
             from ..clip.factory import get_tokenizer
             from ..clip.zero_shot import DegradationProbabilities
@@ -290,8 +294,33 @@ class RestorationPipeline:
 
             self._probabilities = DegradationProbabilities(self.daclip, get_tokenizer(self.config.daclip_model),
                                                            list(DEGRADATION_FUNCTIONS))
-        probs = self._probabilities.from_embeddings(degradation)
-        return [self._probabilities.words[i] for i in probs.argmax(-1).tolist()]
+        return self._probabilities
+
+    def predicted_degradations(self, degradation: torch.Tensor) -> List[str]:
+        """DA-CLIP's most probable degradation word (of the ten) for each degradation embedding ``(B, D)``."""
+        words = self.degradation_words
+        return [words.words[i] for i in words.from_embeddings(degradation).argmax(-1).tolist()]
+
+    @torch.no_grad()
+    def conditioning_embeddings(self, lq: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """DA-CLIP's ``(content, degradation)`` embeddings of ``lq`` exactly as :meth:`__call__` computes them
+        (on the padded image): pass them back as ``embeddings=``."""
+        x = self.prepare_image(lq)
+        with self.autocast():
+            return self.daclip_embeddings(x)
+
+    @torch.no_grad()
+    def degradation_from_word(self, word: str, like: torch.Tensor) -> torch.Tensor:
+        """The DA-CLIP text embedding of ``word`` (e.g. ``"hazy"``) in place of the degradation embeddings
+        ``like`` ``(B, D)``, scaled to each one's norm (DA-CLIP aligns the two spaces): for when the user knows
+        the degradation better than the model."""
+        from ..clip.factory import get_tokenizer
+
+        if not str(word).strip():
+            raise ValueError("degradation must be a non-empty word such as 'hazy'")
+        tokens = get_tokenizer(self.config.daclip_model)([str(word)]).to(like.device)
+        text = F.normalize(self.daclip.encode_text(tokens).float(), dim=-1)
+        return (text * like.float().norm(dim=-1, keepdim=True)).to(like.dtype)
 
     @staticmethod
     def check_inputs(lq: torch.Tensor, steps: int, strength: float, scheduler: str = "ddim",
@@ -447,14 +476,21 @@ class RestorationPipeline:
         from ..data.images import write_image
 
         lq = torch.stack([torch.from_numpy(images[p][0].transpose(2, 0, 1).copy()) for p in chunk])
+        sampling = dict(sampling)
+        word = sampling.pop("degradation", None)
         try:
-            restored = self(lq, **sampling)
+            content, read = self.conditioning_embeddings(lq)
+            degra = read if word is None else self.degradation_from_word(word, read)
+            restored = self(lq, embeddings=(content, degra), **sampling)
         except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             for p in chunk:
                 report.failed.append((p, f"{p}: not restored ({message})"))
                 logger.error("%s: not restored (%s)", p, message)
             return
+        words = self.degradation_words
+        for p, probs in zip(chunk, words.as_dicts(words.from_embeddings(read))):
+            report.degradations[p.name] = probs
         for p, r in zip(chunk, restored):
             arr = r.permute(1, 2, 0).numpy()
             lq_image, props = images[p]
@@ -473,7 +509,10 @@ class RestorationPipeline:
         Images of the same size are restored together (``batch_size`` at a time). Unreadable images are
         reported in the returned :class:`FolderReport` (and the log), never skipped silently; so are
         files that are not images. ``grid`` also writes ``output/grids/<name>.png`` (LQ | restored).
-        ``sampling`` goes to :meth:`__call__` (steps, scheduler, guidance_scale, strength, seed, tile_size, ...).
+        ``sampling`` goes to :meth:`__call__` (steps, scheduler, guidance_scale, strength, seed, tile_size, ...),
+        but for ``degradation``, a word that replaces every image's degradation embedding
+        (:meth:`conditioning_embeddings`). DA-CLIP's reading of each input (its zero-shot probabilities) goes
+        to ``output/degradations.json`` and :attr:`FolderReport.degradations`.
         """
         from ..data.images import ImageError, list_images, read_image, read_properties
 
@@ -509,5 +548,20 @@ class RestorationPipeline:
                 self._restore_chunk(chunk, images, output, grid, report, sampling, jpeg_quality)
                 bar.update(len(chunk))
         bar.close()
+        if report.degradations:
+            self._write_degradations(output, report, sampling.get("degradation"))
         return report
+
+    def _write_degradations(self, output: Path, report: "FolderReport", override: Optional[str]) -> None:
+        """``output/degradations.json``: DA-CLIP's reading of every restored input, and the override if any."""
+        import json
+
+        from .._utils.io import atomic_file
+
+        record = {"format_version": 1, "model": self.config.daclip_model,
+                  "logit_scale": self.degradation_words.scale, "override": override,
+                  "images": {name: {"predicted": max(p, key=p.get), "probabilities": p}
+                             for name, p in report.degradations.items()}}
+        with atomic_file(output / "degradations.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
 
