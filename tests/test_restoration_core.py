@@ -407,3 +407,15 @@ def test_a_model_failure_on_one_image_is_reported_and_the_folder_run_goes_on(wei
     reasons = dict((p.name, r) for p, r in report.failed)
     assert set(reasons) == {"broken.png", "gray.bmp"} and "out of memory" in reasons["gray.bmp"]
     assert "gray.bmp" in reasons["gray.bmp"]
+
+
+def test_prompt_hidden_states_are_encoded_once_per_prompt(base, monkeypatch):
+    pipe = _pipeline(base)
+    calls = []
+    real = pipe.backbone.encode_prompt
+    monkeypatch.setattr(pipe.backbone, "encode_prompt", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    first = pipe(_lq(), steps=1)
+    second = pipe(_lq(), steps=1)
+    assert torch.equal(first, second) and calls == [[pipe.config.prompt]]
+    pipe(_lq(), steps=1, prompt="another prompt")
+    assert calls[-1] == ["another prompt"] and len(calls) == 2

@@ -95,6 +95,7 @@ class RestorationPipeline:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
         self._probabilities: Any = None  # DA-CLIP's degradation words, built on first use (color_fix auto)
+        self._prompt_cache: Dict[str, torch.Tensor] = {}
 
     @property
     def sd(self) -> SDComponents:
@@ -136,6 +137,8 @@ class RestorationPipeline:
         return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def to(self, device: Union[str, torch.device]) -> "RestorationPipeline":
+        self._prompt_cache.clear()
+        self._probabilities = None
         for m in (self.backbone.text_encoder, self.backbone.vae, self.model, self.daclip):
             m.to(device)
         return self
@@ -152,6 +155,7 @@ class RestorationPipeline:
         """
         from .._utils.lora import unload_lora
 
+        self._prompt_cache.clear()
         if self.model.modulation is None:
             unload_lora(self.model.unet, merge=True)
         else:
@@ -188,7 +192,14 @@ class RestorationPipeline:
 
     @torch.no_grad()
     def text_hidden(self, prompt: str, batch: int) -> torch.Tensor:
-        hidden = self.backbone.encode_prompt([prompt], self.config.context_slots)
+        """The text encoder's hidden states of ``prompt``, ``(batch, 77, D)``; cached per prompt (the text encoder
+        is frozen at inference; :meth:`to` and :meth:`merge_lora` clear the cache)."""
+        hidden = self._prompt_cache.get(prompt)
+        if hidden is None:
+            hidden = self.backbone.encode_prompt([prompt], self.config.context_slots)
+            if len(self._prompt_cache) >= 16:
+                self._prompt_cache.clear()
+            self._prompt_cache[prompt] = hidden
         return hidden.expand(batch, -1, -1)
 
     #: smallest automatic tile side (pixels): a small base (the tiny ones: 64 px) is fully convolutional with
