@@ -219,6 +219,7 @@ class SamplingOptions:
     tile_size: Optional[int] = None  # pixels; None: tile images larger than the base's native size; 0: never
     tile_overlap: Optional[int] = None  # pixels; None: a quarter of the tile
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the UNet and DA-CLIP at sampling
+    color_fix: Literal["none", "wavelet", "adain", "auto"] = "none"  # the LQ's colours back (restoration.color_fix)
 
 
 @dataclass

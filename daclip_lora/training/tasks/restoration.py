@@ -344,7 +344,7 @@ def sampling_kwargs(sampling) -> Dict[str, Any]:
     """:meth:`RestorationPipeline.__call__` arguments from a ``sampling`` options block."""
     return {"steps": sampling.steps, "scheduler": sampling.scheduler, "guidance_scale": sampling.guidance_scale,
             "strength": sampling.strength, "seed": sampling.seed, "tile_size": sampling.tile_size,
-            "tile_overlap": sampling.tile_overlap}
+            "tile_overlap": sampling.tile_overlap, "color_fix": sampling.color_fix}
 
 
 def restore_sample(pipe: RestorationPipeline, sample: Dict[str, Any], sampling) -> tuple:
