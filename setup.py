@@ -37,6 +37,9 @@ setup(
         "test": ["pytest>=7"],
         # the web app (daclip-lora app) and its browser test (Selenium drives Debian's chromium/chromedriver)
         "app": ["gradio>=5.0,<7", "gradio_client", "selenium>=4.10"],
+        # image-quality metrics and perceptual losses (daclip-lora evaluate, sd.loss lpips/dists); pyiqa's CLIP
+        # dependency (openai-clip) imports pkg_resources, which setuptools 81 removed
+        "metrics": ["pyiqa>=0.1.13", "setuptools<81"],
     },
     entry_points={"console_scripts": ["daclip-lora=daclip_lora.apps.cli:main"]},
     classifiers=[

@@ -7,7 +7,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "daclip_lora"
 #: bottom to top; a module may import its own layer and the ones before it
-LAYERS = ("_utils", "clip", "data", "restoration", "training", "tiny", "apps")
+LAYERS = ("_utils", "clip", "data", "metrics", "restoration", "training", "tiny", "apps")
 #: modules that import nothing of daclip_lora at all
 LEAVES = ("_utils", "restoration/tiling.py", "tiny/locate.py")
 

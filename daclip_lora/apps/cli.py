@@ -21,7 +21,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
                PermissionError, CheckpointWriteError, DependencyError)
 
 # Commands that train or restore: the installed dependency versions are checked before they start.
-CHECKED_COMMANDS = {"train", "test", "demo", "restore", "degradation", "app", "make-tiny-base"}
+CHECKED_COMMANDS = {"train", "test", "demo", "restore", "degradation", "evaluate", "app", "make-tiny-base"}
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -605,6 +605,60 @@ def _add_degradation(sub: Any) -> None:
     p.set_defaults(func=_cmd_degradation, precheck=_degradation_paths)
 
 
+def _evaluate_paths(args: argparse.Namespace) -> None:
+    """Check ``evaluate``'s arguments (folders, metric names) before torch is imported."""
+    from ..metrics.protocol import DEFAULT_METRICS, resolve_metrics
+
+    for label, folder in (("--restored", args.restored), ("--gt", args.gt), ("--weights-dir", args.weights_dir)):
+        if folder is not None and not folder.is_dir():
+            raise FileNotFoundError(f"{label} {folder} is not a folder")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.metrics is not None:
+        resolve_metrics(args.metrics, has_gt=args.gt is not None)
+    elif args.gt is None:
+        resolve_metrics([m for m in DEFAULT_METRICS if m in ("niqe", "musiq", "maniqa-pipal", "clipiqa")], False)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..metrics import DEFAULT_METRICS, evaluate_folders, format_evaluation, write_evaluation
+
+    report = evaluate_folders(args.restored, args.gt, metrics=args.metrics or DEFAULT_METRICS, device=args.device,
+                              batch_size=args.batch_size, crop_border=args.crop_border,
+                              weights_dir=args.weights_dir, skip_missing=args.skip_missing, progress=True)
+    print(format_evaluation(report))
+    out = args.out or args.restored
+    paths = write_evaluation(report, out)
+    print(f"per-image scores, means and the protocol of every number: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _add_evaluate(sub: Any) -> None:
+    from ..metrics.protocol import DEFAULT_METRICS, METRICS
+
+    p = sub.add_parser("evaluate", help="image-quality metrics of restored images (pyiqa), per folder and degradation",
+                       description="Score restored images against their ground truth (paired by file name) and/or "
+                                   "with no-reference metrics, through pyiqa (the metrics extra); PSNR/SSIM fall "
+                                   "back to the package's own without it. Sub-folders (UIR MD trees) get their own "
+                                   "rows. Writes metrics.json (with each metric's pyiqa id, options and version), "
+                                   "metrics.csv and metrics_summary.csv.")
+    p.add_argument("--restored", type=Path, required=True, help="folder of restored images (searched recursively)")
+    p.add_argument("--gt", type=Path, default=None,
+                   help="ground-truth folder: x.* beside the same sub-folder, its GT/ sub-folder, or the top")
+    p.add_argument("--metrics", nargs="+", metavar="NAME", default=None,
+                   help=f"any of {', '.join(METRICS)} (default: {' '.join(DEFAULT_METRICS)}; without --gt the "
+                        f"no-reference ones)")
+    p.add_argument("--crop-border", type=int, default=0, help="pixels cropped from each side for PSNR/SSIM")
+    p.add_argument("--device", default="cpu", help="torch device of the metric networks (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=1, help="images of one size scored together (default: 1)")
+    p.add_argument("--weights-dir", type=Path, default=None,
+                   help="folder used as torch's hub folder for metric weights (pyiqa/, checkpoints/, clip/)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="skip metrics whose weights (or pyiqa) are missing, listing them, instead of failing")
+    p.add_argument("--out", type=Path, default=None, help="where the reports go (default: the --restored folder)")
+    p.set_defaults(func=_cmd_evaluate, precheck=_evaluate_paths)
+
+
 def _add_app(sub: Any) -> None:
     p = sub.add_parser("app", help="web page: degradation probabilities and before/after restoration (Gradio)",
                        description="Serve the restoration web app (pip install -e \".[app]\"). Without --weights or "
@@ -670,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_list_models, _add_env, _add_convert, _add_train, _add_test, _add_make_dataset, _add_demo,
-                _add_restore, _add_degradation, _add_app, _add_make_tiny_base, _add_check_options):
+                _add_restore, _add_degradation, _add_evaluate, _add_app, _add_make_tiny_base, _add_check_options):
         add(sub)
     return parser
 
