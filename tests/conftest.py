@@ -44,6 +44,15 @@ def sd_assets(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def metric_hub(tmp_path_factory):
+    """A torch hub folder of stand-in pyiqa weights (LPIPS, DISTS, NIQE, FID; tests/metric_stand_ins.py)."""
+    pytest.importorskip("pyiqa")
+    import metric_stand_ins
+
+    return metric_stand_ins.all_stand_ins(tmp_path_factory.mktemp("metric_hub"))
+
+
 @pytest.fixture
 def images():
     return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))

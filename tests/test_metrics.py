@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 pyiqa = pytest.importorskip("pyiqa")
 
-import metric_stand_ins  # noqa: E402
 from daclip_lora.apps.cli import main  # noqa: E402
 from daclip_lora.data.images import write_image  # noqa: E402
 from daclip_lora.metrics import (METRICS, MissingMetricWeights, evaluate_folders, format_evaluation,  # noqa: E402
@@ -37,8 +36,8 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def hub(tmp_path_factory):
-    return metric_stand_ins.all_stand_ins(tmp_path_factory.mktemp("hub"))
+def hub(metric_hub):
+    return metric_hub
 
 
 @pytest.fixture(scope="session")

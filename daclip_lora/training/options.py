@@ -160,6 +160,26 @@ class ConditioningOptions:
 
 
 @dataclass
+class LossOptions:
+    """``sd.loss``: pixel-space terms added to the one-step loss, on the restored latent decoded by the frozen
+    VAE decoder (OSEDiff: MSE + LPIPS; S3Diff: MSE + LPIPS + GAN). LPIPS/DISTS are pyiqa's (the metrics extra)."""
+
+    one_step: float = 1.0  # weight of sd.one_step_loss (in sd.one_step_space)
+    l1: float = 0.0
+    lpips: float = 0.0
+    dists: float = 0.0
+    weights_dir: Optional[str] = _path()  # torch hub folder holding pyiqa/ and checkpoints/ (default: $TORCH_HOME/hub)
+    checkpoint_decoder: bool = False  # recompute the decoder's activations in the backward pass (memory)
+
+    def __post_init__(self) -> None:
+        for key in ("one_step", "l1", "lpips", "dists"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"sd.loss.{key} must be >= 0, got {getattr(self, key)}")
+        if not (self.one_step or self.l1 or self.lpips or self.dists):
+            raise ValueError("sd.loss: every weight is 0; give one_step, l1, lpips or dists a positive weight")
+
+
+@dataclass
 class SDOptions:
     """Stable Diffusion base model (a diffusers folder) and what is trained on it."""
 
@@ -179,6 +199,8 @@ class SDOptions:
     #: restoration, one_step: where it is taken: "latent" (against the GT latent) or "pixel" (the restored latent
     #: decoded by the frozen VAE decoder, against the GT image, as OSEDiff and S3Diff train)
     one_step_space: Literal["latent", "pixel"] = "latent"
+    #: restoration, one_step: extra pixel-space terms (L1, LPIPS, DISTS) through the frozen decoder
+    loss: LossOptions = field(default_factory=LossOptions)
     #: restoration: fit the degradation-aware output fusion head after the LoRA (see conditioning.FusionHead)
     fusion: bool = False
     #: training images the fusion head is fitted on, plus every image of a ``datasets.calib`` split (pairs
@@ -254,7 +276,7 @@ _RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_ste
 TASK_KEYS: Dict[str, Tuple[str, ...]] = {
     "controller": ("daclip", "controller", *_RUNTIME_COMMON),
     "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective", "sd.one_step_t",
-                    "sd.one_step_loss", "sd.one_step_space", "sd.fusion", "sd.fusion_images", "runtime", "sampling"),
+                    "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion", "sd.fusion_images", "runtime", "sampling"),
     "text2image": ("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
                    "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score", *_RUNTIME_COMMON,
                    "runtime.snr_gamma", "runtime.noise_offset", "sampling.scheduler", "sampling.steps",

@@ -77,6 +77,9 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         raise ValueError("sd.fusion needs sd.objective: one_step (the head is fitted on the model's outputs, "
                          "which a sampled diffusion model varies with steps, strength and seed); set sd.fusion: "
                          "false or sd.objective: one_step")
+    if s.objective != "one_step" and (s.loss.l1 or s.loss.lpips or s.loss.dists):
+        raise ValueError("sd.loss.l1/lpips/dists are taken on the one-step output decoded to pixels; set "
+                         "sd.objective: one_step or remove them")
     if s.objective == "one_step" and c.lq_start:
         raise ValueError("sd.conditioning.lq_start applies to the diffusion objective only; remove it or set "
                          "sd.objective: diffusion")
@@ -88,6 +91,14 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         model = RestorationUNet(sd.unet, config)
         add_restoration_lora(model, lora)
     return model
+
+
+def _perceptual_loss(loss) -> Optional["PerceptualLoss"]:
+    """The ``sd.loss`` pixel terms as a frozen module (None when all are 0)."""
+    from ...metrics.losses import PerceptualLoss, PerceptualWeights
+
+    weights = PerceptualWeights(l1=loss.l1, lpips=loss.lpips, dists=loss.dists)
+    return PerceptualLoss(weights, loss.weights_dir) if weights.any else None
 
 
 class _Cached(Dataset):
@@ -116,6 +127,7 @@ class RestorationTrainer(TrainTask):
         self.daclip.requires_grad_(False)
         self.model = build_restoration_model(opt, self.sd, self.daclip, seed=opt.train.manual_seed)
         self.config = self.model.config
+        self.perceptual = _perceptual_loss(opt.sd.loss)  # before any data: a missing weight fails at start-up
         if opt.runtime.gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
         self._build_datasets(opt)
@@ -153,6 +165,8 @@ class RestorationTrainer(TrainTask):
         device = accelerator.device
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
         self.sd.vae.to(device)  # the VAE stays in fp32: it is cheap and fp16 VAEs overflow
+        if self.perceptual is not None:
+            self.perceptual.to(device)
         for m in (self.sd.text_encoder, self.daclip):
             m.to(device, dtype=dtype)
         self.model.to(device)
@@ -170,7 +184,7 @@ class RestorationTrainer(TrainTask):
         """VAE latents of GT and LQ and DA-CLIP embeddings of the LQ: the frozen models' work."""
         image_emb, degra_emb = self.daclip.encode_image(batch["LQ_clip"].to(self.device, self.dtype), control=True)
         gt = batch["GT"].to(self.device, torch.float32)
-        pixels = {"gt": gt} if self.opt.sd.one_step_space == "pixel" else {}  # the pixel loss's target
+        pixels = {"gt": gt} if self._decodes else {}  # the pixel losses' target
         return {**pixels, "z_gt": self.backbone.encode_latents(gt).float(),
                 "z_lq": self.backbone.encode_latents(batch["LQ"].to(self.device, torch.float32)).float(),
                 "image_emb": image_emb.float(), "degra_emb": degra_emb.float()}
@@ -235,17 +249,34 @@ class RestorationTrainer(TrainTask):
                      keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
         return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma, weights)}
 
+    @property
+    def _decodes(self) -> bool:
+        """The one-step loss decodes the restored latent (pixel-space MSE or any ``sd.loss`` pixel term)."""
+        return self.opt.sd.one_step_space == "pixel" or getattr(self, "perceptual", None) is not None
+
+    def _decode(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.opt.sd.loss.checkpoint_decoder and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self.backbone.decode, x0, use_reentrant=False)
+        return self.backbone.decode(x0)
+
     def _one_step_loss(self, x0: torch.Tensor, z_gt: torch.Tensor, feats: Dict[str, torch.Tensor]
                        ) -> Dict[str, torch.Tensor]:
-        """``sd.one_step_loss`` per image in ``sd.one_step_space``, averaged over the batch."""
+        """``sd.one_step_loss`` per image in ``sd.one_step_space`` (averaged over the batch, weighted by
+        ``sd.loss.one_step``) plus the ``sd.loss`` pixel terms on the decoded image."""
         s = self.opt.sd
+        decoded = self._decode(x0) if self._decodes else None
+        gt = feats["gt"].to(x0.device).float() if decoded is not None else None
         if s.one_step_space == "pixel":  # through the frozen decoder, against the GT image
-            mse = (self.backbone.decode(x0) - feats["gt"].to(x0.device).float()).pow(2).mean((1, 2, 3))
+            mse = (decoded - gt).pow(2).mean((1, 2, 3))
         else:
             mse = (x0 - z_gt.float()).pow(2).mean((1, 2, 3))
         per_image = {"log_mse": lambda: torch.log(mse + 1e-6), "rmse": lambda: (mse + 1e-8).sqrt(),
                      "mse": lambda: mse}[s.one_step_loss]()
-        return {"loss": per_image.mean(), "mse": mse.mean().detach()}
+        terms = self.perceptual(decoded.clamp(0, 1), gt) if self.perceptual is not None else {}
+        loss = s.loss.one_step * per_image.mean() + sum(terms.values())
+        return {"loss": loss, "mse": mse.mean().detach(), **{k: v.detach() for k, v in terms.items()}}
 
     # ------------------------------------------------------------------------- validation
     def pipeline(self) -> RestorationPipeline:
