@@ -6,8 +6,12 @@ DA-CLIP model names, and every other open_clip name is looked up in open_clip it
 
 from __future__ import annotations
 
+import logging as _logging
 from typing import Any, List
 
+# The metrics extra's pyiqa installs bitsandbytes, which peft then imports; on a CPU it logs a warning about
+# optional 4-bit kernels on every start. Nothing here uses 4-bit layers.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 from .clip._upstream import bind_open_clip as _bind_open_clip
 
 _bind_open_clip()  # before anything imports open_clip: a UIR checkout's open_clip/ fork must not shadow it

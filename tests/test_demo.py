@@ -16,7 +16,14 @@ def test_quick_demo_writes_summary_and_refuses_to_mix_runs(tmp_path, capsys):
     assert summary["daclip_base"] == str(EMBEDDED_DACLIP / "daclip_tiny.safetensors")
     stages = summary["stage_seconds"]
     assert list(stages) == ["dataset", "daclip_base", "controller_before", "controller", "sd_base",
-                            "restoration_training", "restoration_eval", "unet_alone"]
+                            "restoration_training", "restoration_eval", "unet_alone", "quality"]
+    # image-quality metrics: each one either computed or named as skipped, with a one-line reason
+    from daclip_lora.metrics import DEMO_METRICS
+
+    quality = summary["quality"]
+    assert set(quality["mean"]) | set(quality["skipped"]) == set(DEMO_METRICS)
+    assert 5.0 < quality["mean"]["psnr_y"] < 60.0 and 0 < quality["mean"]["ssim_y"] <= 1 and quality["n"] == 20
+    assert all(why and "\n" not in why for why in quality["skipped_why"].values())
     # the UNet alone (no fusion head), with each image's DA-CLIP embeddings and with another degradation's
     assert 5.0 < summary["psnr_unet"] < 60.0 and 5.0 < summary["psnr_unet_wrong_embedding"] < 60.0
     assert 0 <= summary["unet_degradations_improved"] <= 10 and len(summary["unet_per_degradation"]) == 10

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
-__all__ = ["AdapterError", "LoraSpec", "INIT_METHODS", "inject_lora", "unload_lora"]
+__all__ = ["AdapterError", "LoraSpec", "INIT_METHODS", "inject_lora", "set_lora_scale", "unload_lora"]
 
 #: peft's ``init_lora_weights`` values (``pissa_niter_N`` and ``corda`` variants are accepted by prefix).
 INIT_METHODS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
@@ -132,3 +132,15 @@ def unload_lora(module: nn.Module, merge: bool = True) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, child, base)
     return module
+
+
+def set_lora_scale(module: nn.Module, scale: float) -> int:
+    """Set every peft LoRA layer of ``module`` to ``scale`` times its trained scaling (``alpha / rank``): 0 is
+    the base model, 1 the trained adapter. Returns the number of layers changed (0 once merged/unloaded)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in module.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        for adapter in list(layer.scaling):
+            layer.set_scale(adapter, scale)
+    return len(layers)

@@ -185,6 +185,12 @@ def _demo_table(summary: Dict[str, Any]) -> str:
                      f"{r['degradations_improved']}/{n}")
     lines.append(f"  (PSNR in dB; degradation accuracy of DA-CLIP before -> after the controller LoRA, chance "
                  f"{summary['chance']:.3f})")
+    quality = summary.get("quality")
+    if quality:
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in quality["mean"].items() if k != "n")
+        lines.append(f"  quality of the restored {quality['split']} split: {scores}"
+                     + (f"; skipped (no weights here or no pyiqa): {', '.join(quality['skipped'])}"
+                        if quality["skipped"] else ""))
     return "\n".join(lines)
 
 
@@ -215,6 +221,8 @@ def _restore_paths(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--input {args.input} does not exist; pass an image file or a folder of images")
     if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
         raise ValueError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
+    if not 0 <= args.lora_scale <= 4:
+        raise ValueError(f"--lora-scale must be in [0, 4] (1 = as trained), got {args.lora_scale}")
     if args.output.exists() and not args.output.is_dir():
         raise NotADirectoryError(f"--output {args.output} is a file; pass a folder (it is created if missing)")
     if args.scheduler is not None:
@@ -247,7 +255,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         _restore_paths(args)
     pipe = RestorationPipeline.from_pretrained(args.folder, base=args.base, daclip_pretrained=args.daclip,
                                                merge_lora=not args.no_merge, device=args.device,
-                                               precision=args.precision)
+                                               precision=args.precision, lora_scale=args.lora_scale)
     report = pipe.restore_folder(args.input, args.output, batch_size=args.batch_size, grid=args.grid,
                                  jpeg_quality=args.jpeg_quality, guidance_scale=args.guidance,
                                  color_fix=args.color_fix, degradation=args.degradation,
@@ -560,6 +568,9 @@ def _add_restore(sub: Any) -> None:
     p.add_argument("--scheduler", default=None,
                    help="ddim, dpm++ or euler, aliases such as dpmpp_2m accepted (default: ddim)" + one_step)
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1, off)")
+    p.add_argument("--lora-scale", type=float, default=1.0,
+                   help="fidelity / perception: the UNet LoRA's strength, 0 (the base UNet: close to the input) to "
+                        "1 (as trained, default); above 1 extrapolates")
     p.add_argument("--color-fix", choices=["none", "wavelet", "adain", "auto"], default="none",
                    help="give the result the LQ's colours: wavelet (its low frequencies), adain (its channel "
                         "statistics), auto (wavelet unless DA-CLIP reads a low-frequency degradation such as low "

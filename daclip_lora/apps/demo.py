@@ -256,7 +256,7 @@ def _new_photographs(manifest: Dict[str, Any], controller: Dict[str, Any], resto
 class _Stages:
     """The demo's numbered stages: logs each one and its start time (``stage_seconds`` in the summary)."""
 
-    def __init__(self, total: int = 8):
+    def __init__(self, total: int = 9):
         self.total, self.marks = total, []
 
     def __call__(self, name: str, message: str, *args: Any) -> None:
@@ -324,7 +324,41 @@ def _restoration_stages(out: Path, stage: _Stages, distortion: List[str], daclip
     if "test" in report:
         summary["test"] = {**_restoration_summary(report["test"]), **unet["test"], "overview": str(
             write_overview(results, distortion, out / "overview_new_photographs.png", split="test"))}
+    stage("quality", "image-quality metrics of the restored held-out photographs (pyiqa where installed)")
+    summary["quality"] = quality_summary(results / ("test" if "test" in report else "val"),
+                                         out / "data" / ("test" if "test" in report else "val"))
     return summary
+
+
+def quality_summary(restored: Path, data: Path) -> Dict[str, Any]:
+    """``daclip-lora evaluate`` on the demo's restored split with :data:`~daclip_lora.metrics.protocol.DEMO_METRICS`,
+    one metric at a time: what can be computed here is reported, what cannot (no pyiqa, no weight file, images
+    below a metric's minimum size) is named in ``skipped`` with its one-line reason. Nothing is downloaded (the
+    demo's promise): only weights already in the cache are used."""
+    from ..metrics import DEMO_METRICS, evaluate_folders, no_downloads, write_evaluation
+
+    with no_downloads():
+        return _quality(restored, data, DEMO_METRICS, evaluate_folders, write_evaluation)
+
+
+def _quality(restored: Path, data: Path, metrics, evaluate_folders, write_evaluation) -> Dict[str, Any]:
+
+    mean: Dict[str, Any] = {}
+    skipped: Dict[str, str] = {}
+    implementations: Dict[str, str] = {}
+    for metric in metrics:
+        try:
+            report = evaluate_folders(restored, data, metrics=[metric], skip_missing=True)
+        except ValueError as exc:  # e.g. NIQE needs 96 px blocks
+            skipped[metric] = str(exc)
+            continue
+        skipped.update(report["skipped"])
+        if metric in report["mean"]:
+            mean[metric] = report["mean"][metric]
+            implementations[metric] = report["protocol"]["metrics"][metric]["implementation"]
+            write_evaluation(report, restored / "quality" / metric)
+    return {"split": data.name, "mean": mean, "n": report["mean"]["n"] if mean else 0, "skipped": sorted(skipped),
+            "skipped_why": skipped, "implementations": implementations, "reports": str(restored / "quality")}
 
 
 def run_demo(out: Path, preset: str = "full", seed: int = 0, overwrite: bool = False) -> Dict[str, Any]:

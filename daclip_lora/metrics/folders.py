@@ -24,7 +24,7 @@ from ..data.images import IMAGE_EXTENSIONS, read_image
 from .._utils.compat import MissingExtraError
 from .iqa import FolderFid, Metric, create_metrics, pyiqa_version
 from .weights import MissingMetricWeights
-from .protocol import DEFAULT_METRICS, resolve_metrics
+from .protocol import DEFAULT_METRICS, METRICS, resolve_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def evaluate_folders(restored: Union[str, Path], gt: Optional[Union[str, Path]] 
         skip_missing: metrics whose weights or pyiqa are missing are listed under ``skipped`` instead of raising.
     """
     if gt is None and tuple(metrics) == DEFAULT_METRICS:
-        metrics = [m for m in DEFAULT_METRICS if m in ("niqe", "musiq", "maniqa-pipal", "clipiqa")]
+        metrics = [m for m in DEFAULT_METRICS if METRICS[m].mode == "NR"]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     specs = resolve_metrics(metrics, has_gt=gt is not None)

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from .._utils.suggest import suggest
 
-__all__ = ["MetricSpec", "METRICS", "DEFAULT_METRICS", "OWN_METRICS", "resolve_metrics"]
+__all__ = ["MetricSpec", "METRICS", "DEFAULT_METRICS", "DEMO_METRICS", "OWN_METRICS", "resolve_metrics"]
 
 MODES = ("FR", "NR", "FID")
 
@@ -59,11 +59,14 @@ METRICS: Dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("musiq", "musiq", "NR", options={"pretrained": "koniq10k"}),
     MetricSpec("maniqa-pipal", "maniqa-pipal", "NR", options={"train_dataset": "pipal"}),
     MetricSpec("clipiqa", "clipiqa", "NR"),
+    MetricSpec("piqe", "piqe", "NR", lower_better=True),  # no learned weights: computable offline
     MetricSpec("fid", "fid", "FID", lower_better=True),
 )}
 
 #: what ``daclip-lora evaluate`` computes without ``--metrics`` (OSEDiff's table without FID)
 DEFAULT_METRICS: Tuple[str, ...] = ("psnr_y", "ssim_y", "lpips", "dists", "niqe", "musiq", "maniqa-pipal", "clipiqa")
+#: what the demo asks for: the defaults and PIQE, the no-reference metric that needs no weight file
+DEMO_METRICS: Tuple[str, ...] = (*DEFAULT_METRICS, "piqe")
 #: computed by the package itself (BasicSR convention) when pyiqa is not installed
 OWN_METRICS: Tuple[str, ...] = ("psnr", "psnr_y", "ssim", "ssim_y")
 

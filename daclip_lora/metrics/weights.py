@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MissingMetricWeights", "downloads_disabled", "hub_dir", "weights_guard"]
+__all__ = ["MissingMetricWeights", "downloads_disabled", "hub_dir", "no_downloads", "weights_guard"]
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -35,6 +35,20 @@ class MissingMetricWeights(FileNotFoundError):
 def downloads_disabled() -> bool:
     """True when ``HF_HUB_OFFLINE`` or ``DACLIP_LORA_OFFLINE`` is set: no download is even tried."""
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "DACLIP_LORA_OFFLINE"))
+
+
+@contextlib.contextmanager
+def no_downloads() -> Iterator[None]:
+    """Inside this block no metric weight is downloaded (``DACLIP_LORA_OFFLINE=1``): cached files only."""
+    old = os.environ.get("DACLIP_LORA_OFFLINE")
+    os.environ["DACLIP_LORA_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DACLIP_LORA_OFFLINE", None)
+        else:
+            os.environ["DACLIP_LORA_OFFLINE"] = old
 
 
 def hub_dir() -> Path:

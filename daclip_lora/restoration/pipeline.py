@@ -9,6 +9,7 @@ created on the pipeline's device; the UNet and DA-CLIP run under autocast when `
 from __future__ import annotations
 
 import contextlib
+import math
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,7 @@ class RestorationPipeline:
         self.precision = precision
         self._probabilities: Any = None  # DA-CLIP's degradation words, built on first use (color_fix auto)
         self._prompt_cache: Dict[str, torch.Tensor] = {}
+        self.lora_scale = 1.0  # the UNet LoRA's strength (set_lora_scale); baked in once merged
 
     @property
     def sd(self) -> SDComponents:
@@ -109,7 +111,7 @@ class RestorationPipeline:
     def from_pretrained(cls, folder: Union[str, Path], base: Optional[str] = None,
                         daclip_pretrained: Optional[str] = None, merge_lora: bool = True,
                         device: Optional[Union[str, torch.device]] = None, precision: str = "fp32",
-                        ) -> "RestorationPipeline":
+                        lora_scale: float = 1.0) -> "RestorationPipeline":
         """Rebuild from a saved restoration folder (``restoration.json`` says which base models).
 
         Args:
@@ -120,6 +122,7 @@ class RestorationPipeline:
             merge_lora: bake LoRA into the UNet and fuse the widened ``conv_in`` (faster, same outputs).
             device: where to run (``None``: CUDA if available, else the CPU).
             precision: autocast dtype (``fp32``, ``bf16``, ``fp16``).
+            lora_scale: the UNet LoRA's strength (:meth:`set_lora_scale`), applied before merging.
         """
         from ..clip.factory import load_daclip
         from .locate import find_restoration_folder
@@ -132,6 +135,7 @@ class RestorationPipeline:
         daclip = load_daclip(config.daclip_model, daclip_pretrained or config.daclip_pretrained,
                              config.daclip_adapter)
         pipe = cls(backbone, model, daclip.eval().requires_grad_(False), precision=precision)
+        pipe.set_lora_scale(lora_scale)
         if merge_lora:
             pipe.merge_lora()
         return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -164,6 +168,25 @@ class RestorationPipeline:
             self.model.unet.conv_in = self.model.unet.conv_in.fused()
         if getattr(self.backbone.text_encoder, "peft_config", None):
             unload_lora(self.backbone.text_encoder, merge=True)
+
+    def set_lora_scale(self, scale: float) -> None:
+        """The fidelity / perception control: the UNet LoRA at ``scale`` times its trained strength.
+
+        0 is the base UNet (a one-step model then returns about its input: fidelity), 1 the trained model
+        (default), above 1 extrapolates. A merged LoRA has its scale baked in: load with ``merge_lora=False``
+        (or pass ``lora_scale`` to :meth:`from_pretrained`) to change it.
+        """
+        from .._utils.lora import set_lora_scale
+
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0 <= scale <= 4):
+            raise ValueError(f"lora_scale must be a number in [0, 4] (1 = as trained), got {scale!r}")
+        if float(scale) == self.lora_scale:
+            return
+        if set_lora_scale(self.model.unet, float(scale)) == 0:
+            raise ValueError(f"the UNet's LoRA is merged at scale {self.lora_scale:g}, so lora_scale {scale:g} cannot "
+                             "be applied: load with merge_lora=False, or pass lora_scale to from_pretrained")
+        self._prompt_cache.clear()
+        self.lora_scale = float(scale)
 
     # --------------------------------------------------------------------------- helpers
     def autocast(self) -> contextlib.AbstractContextManager:

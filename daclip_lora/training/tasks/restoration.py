@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -91,6 +91,10 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         model = RestorationUNet(sd.unet, config)
         add_restoration_lora(model, lora)
     return model
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...metrics.losses import PerceptualLoss
 
 
 def _perceptual_loss(loss) -> Optional["PerceptualLoss"]:
@@ -392,7 +396,7 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
     pipe = RestorationPipeline.from_pretrained(folder, base=opt.sd.base, daclip_pretrained=opt.daclip.pretrained,
                                                merge_lora=s.merge_lora if merge_lora is None else merge_lora,
                                                device=opt.runtime.device,
-                                               precision=s.precision)
+                                               precision=s.precision, lora_scale=s.lora_scale)
     results_root = Path(opt.path.results_root)
     report: Dict[str, Any] = {}
     for key, block in opt.datasets.items():
