@@ -152,6 +152,30 @@ def test_session_run_returns_probabilities_images_and_details(tmp_path, restorer
     assert record["predicted_degradation"] == max(probs, key=probs.get)
 
 
+def test_lora_scale_and_colour_fix_reach_the_pipeline(tmp_path, restorer):
+    """The page's LoRA-scale slider and colour-fix menu change the output, are recorded, and reset per request."""
+    session = webapp._Session(webapp.AppSettings(), lambda s: restorer)
+    path = str(_upload(tmp_path))
+    outs = {}
+    for scale, fix in ((1.0, "none"), (0.0, "none"), (1.0, "adain"), (1.0, "none")):
+        _, (_, out), _, details = session.run(path, 2, "ddim", 1.0, 0.5, 0, "auto", None, scale, fix)
+        record = json.loads(details)
+        assert (record["lora_scale"], record["color_fix"]) == (scale, fix)
+        outs.setdefault((scale, fix), []).append(read_image(out))
+    same = outs[(1.0, "none")]
+    assert np.abs(same[0] - same[1]).max() == 0  # scale 0 in between left nothing behind
+    assert np.abs(outs[(0.0, "none")][0] - same[0]).mean() > 1e-3
+    assert np.abs(outs[(1.0, "adain")][0] - same[0]).mean() > 1e-3
+
+
+@pytest.mark.parametrize("scale,fix,message", [(5, "none", r"lora_scale must be a number in \[0.0, 4.0\]"),
+                                               (1.0, "sepia", "colour fix must be one of none, wavelet")])
+def test_bad_lora_scale_or_colour_fix_is_one_line(tmp_path, restorer, scale, fix, message):
+    session = webapp._Session(webapp.AppSettings(), lambda s: restorer)
+    with pytest.raises(ValueError, match=message):
+        session.run(str(_upload(tmp_path)), 2, "ddim", 1.0, 0.5, 0, "auto", None, scale, fix)
+
+
 def test_cli_app_missing_weights_is_one_line(tmp_path, capsys):
     assert main(["app", "--weights", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -257,7 +281,7 @@ def test_gradio_client_calls_the_restore_api(served, tmp_path):
     example = client.predict("coffee", "hazy", 0, api_name="/example")
     assert read_image(example).shape == (webapp.EXAMPLE_SIZE, webapp.EXAMPLE_SIZE, 3)
     label, (lq, out), download, details = client.predict(
-        handle_file(str(_upload(tmp_path))), 2, "ddim", 1.0, 0.5, 0, "auto", api_name=f"/{webapp.API_NAME}")
+        handle_file(str(_upload(tmp_path))), 2, "ddim", 1.0, 0.5, 0, "auto", 1.0, "none", api_name=f"/{webapp.API_NAME}")
     assert read_image(out).shape == (56, 72, 3)
     assert abs(sum(c["confidence"] for c in label["confidences"]) - 1) < 1e-4
     assert json.loads(details)["steps"] == 2
@@ -281,7 +305,7 @@ def test_served_app_refuses_a_url_input_without_resolving_it(served, monkeypatch
     real = socket.getaddrinfo
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: looked_up.append(host) or real(host, *a, **k))
     url = "http://daclip-lora-test.invalid/x.png"
-    data = [{"path": url, "url": url, "meta": {"_type": "gradio.FileData"}}, 2, "ddim", 1.0, 0.5, 0, "auto"]
+    data = [{"path": url, "url": url, "meta": {"_type": "gradio.FileData"}}, 2, "ddim", 1.0, 0.5, 0, "auto", 1.0, "none"]
     r = httpx.post(served + f"gradio_api/call/{webapp.API_NAME}", json={"data": data}, timeout=30)
     event = r.json()["event_id"]
     stream = httpx.get(served + f"gradio_api/call/{webapp.API_NAME}/{event}", timeout=60).text

@@ -44,7 +44,7 @@ API_NAME = "restore"
 #: bounds of the page's and the API's numbers: what the pipeline accepts (seed: a torch generator's 64-bit range,
 #: kept to 32 bits as numpy's and most UIs' seeds are; steps: the 1000 training timesteps of SD schedulers)
 LIMITS = {"steps": (1, 1000), "guidance": (0.0, 30.0), "strength": (0.01, 1.0), "seed": (0, 2 ** 32 - 1),
-          "tile": (0, 4096)}
+          "tile": (0, 4096), "lora_scale": (0.0, 4.0)}
 #: how long uploads, previews and results stay on disk (seconds), and how often the sweep runs
 DEFAULT_CACHE_SECONDS = 3600
 
@@ -232,8 +232,9 @@ class Restorer:
 
             folder = embedded_restorer()
             source = f"embedded tiny models ({folder.parent})"
+        # unmerged: the page's LoRA-scale slider changes the LoRA's strength per request
         pipe = RestorationPipeline.from_pretrained(folder, base=base, daclip_pretrained=daclip,
-                                                   device=settings.device)
+                                                   device=settings.device, merge_lora=False)
         return cls(pipe, words or list(DEGRADATION_FUNCTIONS), source)
 
     @torch.no_grad()
@@ -246,12 +247,16 @@ class Restorer:
     @torch.no_grad()
     def restore(self, image: np.ndarray, steps: int = 20, scheduler: str = "ddim", guidance_scale: float = 1.0,
                 strength: float = 1.0, seed: int = 0, tile_size: Optional[int] = None,
-                callback: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-        """Restore ``image`` (``(H, W, 3)`` in [0, 1]); returns the same shape. Arguments as the pipeline's."""
+                callback: Optional[Callable[[int, int], None]] = None, lora_scale: float = 1.0,
+                color_fix: str = "none") -> np.ndarray:
+        """Restore ``image`` (``(H, W, 3)`` in [0, 1]); returns the same shape. Arguments as the pipeline's
+        (``lora_scale``: :meth:`~daclip_lora.restoration.pipeline.RestorationPipeline.set_lora_scale`)."""
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
         with self._lock:
+            self.pipeline.set_lora_scale(float(lora_scale))
             out = self.pipeline(x, steps=int(steps), scheduler=scheduler, guidance_scale=float(guidance_scale),
-                                strength=float(strength), seed=int(seed), tile_size=tile_size, callback=callback)
+                                strength=float(strength), seed=int(seed), tile_size=tile_size, callback=callback,
+                                color_fix=color_fix)
         return out[0].permute(1, 2, 0).cpu().numpy()
 
 
@@ -361,12 +366,16 @@ class _Session:
         return str(write_image(self._out_dir / "previews" / f"{Path(path).stem}.png", image))
 
     def run(self, path: Optional[str], steps: float, scheduler: str, guidance: float, strength: float,
-            seed: float, tile: Any, progress: Optional[Callable[..., Any]] = None
-            ) -> Tuple[Dict[str, float], Tuple[str, str], str, str]:
+            seed: float, tile: Any, progress: Optional[Callable[..., Any]] = None, lora_scale: float = 1.0,
+            color_fix: str = "none") -> Tuple[Dict[str, float], Tuple[str, str], str, str]:
         """One request: probabilities, (LQ, restored) PNG paths, the restored PNG, and a details JSON string."""
         from ..data.images import write_image
+        from ..restoration.color_fix import COLOR_FIXES
 
         steps, guidance, strength, seed = check_request(steps, guidance, strength, seed)
+        lora_scale = bounded("lora_scale", lora_scale)
+        if color_fix not in COLOR_FIXES:
+            raise ValueError(f"colour fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
         tile_size = _tile_argument(tile)
         self.sweep()
         image = read_upload(path, self.settings.max_pixels, self.settings.max_upload_mb)
@@ -379,7 +388,8 @@ class _Session:
                 progress((step, total), desc="denoising", unit="steps")
 
         restored = restorer.restore(image, steps=steps, scheduler=scheduler, guidance_scale=guidance,
-                                    strength=strength, seed=seed, tile_size=tile_size, callback=callback)
+                                    strength=strength, seed=seed, tile_size=tile_size, callback=callback,
+                                    lora_scale=lora_scale, color_fix=color_fix)
         seconds = time.perf_counter() - start
         run = self._out_dir / f"{int(time.time() * 1000)}"
         stem = Path(path).stem
@@ -388,7 +398,8 @@ class _Session:
         h, w = image.shape[:2]
         details = {"width": w, "height": h, "predicted_degradation": max(probs, key=probs.get),
                    "probabilities": probs, "steps": steps, "scheduler": scheduler, "guidance_scale": guidance,
-                   "strength": strength, "seed": seed, "tile": tile, "seconds": round(seconds, 2),
+                   "strength": strength, "seed": seed, "tile": tile, "lora_scale": lora_scale,
+                   "color_fix": color_fix, "seconds": round(seconds, 2),
                    "objective": restorer.pipeline.config.objective, "models": restorer.source}
         return probs, (str(lq_png), str(out_png)), str(out_png), json.dumps(details, indent=1)
 
@@ -410,9 +421,9 @@ def _handlers(session: "_Session", gr: Any) -> Tuple[Callable, Callable, Callabl
         except ValueError as e:
             raise gr.Error(str(e), print_exception=False) from None
 
-    def run(path, steps, scheduler, guidance, strength, seed, tile, progress=gr.Progress()):
+    def run(path, steps, scheduler, guidance, strength, seed, tile, lora_scale, color_fix, progress=gr.Progress()):
         try:
-            return session.run(path, steps, scheduler, guidance, strength, seed, tile, progress)
+            return session.run(path, steps, scheduler, guidance, strength, seed, tile, progress, lora_scale, color_fix)
         except (ValueError, FileNotFoundError) as e:
             raise gr.Error(str(e), print_exception=False) from None
 
@@ -441,7 +452,8 @@ def _input_column(gr: Any) -> Dict[str, Any]:
 
 
 def _sampling_controls(gr: Any) -> List[Any]:
-    """Steps, scheduler, guidance, strength, seed, tile: the order of :meth:`_Session.run`'s arguments."""
+    """Steps, scheduler, guidance, strength, seed, tile, LoRA scale, colour fix: the order of the page's ``run``."""
+    from ..restoration.color_fix import COLOR_FIXES
     from ..restoration.schedulers import SCHEDULERS
 
     with gr.Accordion("Sampling", open=True):
@@ -454,7 +466,11 @@ def _sampling_controls(gr: Any) -> List[Any]:
                 gr.Slider(0.05, 1.0, value=0.4, step=0.05, label="Strength (< 1 starts from the noised LQ)"),
                 gr.Number(0, precision=0, label="Seed", minimum=LIMITS["seed"][0], maximum=LIMITS["seed"][1]),
                 gr.Dropdown(["auto", "off", "64", "128", "256", "512", "768"], value="auto",
-                            allow_custom_value=True, label="Tile size (px)")]
+                            allow_custom_value=True, label="Tile size (px)"),
+                gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA scale (0 = fidelity: about the input; "
+                                                                  "1 = as trained)", elem_id="lora-scale"),
+                gr.Dropdown(list(COLOR_FIXES), value="none", label="Colour fix (auto: not for low light, haze, "
+                                                                   "shadow, rain)", elem_id="color-fix")]
 
 
 def _output_column(gr: Any, settings: AppSettings) -> List[Any]:
