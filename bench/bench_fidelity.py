@@ -24,8 +24,9 @@ GUIDANCE = (1.0, 1.07, 1.5)
 
 
 def _variants():
-    yield from ((s, 1.0) for s in SCALES)
-    yield from ((1.0, g) for g in GUIDANCE if g != 1.0)
+    for fusion in (True, False):  # with the fusion head (the default output) and the UNet alone
+        yield from ((s, 1.0, fusion) for s in SCALES)
+        yield from ((1.0, g, fusion) for g in GUIDANCE if g != 1.0)
 
 
 def _load(folder: Path):
@@ -38,7 +39,7 @@ def _load(folder: Path):
 
 
 def measure(pipe, data: Path, metrics) -> dict:
-    """``{split: {variant: {metric: mean}}}``; variant keys ``scale=S,guidance=G``, plus ``lq``."""
+    """``{split: {variant: {metric: mean}}}``; variant keys ``head|UNet alone: scale=S,guidance=G``, plus ``lq``."""
     out: dict = {}
     for split in ("val", "test"):
         root = data / split
@@ -48,9 +49,10 @@ def measure(pipe, data: Path, metrics) -> dict:
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             lq, gt = _load(folder)
             candidates = {"lq": lq}
-            for scale, guidance in _variants():  # interleaved: every variant on this batch before the next one
+            for scale, guidance, fusion in _variants():  # interleaved: every variant on this batch, then the next
                 pipe.set_lora_scale(scale)
-                candidates[f"scale={scale:g},guidance={guidance:g}"] = pipe(lq, guidance_scale=guidance)
+                key = f"{'head' if fusion else 'UNet alone'}: scale={scale:g},guidance={guidance:g}"
+                candidates[key] = pipe(lq, guidance_scale=guidance, fusion=fusion)
             for name, images in candidates.items():
                 for m in metrics:
                     scores.setdefault(name, {}).setdefault(m.name, []).extend(

@@ -233,3 +233,23 @@ def test_cli_missing_weight_exits_2(folders, tmp_path, capsys, no_network):
                  "niqe", "--weights-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "niqe_modelparameters.mat" in err
+
+
+def test_restore_with_gt_scores_the_outputs(folders, tmp_path, capsys):
+    lq, gt = folders / "gt" / "noisy" / "LQ", folders / "gt" / "noisy" / "GT"
+    assert main(["restore", "--input", str(lq), "--output", str(tmp_path), "--gt", str(gt)]) == 0
+    out = capsys.readouterr().out
+    assert "psnr_y↑" in out and "ssim_y↑" in out
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["mean"]["n"] == 3 and 5 < report["mean"]["psnr_y"] < 60
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--metrics", "psnr"], "--metrics scores the outputs against --gt"),
+    (["--gt", "GT", "--metrics", "lpipz"], "unknown metric 'lpipz'"),
+])
+def test_restore_metric_errors_come_first(folders, tmp_path, capsys, argv, message):
+    argv = [str(folders / "gt" / "noisy" / "GT") if a == "GT" else a for a in argv]
+    assert main(["restore", "--input", str(folders / "gt" / "noisy" / "LQ"), "--output", str(tmp_path / "o"),
+                 *argv]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -228,6 +228,13 @@ def test_cli_train_and_test_restoration(assets, tmp_path, capsys):
     metrics = json.loads((tmp_path / "results/r/metrics.json").read_text())
     assert set(metrics["val"]) == {*DEGS, "mean"} and metrics["val"]["mean"]["n"] == 4
     assert len(list((tmp_path / "results/r/val/noisy/grids").glob("*.png"))) == 2
+    # sampling.metrics: the same images scored by the evaluate code, per degradation, with their protocol
+    assert main(["test", "-opt", yml, "--root", str(tmp_path), "--opt", "sampling.metrics=[psnr, ssim_y]"]) == 0
+    assert "quality: psnr" in capsys.readouterr().out
+    quality = json.loads((tmp_path / "results/r/metrics.json").read_text())["val"]["quality"]
+    assert set(quality["groups"]) == set(DEGS) and quality["mean"]["n"] == 4
+    assert abs(quality["mean"]["psnr"] - metrics["val"]["mean"]["psnr"]) < 5e-3  # pyiqa's or ours: the same PSNR
+    assert (tmp_path / "results/r/val/quality/metrics.json").is_file()
 
 
 # ------------------------------------------------------------------------------ errors

@@ -223,6 +223,7 @@ def _restore_paths(args: argparse.Namespace) -> None:
         raise ValueError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
     if not 0 <= args.lora_scale <= 4:
         raise ValueError(f"--lora-scale must be in [0, 4] (1 = as trained), got {args.lora_scale}")
+    _restore_gt_paths(args)
     if args.output.exists() and not args.output.is_dir():
         raise NotADirectoryError(f"--output {args.output} is a file; pass a folder (it is created if missing)")
     if args.scheduler is not None:
@@ -248,11 +249,47 @@ def _sampling_arguments(args: argparse.Namespace, pipe: Any) -> Dict[str, Any]:
             for name, default in SAMPLING_DEFAULTS.items()}
 
 
+def _restore_gt_paths(args: argparse.Namespace) -> None:
+    """``restore --gt/--metrics``: the folder exists and the names are metrics (no torch yet)."""
+    if args.gt is not None and not args.gt.is_dir():
+        raise FileNotFoundError(f"--gt {args.gt} is not a folder")
+    if args.metrics is not None and args.gt is None:
+        raise ValueError("--metrics scores the outputs against --gt; pass --gt DIR (or use `daclip-lora evaluate`)")
+    if args.gt is not None:
+        from ..metrics.protocol import resolve_metrics
+
+        resolve_metrics(args.metrics or RESTORE_METRICS, has_gt=True)
+
+
+#: what ``restore --gt`` scores without ``--metrics``
+RESTORE_METRICS = ("psnr_y", "ssim_y")
+
+
+def _restore_metrics(args: argparse.Namespace) -> None:
+    """Create ``restore --gt``'s metrics before restoring: a missing weight or extra fails first, not after."""
+    if args.gt is None:
+        return
+    from ..metrics import METRICS, create_metrics
+
+    create_metrics([METRICS[m] for m in args.metrics or RESTORE_METRICS])
+
+
+def _score_restored(args: argparse.Namespace, written: List[Path]) -> None:
+    from ..metrics import evaluate_folders, format_evaluation, write_evaluation
+
+    if args.gt is None or not written:
+        return
+    report = evaluate_folders(args.output, args.gt, metrics=args.metrics or RESTORE_METRICS)
+    print(format_evaluation(report))
+    print(f"scores and their protocol: {write_evaluation(report, args.output)[0]}")
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
     from ..restoration.pipeline import RestorationPipeline
 
     if getattr(args, "folder", None) is None:
         _restore_paths(args)
+    _restore_metrics(args)
     pipe = RestorationPipeline.from_pretrained(args.folder, base=args.base, daclip_pretrained=args.daclip,
                                                merge_lora=not args.no_merge, device=args.device,
                                                precision=args.precision, lora_scale=args.lora_scale)
@@ -267,6 +304,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         print(f"  not an image, not restored: {path}")
     for path, reason in report.failed:
         print(f"  failed: {reason}")
+    _score_restored(args, report.written)
     return 1 if report.failed else 0
 
 
@@ -594,6 +632,10 @@ def _add_restore(sub: Any) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast dtype of the UNet and DA-CLIP (default: fp32; bf16 on recent GPUs)")
     p.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (slower; same outputs to 1e-4)")
+    p.add_argument("--gt", type=Path, default=None,
+                   help="ground-truth folder: score the outputs afterwards as `daclip-lora evaluate` does")
+    p.add_argument("--metrics", nargs="+", metavar="NAME", default=None,
+                   help="metrics for --gt (default: psnr_y ssim_y; any `evaluate` metric)")
     p.set_defaults(func=_cmd_restore, precheck=_restore_paths)
 
 

@@ -243,6 +243,7 @@ class SamplingOptions:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the UNet and DA-CLIP at sampling
     color_fix: Literal["none", "wavelet", "adain", "auto"] = "none"  # the LQ's colours back (restoration.color_fix)
     lora_scale: float = 1.0  # the UNet LoRA's strength at inference: 0 the base UNet (fidelity), 1 as trained
+    metrics: Optional[List[str]] = None  # test: also score the restored images with these `evaluate` metrics
 
 
 @dataclass

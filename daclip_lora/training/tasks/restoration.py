@@ -393,6 +393,10 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
     """``daclip-lora test`` for ``task: restoration``: metrics per dataset and degradation, images, grids."""
     s = opt.sampling
     folder = folder or (Path(opt.path.root) / "experiments" / opt.name / "models" / "restoration")
+    if s.metrics:  # names and weights checked before anything is restored
+        from ...metrics import METRICS, create_metrics, resolve_metrics
+
+        create_metrics([METRICS[m.name] for m in resolve_metrics(s.metrics, has_gt=True)])
     pipe = RestorationPipeline.from_pretrained(folder, base=opt.sd.base, daclip_pretrained=opt.daclip.pretrained,
                                                merge_lora=s.merge_lora if merge_lora is None else merge_lora,
                                                device=opt.runtime.device,
@@ -403,8 +407,22 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
         dataset = restoration_dataset(block, opt.distortion, train=False, clip_size=pipe.daclip.image_size)
         n = len(dataset) if max_images is None else min(max_images, len(dataset))
         report[key] = _summarise(_evaluate_dataset(pipe, dataset, n, results_root / key, s))
+        if s.metrics:
+            report[key]["quality"] = _quality(results_root / key, block, s)
     _write_report(results_root, report)
     return report
+
+
+def _quality(restored: Path, block, s) -> Dict[str, Any]:
+    """``sampling.metrics`` of the restored images of one dataset, as ``daclip-lora evaluate`` computes them
+    (reports in ``<restored>/quality/``)."""
+    from ...metrics import evaluate_folders, write_evaluation
+
+    report = evaluate_folders(restored, block.dataroot_GT or block.dataroot, metrics=s.metrics,
+                              crop_border=s.crop_border)
+    write_evaluation(report, restored / "quality")
+    return {"mean": report["mean"], "groups": report["groups"], "folder": report["folder"],
+            "protocol": report["protocol"]["metrics"]}
 
 
 def _evaluate_dataset(pipe: RestorationPipeline, dataset, n: int, out: Path, s) -> Dict[str, List[Dict[str, float]]]:
@@ -475,7 +493,7 @@ def _summarise(per: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, fl
 
 def _write_report(results_root: Path, report: Dict[str, Any]) -> None:
     rows = [[key, deg, *(f"{v[k]:.4f}" for k in _COLUMNS), v["n"]] for key, table in report.items()
-            for deg, v in table.items()]
+            for deg, v in table.items() if deg != "quality"]
     results_root.mkdir(parents=True, exist_ok=True)
     (results_root / "metrics.json").write_text(json.dumps(report, indent=2))
     with open(results_root / "metrics.csv", "w", newline="") as f:
@@ -494,6 +512,10 @@ def format_restoration_table(report: Dict[str, Any]) -> str:
         lines.append(f"[{key}] {'degradation':<{width}} {'PSNR LQ':>8} {'PSNR out':>8} {'SSIM LQ':>8} {'SSIM out':>8}"
                      f" {'n':>4}")
         for deg, v in table.items():
+            if deg == "quality":
+                lines.append(f"{'':{len(key) + 2}} quality: " + ", ".join(
+                    f"{m} {x:.4f}" for m, x in {**v["mean"], **v["folder"]}.items() if m != "n"))
+                continue
             lines.append(f"{'':{len(key) + 2}} {deg:<{width}} {v['lq_psnr']:8.2f} {v['psnr']:8.2f} "
                          f"{v['lq_ssim']:8.4f} {v['ssim']:8.4f} {v['n']:4d}")
     return "\n".join(lines)
