@@ -311,6 +311,43 @@ def test_restore_folder_batches_same_size_images_identically(weights, tmp_path):
         assert np.abs(a - b).max() <= 1
 
 
+def test_restore_folder_decodes_the_next_batch_while_restoring(weights, tmp_path, monkeypatch):
+    """Reading happens in a background thread, one batch ahead of the model, and writes too; the outputs are
+    those of reading everything first (the previous behaviour, checked by the batching test above)."""
+    import threading
+
+    import daclip_lora.restoration.pipeline as pipeline_module
+
+    pipe = RestorationPipeline.from_pretrained(weights)
+    for i in range(4):
+        Image.fromarray(np.full((24, 32, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    events = []
+    real_read, real_call = pipeline_module._read_chunk, RestorationPipeline.__call__
+
+    def read(paths):
+        events.append(("read", paths[0].stem, threading.current_thread().name))
+        if paths[0].stem == "1":
+            next_read.set()
+        return real_read(paths)
+
+    next_read = threading.Event()
+
+    def call(self, lq, **kwargs):
+        events.append(("restore start", None, threading.current_thread().name))
+        next_read.wait(timeout=5)  # set only by a prefetch running while this batch is restored
+        out = real_call(self, lq, **kwargs)
+        events.append(("restore end", None, threading.current_thread().name))
+        return out
+    monkeypatch.setattr(pipeline_module, "_read_chunk", read)
+    monkeypatch.setattr(RestorationPipeline, "__call__", call)
+    report = pipe.restore_folder(tmp_path, tmp_path / "out", batch_size=1, progress=False, steps=1)
+    assert [p.name for p in report.written] == ["0.png", "1.png", "2.png", "3.png"]
+    reads = [e for e in events if e[0] == "read"]
+    assert [e[1] for e in reads] == ["0", "1", "2", "3"] and all(e[2].startswith("restore-io") for e in reads)
+    # batch 1 is read before batch 0's restoration ends: prefetch
+    assert events.index(("read", "1", reads[1][2])) < [i for i, e in enumerate(events) if e[0] == "restore end"][0]
+
+
 def test_restore_refuses_to_overwrite_its_input(weights, tmp_path, capsys):
     _write_inputs(tmp_path / "in")
     code = main(["restore", "--weights", str(weights), "--input", str(tmp_path / "in"), "--output",

@@ -293,6 +293,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     pipe = RestorationPipeline.from_pretrained(args.folder, base=args.base, daclip_pretrained=args.daclip,
                                                merge_lora=not args.no_merge, device=args.device,
                                                precision=args.precision, lora_scale=args.lora_scale)
+    if args.compile:
+        pipe.compile()
     report = pipe.restore_folder(args.input, args.output, batch_size=args.batch_size, grid=args.grid,
                                  jpeg_quality=args.jpeg_quality, guidance_scale=args.guidance,
                                  color_fix=args.color_fix, degradation=args.degradation,
@@ -632,6 +634,8 @@ def _add_restore(sub: Any) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast dtype of the UNet and DA-CLIP (default: fp32; bf16 on recent GPUs)")
     p.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (slower; same outputs to 1e-4)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet and VAE decoder (channels_last): slow first batch, faster after")
     p.add_argument("--gt", type=Path, default=None,
                    help="ground-truth folder: score the outputs afterwards as `daclip-lora evaluate` does")
     p.add_argument("--metrics", nargs="+", metavar="NAME", default=None,

@@ -87,6 +87,26 @@ def read_image(path: Union[str, Path], max_pixels: Optional[int] = None) -> np.n
     return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def image_size(path: Union[str, Path]) -> Tuple[int, int]:
+    """``(height, width)`` of an image file from its header (nothing is decoded).
+
+    Raises:
+        ImageError: the file is not an image Pillow can open.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: cannot read image (corrupt or not an image): {' '.join(str(e).split())}") from None
+    return h, w
+
+
 def to_uint8(img: np.ndarray) -> np.ndarray:
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 

@@ -38,6 +38,30 @@ __all__ = ["RestorationPipeline", "SDComponents", "load_sd_components", "make_sc
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class _Done:
+    """A finished future: what :meth:`RestorationPipeline._restore_chunk` returns for a write done in place."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def _read_chunk(paths: List[Path]) -> Tuple[Dict[Path, Tuple[np.ndarray, Any]], List[Tuple[Path, str]]]:
+    """Decode a batch of images (with what their outputs keep): ``(images, failures)``; runs in a thread."""
+    from ..data.images import ImageError, read_image, read_properties
+
+    images: Dict[Path, Tuple[np.ndarray, Any]] = {}
+    failures: List[Tuple[Path, str]] = []
+    for p in paths:
+        try:
+            images[p] = read_image(p), read_properties(p)
+        except (ImageError, OSError) as e:
+            failures.append((p, str(e)))
+    return images, failures
+
+
 @dataclass
 class FolderReport:
     """What :meth:`RestorationPipeline.restore_folder` did: written files, and every input it did not restore."""
@@ -98,6 +122,8 @@ class RestorationPipeline:
         self._probabilities: Any = None  # DA-CLIP's degradation words, built on first use (color_fix auto)
         self._prompt_cache: Dict[str, torch.Tensor] = {}
         self.lora_scale = 1.0  # the UNet LoRA's strength (set_lora_scale); baked in once merged
+        self.batch_decodes = True  # decode_pair: one decoder call for the restored and the LQ latents
+        self.compiled = False  # compile(): torch.compile of the UNet and the VAE decoder
 
     @property
     def sd(self) -> SDComponents:
@@ -188,6 +214,19 @@ class RestorationPipeline:
         self._prompt_cache.clear()
         self.lora_scale = float(scale)
 
+    def compile(self, **options: Any) -> "RestorationPipeline":
+        """Opt-in ``torch.compile`` of the UNet and the VAE decoder, both in ``channels_last``, in place.
+
+        The first call at each new input shape compiles (seconds to minutes); later calls reuse it. Merge the
+        LoRA first (:meth:`merge_lora`): a LoRA-scale change afterwards recompiles. ``options`` go to
+        ``torch.compile`` (e.g. ``mode="max-autotune"`` on a GPU).
+        """
+        for module in (self.model.unet, self.backbone.vae.decoder):
+            module.to(memory_format=torch.channels_last)
+            module.compile(**options)
+        self.compiled = True
+        return self
+
     # --------------------------------------------------------------------------- helpers
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to the pipeline's ``precision`` on its device (a no-op for fp32 and the meta device)."""
@@ -205,6 +244,18 @@ class RestorationPipeline:
     def decode_latents(self, latents: torch.Tensor, tile: Optional[int] = None, overlap: int = 0,
                        on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
         return self.backbone.decode_latents(latents, tile, overlap, on_tile)
+
+    @torch.no_grad()
+    def decode_pair(self, latents: torch.Tensor, z_lq: torch.Tensor, tile: Optional[int] = None, overlap: int = 0,
+                    on_tile: Optional[Callable[[int, int], None]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The restored and the LQ latents decoded (what the fusion head blends): one decoder call on both when
+        untiled and :attr:`batch_decodes` (fewer, larger kernels; the same images: the decoder's norms are per
+        image), else two calls."""
+        if tile is None and self.batch_decodes:
+            both = self.decode_latents(torch.cat([latents, z_lq.to(latents.dtype)]), tile, overlap, on_tile)
+            return both[:latents.shape[0]], both[latents.shape[0]:]
+        return (self.decode_latents(latents, tile, overlap, on_tile),
+                self.decode_latents(z_lq, tile, overlap, on_tile))
 
     @torch.no_grad()
     def daclip_embeddings(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -302,10 +353,11 @@ class RestorationPipeline:
         # 5. decode, then the fusion head's blend with the LQ image when the model has a fitted one
         blend = fusion and self.model.fusion is not None and self.model.fusion.fitted
         decode_tiles = tiles.stage(repeats=2 if blend else 1)
-        out = self.decode_latents(latents, tile, overlap, decode_tiles)
         if blend:
-            decoded_lq = self.decode_latents(z_lq, tile, overlap, decode_tiles)
+            out, decoded_lq = self.decode_pair(latents, z_lq, tile, overlap, decode_tiles)
             out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
+        else:
+            out = self.decode_latents(latents, tile, overlap, decode_tiles)
         if color_fix != "none":
             words = self.predicted_degradations(degra_emb) if color_fix == "auto" else None
             out = apply_color_fix(out, x, color_fix, words)
@@ -504,9 +556,12 @@ class RestorationPipeline:
     # ----------------------------------------------------------------------------- folders
     def _restore_chunk(self, chunk: List[Path], images: Dict[Path, Tuple[np.ndarray, Any]], output: Path,
                        grid: bool, report: "FolderReport", sampling: Dict[str, Any],
-                       jpeg_quality: Optional[int] = None) -> None:
-        """Restore and write one batch of same-size images. A failure inside the model (out of memory, a numerical
-        error) is reported for these files and the folder run goes on; argument errors (``ValueError``) stop it."""
+                       jpeg_quality: Optional[int] = None, submit: Optional[Callable[..., Any]] = None) -> List[Any]:
+        """Restore one batch of same-size images and hand each write to ``submit`` (a thread pool's; the caller
+        waits on the returned ``(future, is_output)`` pairs, grids being the others); without ``submit`` the
+        writes happen here. A failure inside the model (out
+        of memory, a numerical error) is reported for these files and the folder run goes on; argument errors
+        (``ValueError``) stop it."""
         from ..data.images import write_image
 
         lq = torch.stack([torch.from_numpy(images[p][0].transpose(2, 0, 1).copy()) for p in chunk])
@@ -521,16 +576,20 @@ class RestorationPipeline:
             for p in chunk:
                 report.failed.append((p, f"{p}: not restored ({message})"))
                 logger.error("%s: not restored (%s)", p, message)
-            return
+            return []
         words = self.degradation_words
         for p, probs in zip(chunk, words.as_dicts(words.from_embeddings(read))):
             report.degradations[p.name] = probs
+        run = submit or (lambda fn, *a, **k: _Done(fn(*a, **k)))
+        futures = []
         for p, r in zip(chunk, restored):
             arr = r.permute(1, 2, 0).numpy()
             lq_image, props = images[p]
-            report.written.append(write_image(output / p.name, arr, keep=props, jpeg_quality=jpeg_quality))
+            futures.append((run(write_image, output / p.name, arr, keep=props, jpeg_quality=jpeg_quality), True))
             if grid:
-                write_image(output / "grids" / f"{p.stem}.png", np.concatenate([lq_image, arr], axis=1))
+                futures.append((run(write_image, output / "grids" / f"{p.stem}.png",
+                                    np.concatenate([lq_image, arr], axis=1)), False))
+        return futures
 
     def restore_folder(self, input: Union[str, Path], output: Union[str, Path], batch_size: int = 4,
                        grid: bool = False, progress: bool = True, jpeg_quality: Optional[int] = None,
@@ -540,18 +599,51 @@ class RestorationPipeline:
         Each output keeps what its input had (:func:`~daclip_lora.data.images.write_image`): the alpha channel,
         unchanged, and for JPEGs the input's quantisation tables (its quality; ``jpeg_quality`` sets one instead).
 
-        Images of the same size are restored together (``batch_size`` at a time). Unreadable images are
-        reported in the returned :class:`FolderReport` (and the log), never skipped silently; so are
-        files that are not images. ``grid`` also writes ``output/grids/<name>.png`` (LQ | restored).
-        ``sampling`` goes to :meth:`__call__` (steps, scheduler, guidance_scale, strength, seed, tile_size, ...),
-        but for ``degradation``, a word that replaces every image's degradation embedding
-        (:meth:`conditioning_embeddings`). DA-CLIP's reading of each input (its zero-shot probabilities) goes
-        to ``output/degradations.json`` and :attr:`FolderReport.degradations`.
+        Images of the same size (read from their headers) are restored together (``batch_size`` at a time); the
+        next batch is decoded and the previous one encoded in background threads while the model runs, and only
+        one batch is held in memory. Unreadable images are reported in the returned :class:`FolderReport` (and
+        the log), never skipped silently; so are files that are not images. ``grid`` also writes
+        ``output/grids/<name>.png`` (LQ | restored). ``sampling`` goes to :meth:`__call__` (steps, scheduler,
+        guidance_scale, strength, seed, tile_size, ...), but for ``degradation``, a word that replaces every
+        image's degradation embedding (:meth:`conditioning_embeddings`). DA-CLIP's reading of each input (its
+        zero-shot probabilities) goes to ``output/degradations.json`` and :attr:`FolderReport.degradations`.
         """
-        from ..data.images import ImageError, list_images, read_image, read_properties
+        from concurrent.futures import ThreadPoolExecutor
 
         input, output = Path(input).expanduser(), Path(output).expanduser()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         report = FolderReport()
+        chunks = self._folder_chunks(input, output, batch_size, report)
+        bar = tqdm(total=sum(len(c) for c in chunks), desc="restore", unit="image", disable=not progress)
+        sampling.setdefault("progress", progress)  # tiles (and steps) of each image too
+        writes: List[Any] = []
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore-io") as pool:
+            reading = pool.submit(_read_chunk, chunks[0]) if chunks else None
+            for i, chunk in enumerate(chunks):
+                images, failures = reading.result()
+                if i + 1 < len(chunks):  # decode the next batch while this one is restored
+                    reading = pool.submit(_read_chunk, chunks[i + 1])
+                for p, reason in failures:
+                    report.failed.append((p, reason))
+                    logger.error("%s", reason)
+                ready = [p for p in chunk if p in images]
+                if ready:
+                    writes.extend(self._restore_chunk(ready, images, output, grid, report, sampling, jpeg_quality,
+                                                      submit=pool.submit))
+                bar.update(len(chunk))
+            done = [(f.result(), is_output) for f, is_output in writes]  # a failed write raises here
+            report.written.extend(path for path, is_output in done if is_output)
+        bar.close()
+        if report.degradations:
+            self._write_degradations(output, report, sampling.get("degradation"))
+        return report
+
+    @staticmethod
+    def _folder_chunks(input: Path, output: Path, batch_size: int, report: "FolderReport") -> List[List[Path]]:
+        """The input files in batches of one image size (from the headers), in name order within a size."""
+        from ..data.images import ImageError, image_size, list_images
+
         if input.is_file():
             files = [input]
         else:
@@ -559,32 +651,17 @@ class RestorationPipeline:
             report.skipped.extend(others)
             for p in others:
                 logger.warning("not an image file, not restored: %s", p)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        images: Dict[Path, Tuple[np.ndarray, Any]] = {}
-        for p in files:
-            try:
-                images[p] = read_image(p), read_properties(p)
-            except (ImageError, OSError) as e:
-                report.failed.append((p, str(e)))
-                logger.error("%s", e)
         if input.is_dir() and output.resolve() == input.resolve():
             raise ValueError(f"output folder {output} is the input folder: restored images would overwrite the "
                              f"inputs; choose another --output")
         by_size: Dict[Tuple[int, int], List[Path]] = {}
-        for p, (im, _) in images.items():
-            by_size.setdefault(im.shape[:2], []).append(p)
-        bar = tqdm(total=len(images), desc="restore", unit="image", disable=not progress)
-        sampling.setdefault("progress", progress)  # tiles (and steps) of each image too
-        for paths in by_size.values():
-            for i in range(0, len(paths), batch_size):
-                chunk = paths[i:i + batch_size]
-                self._restore_chunk(chunk, images, output, grid, report, sampling, jpeg_quality)
-                bar.update(len(chunk))
-        bar.close()
-        if report.degradations:
-            self._write_degradations(output, report, sampling.get("degradation"))
-        return report
+        for p in files:
+            try:
+                by_size.setdefault(image_size(p), []).append(p)
+            except ImageError as e:
+                report.failed.append((p, str(e)))
+                logger.error("%s", e)
+        return [paths[i:i + batch_size] for paths in by_size.values() for i in range(0, len(paths), batch_size)]
 
     def _write_degradations(self, output: Path, report: "FolderReport", override: Optional[str]) -> None:
         """``output/degradations.json``: DA-CLIP's reading of every restored input, and the override if any."""
