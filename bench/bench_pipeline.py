@@ -8,8 +8,9 @@ after one warm-up each; every figure is the median of ``--repeats`` with its min
     python bench/bench_pipeline.py                              # CPU, 256 px, batch 1 and 8
     python bench/bench_pipeline.py --device cuda --resolution 512 --precision bf16
 
-Variants: ``one-step`` (today's pipeline), ``one-step, before`` (prompt re-encoded every call, the two decodes
-as separate calls: the pipeline before issue 26) and ``4-step`` (a diffusion-objective model, DDIM).
+Variants: ``one-step`` (today's pipeline), ``one-step, before`` (prompt re-encoded every call: the pipeline
+before issue 26), ``one-step, decodes batched`` (``pipe.batch_decodes``: the fusion head's two decodes in one
+call) and ``4-step`` (a diffusion-objective model, DDIM).
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def build(device, resolution: int, objective: str, model_name: str):
     return pipe.to(device)
 
 
-def timed_call(pipe, clock: StageClock, lq, steps: int, before: bool) -> Dict[str, float]:
-    pipe.batch_decodes = not before
+def timed_call(pipe, clock: StageClock, lq, steps: int, before: bool, batch_decodes: bool = False
+               ) -> Dict[str, float]:
+    pipe.batch_decodes = batch_decodes
     if before:
         pipe._prompt_cache.clear()
     clock.seconds.clear()
@@ -132,6 +134,8 @@ def main() -> None:
     variants: Dict[str, Callable] = {
         "one-step": lambda lq: timed_call(pipes["one_step"], clocks["one_step"], lq, 1, before=False),
         "one-step, before": lambda lq: timed_call(pipes["one_step"], clocks["one_step"], lq, 1, before=True),
+        "one-step, decodes batched": lambda lq: timed_call(pipes["one_step"], clocks["one_step"], lq, 1,
+                                                           before=False, batch_decodes=True),
         "4-step": lambda lq: timed_call(pipes["diffusion"], clocks["diffusion"], lq, 4, before=False),
     }
     print(f"device {device}, {args.precision}, {args.resolution} px, SD 1.5-sized UNet + SD VAE + {args.model} "

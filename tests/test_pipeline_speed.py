@@ -18,9 +18,9 @@ def lq():
 def test_batched_decodes_equal_two_decoder_calls(lq):
     pipe = RestorationPipeline.from_pretrained(embedded_restorer(), device="cpu")
     assert pipe.model.fusion is not None and pipe.model.fusion.fitted
-    batched = pipe(lq)
-    pipe.batch_decodes = False
     separate = pipe(lq)
+    pipe.batch_decodes = True
+    batched = pipe(lq)
     assert (batched - separate).abs().max().item() < 1e-5
 
 

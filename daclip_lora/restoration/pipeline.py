@@ -122,7 +122,9 @@ class RestorationPipeline:
         self._probabilities: Any = None  # DA-CLIP's degradation words, built on first use (color_fix auto)
         self._prompt_cache: Dict[str, torch.Tensor] = {}
         self.lora_scale = 1.0  # the UNet LoRA's strength (set_lora_scale); baked in once merged
-        self.batch_decodes = True  # decode_pair: one decoder call for the restored and the LQ latents
+        # decode_pair: one decoder call for the restored and the LQ latents; off by default because on a CPU the
+        # batched call measured slower than two (docs/benchmarks.md#pipeline-stages); GPUs not measured
+        self.batch_decodes = False
         self.compiled = False  # compile(): torch.compile of the UNet and the VAE decoder
 
     @property
@@ -249,8 +251,8 @@ class RestorationPipeline:
     def decode_pair(self, latents: torch.Tensor, z_lq: torch.Tensor, tile: Optional[int] = None, overlap: int = 0,
                     on_tile: Optional[Callable[[int, int], None]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """The restored and the LQ latents decoded (what the fusion head blends): one decoder call on both when
-        untiled and :attr:`batch_decodes` (fewer, larger kernels; the same images: the decoder's norms are per
-        image), else two calls."""
+        untiled and :attr:`batch_decodes` is set (fewer, larger kernels; the same images: the decoder's norms are
+        per image), else two calls."""
         if tile is None and self.batch_decodes:
             both = self.decode_latents(torch.cat([latents, z_lq.to(latents.dtype)]), tile, overlap, on_tile)
             return both[:latents.shape[0]], both[latents.shape[0]:]
