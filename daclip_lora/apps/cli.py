@@ -664,17 +664,14 @@ def _add_degradation(sub: Any) -> None:
 
 def _evaluate_paths(args: argparse.Namespace) -> None:
     """Check ``evaluate``'s arguments (folders, metric names) before torch is imported."""
-    from ..metrics.protocol import DEFAULT_METRICS, resolve_metrics
+    from ..metrics.protocol import default_metrics, resolve_metrics
 
     for label, folder in (("--restored", args.restored), ("--gt", args.gt), ("--weights-dir", args.weights_dir)):
         if folder is not None and not folder.is_dir():
             raise FileNotFoundError(f"{label} {folder} is not a folder")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.metrics is not None:
-        resolve_metrics(args.metrics, has_gt=args.gt is not None)
-    elif args.gt is None:
-        resolve_metrics([m for m in DEFAULT_METRICS if m in ("niqe", "musiq", "maniqa-pipal", "clipiqa")], False)
+    resolve_metrics(args.metrics or default_metrics(args.gt is not None), has_gt=args.gt is not None)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

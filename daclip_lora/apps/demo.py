@@ -337,18 +337,13 @@ def quality_summary(restored: Path, data: Path) -> Dict[str, Any]:
     demo's promise): only weights already in the cache are used."""
     from ..metrics import DEMO_METRICS, evaluate_folders, no_downloads, write_evaluation
 
-    with no_downloads():
-        return _quality(restored, data, DEMO_METRICS, evaluate_folders, write_evaluation)
-
-
-def _quality(restored: Path, data: Path, metrics, evaluate_folders, write_evaluation) -> Dict[str, Any]:
-
     mean: Dict[str, Any] = {}
     skipped: Dict[str, str] = {}
     implementations: Dict[str, str] = {}
-    for metric in metrics:
+    for metric in DEMO_METRICS:
         try:
-            report = evaluate_folders(restored, data, metrics=[metric], skip_missing=True)
+            with no_downloads():
+                report = evaluate_folders(restored, data, metrics=[metric], skip_missing=True)
         except ValueError as exc:  # e.g. NIQE needs 96 px blocks
             skipped[metric] = str(exc)
             continue

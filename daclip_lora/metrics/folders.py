@@ -24,7 +24,7 @@ from ..data.images import IMAGE_EXTENSIONS, read_image
 from .._utils.compat import MissingExtraError
 from .iqa import FolderFid, Metric, create_metrics, pyiqa_version
 from .weights import MissingMetricWeights
-from .protocol import DEFAULT_METRICS, METRICS, resolve_metrics
+from .protocol import DEFAULT_METRICS, default_metrics, resolve_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ def evaluate_folders(restored: Union[str, Path], gt: Optional[Union[str, Path]] 
         batch_size: images of one size scored together.
         skip_missing: metrics whose weights or pyiqa are missing are listed under ``skipped`` instead of raising.
     """
-    if gt is None and tuple(metrics) == DEFAULT_METRICS:
-        metrics = [m for m in DEFAULT_METRICS if METRICS[m].mode == "NR"]
+    if tuple(metrics) == DEFAULT_METRICS:
+        metrics = default_metrics(has_gt=gt is not None)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     specs = resolve_metrics(metrics, has_gt=gt is not None)

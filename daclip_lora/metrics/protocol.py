@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from .._utils.suggest import suggest
 
-__all__ = ["MetricSpec", "METRICS", "DEFAULT_METRICS", "DEMO_METRICS", "OWN_METRICS", "resolve_metrics"]
+__all__ = ["MetricSpec", "METRICS", "DEFAULT_METRICS", "DEMO_METRICS", "OWN_METRICS", "default_metrics", "resolve_metrics"]
 
 MODES = ("FR", "NR", "FID")
 
@@ -69,6 +69,11 @@ DEFAULT_METRICS: Tuple[str, ...] = ("psnr_y", "ssim_y", "lpips", "dists", "niqe"
 DEMO_METRICS: Tuple[str, ...] = (*DEFAULT_METRICS, "piqe")
 #: computed by the package itself (BasicSR convention) when pyiqa is not installed
 OWN_METRICS: Tuple[str, ...] = ("psnr", "psnr_y", "ssim", "ssim_y")
+
+
+def default_metrics(has_gt: bool) -> Tuple[str, ...]:
+    """What ``evaluate`` computes without ``--metrics``: :data:`DEFAULT_METRICS`, or its no-reference ones."""
+    return DEFAULT_METRICS if has_gt else tuple(m for m in DEFAULT_METRICS if METRICS[m].mode == "NR")
 
 
 def resolve_metrics(names: Sequence[str], has_gt: bool) -> List[MetricSpec]:
