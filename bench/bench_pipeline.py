@@ -123,6 +123,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="daclip_ViT-B-32", help="DA-CLIP model (random weights)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                    help="run only these variants (e.g. 'one-step' '4-step'; default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -138,6 +140,10 @@ def main() -> None:
                                                            before=False, batch_decodes=True),
         "4-step": lambda lq: timed_call(pipes["diffusion"], clocks["diffusion"], lq, 4, before=False),
     }
+    unknown = set(args.variants or []) - set(variants)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {list(variants)}")
+    variants = {k: v for k, v in variants.items() if not args.variants or k in args.variants}
     print(f"device {device}, {args.precision}, {args.resolution} px, SD 1.5-sized UNet + SD VAE + {args.model} "
           f"(random weights), {args.threads} threads; seconds per call: median (min-max) of {args.repeats}")
     for batch in args.batches:

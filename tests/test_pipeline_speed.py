@@ -33,3 +33,13 @@ def test_compiled_pipeline_gives_the_same_outputs(lq):
     compiled = pipe.compile()(lq)
     assert pipe.compiled and time.perf_counter() - t0 < 300
     assert (compiled - eager).abs().max().item() < 1e-4
+
+
+def test_call_runs_in_inference_mode_with_the_no_grad_outputs(lq):
+    """The pipeline call is under torch.inference_mode: same outputs as the same code under no_grad (exactly)."""
+    pipe = RestorationPipeline.from_pretrained(embedded_restorer(), device="cpu")
+    out = pipe(lq)
+    with torch.no_grad():
+        ref = RestorationPipeline.__call__.__wrapped__(pipe, lq)
+    assert out.is_inference() and not ref.is_inference()
+    assert (out - ref).abs().max().item() == 0.0

@@ -299,7 +299,10 @@ class RestorationPipeline:
         return tile // f * f
 
     # ---------------------------------------------------------------------------- sample
-    @torch.no_grad()
+    # inference mode, not no_grad: no version counters or view tracking on the call's tensors. Its outputs are
+    # inference tensors (read them freely; clone one before an in-place edit or a graph outside inference mode).
+    # The fusion head's fit does not go through this call (it reads the decodes under no_grad)
+    @torch.inference_mode()
     def __call__(self, lq: torch.Tensor, steps: int = 50, scheduler: str = "ddim", guidance_scale: float = 1.0,
                  strength: float = 1.0, seed: int = 0, prompt: Optional[str] = None,
                  tile_size: Optional[int] = None, tile_overlap: Optional[int] = None,
