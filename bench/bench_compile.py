@@ -14,14 +14,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import List
-
 import torch
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from bench_pipeline import _fmt, _sync  # same folder: the script's directory is on sys.path
 
 
 def _timed(pipe, lq) -> float:
@@ -30,10 +25,6 @@ def _timed(pipe, lq) -> float:
     pipe(lq)
     _sync(lq.device)
     return time.perf_counter() - t0
-
-
-def _fmt(values: List[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def main() -> None:
