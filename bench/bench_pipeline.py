@@ -10,7 +10,8 @@ after one warm-up each; every figure is the median of ``--repeats`` with its min
 
 Variants: ``one-step`` (today's pipeline), ``one-step, before`` (prompt re-encoded every call: the pipeline
 before issue 26), ``one-step, decodes batched`` (``pipe.batch_decodes``: the fusion head's two decodes in one
-call) and ``4-step`` (a diffusion-objective model, DDIM).
+call), ``one-step, one decode`` (a head built with ``decoded_lq=False``: the LQ image in place of its decode)
+and ``4-step`` (a diffusion-objective model, DDIM).
 """
 
 from __future__ import annotations
@@ -83,9 +84,11 @@ def build(device, resolution: int, objective: str, model_name: str):
     return pipe.to(device)
 
 
-def timed_call(pipe, clock: StageClock, lq, steps: int, before: bool, batch_decodes: bool = False
-               ) -> Dict[str, float]:
+def timed_call(pipe, clock: StageClock, lq, steps: int, before: bool, batch_decodes: bool = False,
+               decoded_lq: bool = True) -> Dict[str, float]:
     pipe.batch_decodes = batch_decodes
+    if pipe.model.fusion is not None:  # a Python flag on the head: the same weights serve both head variants
+        pipe.model.fusion.uses_decoded_lq = decoded_lq
     if before:
         pipe._prompt_cache.clear()
     clock.seconds.clear()
@@ -93,7 +96,8 @@ def timed_call(pipe, clock: StageClock, lq, steps: int, before: bool, batch_deco
     t0 = time.perf_counter()
     pipe(lq, steps=steps, scheduler="ddim")
     _sync(lq.device)
-    return {"total": time.perf_counter() - t0, **{s: clock.seconds.get(s, 0.0) for s in STAGES}}
+    return {"total": time.perf_counter() - t0, **{s: clock.seconds.get(s, 0.0) for s in STAGES},
+            "decodes": 2 if pipe.model.fusion is not None and decoded_lq else 1}  # latents decoded per image
 
 
 def instrument(pipe, device) -> StageClock:
@@ -138,6 +142,8 @@ def main() -> None:
         "one-step, before": lambda lq: timed_call(pipes["one_step"], clocks["one_step"], lq, 1, before=True),
         "one-step, decodes batched": lambda lq: timed_call(pipes["one_step"], clocks["one_step"], lq, 1,
                                                            before=False, batch_decodes=True),
+        "one-step, one decode": lambda lq: timed_call(pipes["one_step"], clocks["one_step"], lq, 1, before=False,
+                                                     decoded_lq=False),
         "4-step": lambda lq: timed_call(pipes["diffusion"], clocks["diffusion"], lq, 4, before=False),
     }
     unknown = set(args.variants or []) - set(variants)
@@ -164,7 +170,7 @@ def _report(batch: int, runs: Dict[str, List[Dict[str, float]]]) -> None:
     print("|---|" + "---|" * (len(STAGES) + 3))
     for name, rs in runs.items():
         cells = [_fmt([r[k] for r in rs]) for k in ("total", *STAGES)]
-        unavoidable = [r["vae_encode"] + r["unet"] + r["vae_decode"] * (0.5 if r["fusion_head"] else 1.0) for r in rs]
+        unavoidable = [r["vae_encode"] + r["unet"] + r["vae_decode"] / r["decodes"] for r in rs]
         ratio = [r["total"] / u for r, u in zip(rs, unavoidable)]
         ips = [batch / r["total"] for r in rs]
         print(f"| {name} | " + " | ".join(cells) + f" | {statistics.median(ips):.2f} | "

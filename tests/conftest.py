@@ -12,6 +12,9 @@ import daclip_lora.clip.registry  # noqa: F401
 
 TINY = "daclip_tiny"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one intra-op thread per worker, no oversubscription
+    torch.set_num_threads(1)
+
 
 def randomize_zero_modules(model, std=0.02, seed=1):
     """Give the controller's zero modules non-zero weights so that control changes outputs."""
@@ -68,6 +71,16 @@ def _isolated_registry():
     reg._MODEL_CONFIGS.update(saved[0])
     reg._CONFIG_SOURCES.clear()
     reg._CONFIG_SOURCES.update(saved[1])
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests (minutes each: inductor compilation) run only with ``DACLIP_LORA_SLOW_TESTS=1``."""
+    if os.environ.get("DACLIP_LORA_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set DACLIP_LORA_SLOW_TESTS=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter):

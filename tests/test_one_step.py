@@ -82,6 +82,24 @@ def test_fusion_head_blend_in_residual_coordinates():
     assert (head(lq, dec, dec_lq, ie, de) - expected).abs().max().item() < 1e-6
 
 
+def test_one_decode_head_blends_the_lq_in_place_of_the_decoded_lq():
+    """``decoded_lq=False``: the same blend with ``D(z_LQ) = LQ``; whatever is passed as ``D(z_LQ)`` is ignored."""
+    g = torch.Generator().manual_seed(4)
+    full, lite = FusionHead(embed_dim=8), FusionHead(embed_dim=8, decoded_lq=False)
+    with torch.no_grad():
+        for p in full.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    lite.load_state_dict(full.state_dict())
+    lq, dec, other = (torch.rand(2, 3, 8, 8, generator=g) for _ in range(3))
+    ie, de = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    want = full(lq, dec, lq, ie, de)
+    assert (lite(lq, dec, None, ie, de) - want).abs().max().item() == 0.0
+    assert (lite(lq, dec, other, ie, de) - want).abs().max().item() == 0.0
+    assert (full(lq, dec, other, ie, de) - want).abs().max().item() > 1e-2
+    with pytest.raises(ValueError, match="blends D\\(z_LQ\\)"):
+        full(lq, dec, None, ie, de)
+
+
 @torch.no_grad()
 def _edit_record(folder, **changes):
     path = folder / "restoration.json"
@@ -160,11 +178,11 @@ def test_folder_from_a_newer_release_is_refused(assets, tmp_path, changes):
         load_restoration(fresh, out)
 
 
-def _one_step_model(assets, fusion=True, seed=0):
+def _one_step_model(assets, fusion=True, seed=0, decoded_lq=True):
     sd = load_sd_components(assets / "tiny_sd")
     cfg = RestorationConfig(base=str(assets / "tiny_sd"), daclip_model="daclip_tiny", embed_dim=64,
                             cross_attention_dim=32, num_tokens=2, lora={"rank": 4, "alpha": 4},
-                            objective="one_step", one_step_t=50, fusion=fusion)
+                            objective="one_step", one_step_t=50, fusion=fusion, fusion_decoded_lq=decoded_lq)
     torch.manual_seed(seed)
     model = RestorationUNet(sd.unet, cfg)
     add_unet_lora(model.unet, cfg.lora)
@@ -193,6 +211,27 @@ def test_one_step_folder_round_trip_keeps_the_fusion_head(assets, tmp_path):
     a = RestorationPipeline.from_pretrained(out)(lq)
     b = RestorationPipeline(sd, fresh, daclip)(lq)
     assert (a - b).abs().max().item() < 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("decoded_lq,decodes", [(True, 2), (False, 1)])
+def test_fusion_head_inputs_set_the_decodes_and_survive_a_round_trip(assets, tmp_path, decoded_lq, decodes):
+    """``fusion_decoded_lq: false`` is saved, and its pipeline decodes once: output = head(LQ, D(z), LQ)."""
+    sd, model = _one_step_model(assets, decoded_lq=decoded_lq)
+    out = save_restoration(model, tmp_path / "restoration")
+    assert read_restoration_config(out).fusion_decoded_lq is decoded_lq
+    pipe = RestorationPipeline.from_pretrained(out)
+    assert pipe.model.fusion.uses_decoded_lq is decoded_lq
+    calls = []
+    pipe.backbone.vae.decoder.register_forward_hook(lambda *a: calls.append(1))
+    lq = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    fused = pipe(lq)
+    assert len(calls) == decodes
+    decoded = pipe(lq, fusion=False)
+    image_emb, degra_emb = pipe.daclip_embeddings(lq)
+    second = pipe.decode_latents(pipe.encode_latents(lq)) if decoded_lq else lq
+    want = pipe.model.fusion(lq, decoded, second, image_emb.float(), degra_emb.float()).clamp(0, 1)
+    assert (fused - want).abs().max().item() < 1e-5
 
 
 @torch.no_grad()
@@ -280,12 +319,25 @@ def test_fusion_data_reuses_the_latent_cache_without_changing_it(assets, tmp_pat
     for key in computed:
         assert (from_cache[key] - computed[key]).abs().max().item() < 1e-5, key
 
+def test_one_decode_head_is_fitted_without_decoding_the_lq_latents(assets, tmp_path):
+    opt = _opt(tmp_path, assets, "sd.objective=one_step", "sd.fusion=true", "sd.fusion_images=3",
+               "sd.fusion_decoded_lq=false")
+    trainer = RestorationTrainer(opt)
+    Engine(opt, trainer).fit()
+    calls = []
+    trainer.backbone.vae.decoder.register_forward_hook(lambda *a: calls.append(1))
+    data = trainer._fusion_data()
+    assert trainer.model.fusion.uses_decoded_lq is False and torch.equal(data["decoded_lq"], data["lq"])
+    assert len(calls) == 1  # the restored latents of the one batch only
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["sd.fusion=true"], "sd.fusion needs sd.objective: one_step"),
     (["sd.objective=one_step", "datasets.calib.mode=MD", "datasets.calib.dataroot=."],
      "calibration split is only used to fit the fusion head"),
     (["sd.objective=one_step", "sd.one_step_t=1000"], "sd.one_step_t must be a timestep in [0, 1000)"),
     (["sd.objective=one_step", "sd.conditioning.lq_start=0.5"], "lq_start applies to the diffusion objective"),
+    (["sd.objective=one_step", "sd.fusion_decoded_lq=false"], "sd.fusion is false"),
 ])
 def test_objective_option_errors(assets, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):

@@ -6,12 +6,16 @@ restored latent minus decoded LQ latent), the VAE round trip ``D(z_LQ) - LQ`` (a
 each with its own weight, then applies a per-channel affine colour correction; weights and correction come from
 DA-CLIP's degradation and content embeddings and the LQ's colour statistics. It starts as the identity
 (output = LQ) and is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`).
+
+``D(z_LQ)`` costs a second VAE decode per image. A head built with ``decoded_lq=False`` (option
+``sd.fusion_decoded_lq: false``) uses the LQ image in its place: the same blend with ``D(z_LQ) = LQ``, i.e. ``LQ`` and
+``D(z)`` only, and one decode (the trade-off is measured in ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -38,9 +42,11 @@ class FusionHead(nn.Module):
     #: before it existed hold plain ``(c1 - 1, c2, c3)`` outputs and are converted exactly on load
     COORDINATES = 2
 
-    def __init__(self, embed_dim: int, hidden: int = 64, channels: int = 3):
+    def __init__(self, embed_dim: int, hidden: int = 64, channels: int = 3, decoded_lq: bool = True):
         super().__init__()
         self.channels = channels
+        #: whether the blend reads ``D(z_LQ)`` (a second decode); ``False``: the LQ image stands in for it
+        self.uses_decoded_lq = decoded_lq
         self.norm = nn.LayerNorm(2 * embed_dim)
         self.fc1 = nn.Linear(2 * embed_dim + 2 * channels, hidden)
         self.act = nn.GELU()
@@ -73,22 +79,31 @@ class FusionHead(nn.Module):
             out[key] = v
         return out
 
-    def forward(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor, image_emb: torch.Tensor,
-                degra_emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: Optional[torch.Tensor],
+                image_emb: torch.Tensor, degra_emb: torch.Tensor) -> torch.Tensor:
+        """The blend; ``decoded_lq`` is ignored (may be ``None``) by a head built with ``decoded_lq=False``."""
+        if not self.uses_decoded_lq:
+            decoded_lq = lq
+        elif decoded_lq is None:
+            raise ValueError("this fusion head blends D(z_LQ), the decoded LQ latent: pass it (or build the head "
+                             "with decoded_lq=False, option sd.fusion_decoded_lq: false)")
         k = self.coefficients(lq, image_emb, degra_emb).float().view(lq.shape[0], -1, 1, 1)
         c = self.channels
         mixed = k[:, 0:1] * lq + k[:, 1:2] * decoded + k[:, 2:3] * decoded_lq
         return k[:, 3:3 + c] * mixed + k[:, 3 + c:]
 
 
-def fit_fusion_head(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor,
+def fit_fusion_head(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: Optional[torch.Tensor],
                     gt: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor, steps: int = 400,
                     lr: float = 3e-3, batch: int = 128, seed: int = 0) -> Dict[str, float]:
     """Fit ``head`` on training images (tensors ``(N, 3, H, W)`` in [0, 1] and ``(N, E)`` embeddings).
 
     Loss: mean over images of ``log(MSE)`` (maximises mean PSNR). Deterministic for a given ``seed``.
     Returns the training set's mean PSNR of the LQ, of ``LQ + D(z) - D(z_LQ)`` and of the head's output.
+    ``decoded_lq`` may be ``None`` for a head that does not read it (then ``D(z_LQ) = LQ`` in the residual).
     """
+    if decoded_lq is None or not head.uses_decoded_lq:
+        decoded_lq = lq
     n = lq.shape[0]
     if n == 0:
         raise ValueError("fit_fusion_head needs at least one training image")

@@ -67,6 +67,7 @@ class RestorationConfig:
     objective: str = "diffusion"  # or "one_step" (see the module docstring)
     one_step_t: int = 50
     fusion: bool = False
+    fusion_decoded_lq: bool = True  # the head blends D(z_LQ) (a second decode); False: the LQ image instead
     lora: Dict[str, Any] = field(default_factory=dict)
     text_encoder_lora: Optional[Dict[str, Any]] = None
     time_embedding: bool = False  # DA-CLIP's degradation embedding added to the UNet's time embedding
@@ -211,7 +212,8 @@ class RestorationUNet(nn.Module):
         self.conditioner = DaclipConditioner(config)
         self.modulation: Optional[LoraModulation] = None  # built by attach_modulation, once LoRA is on the UNet
         # fitted after the LoRA, never by the training loop's optimiser
-        self.fusion = FusionHead(config.embed_dim).requires_grad_(False) if config.fusion else None
+        self.fusion = (FusionHead(config.embed_dim, decoded_lq=config.fusion_decoded_lq).requires_grad_(False)
+                       if config.fusion else None)
         if config.lq_latent:
             unet.conv_in = LQConvIn(unet.conv_in, config.latent_channels)
         if config.time_embedding:

@@ -357,12 +357,14 @@ class RestorationPipeline:
             latents = self._sample(z_lq, run, scheduler, steps, strength, seed, callback, progress and tile is None)
         # 5. decode, then the fusion head's blend with the LQ image when the model has a fitted one
         blend = fusion and self.model.fusion is not None and self.model.fusion.fitted
-        decode_tiles = tiles.stage(repeats=2 if blend else 1)
-        if blend:
+        second = blend and self.model.fusion.uses_decoded_lq  # the head reads D(z_LQ): a second decode
+        decode_tiles = tiles.stage(repeats=2 if second else 1)
+        if second:
             out, decoded_lq = self.decode_pair(latents, z_lq, tile, overlap, decode_tiles)
-            out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
         else:
-            out = self.decode_latents(latents, tile, overlap, decode_tiles)
+            out, decoded_lq = self.decode_latents(latents, tile, overlap, decode_tiles), None
+        if blend:
+            out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
         if color_fix != "none":
             words = self.predicted_degradations(degra_emb) if color_fix == "auto" else None
             out = apply_color_fix(out, x, color_fix, words)

@@ -203,6 +203,9 @@ class SDOptions:
     loss: LossOptions = field(default_factory=LossOptions)
     #: restoration: fit the degradation-aware output fusion head after the LoRA (see conditioning.FusionHead)
     fusion: bool = False
+    #: restoration, fusion: the head also blends D(z_LQ), the decoded LQ latent (a second VAE decode per image);
+    #: false: the LQ image stands in for it, one decode (faster; see docs/benchmarks.md for the PSNR it costs)
+    fusion_decoded_lq: bool = True
     #: training images the fusion head is fitted on, plus every image of a ``datasets.calib`` split (pairs
     #: the LoRA and the controller never saw: their DA-CLIP embeddings are as good as on new images)
     fusion_images: int = 1024
@@ -278,7 +281,8 @@ _RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_ste
 TASK_KEYS: Dict[str, Tuple[str, ...]] = {
     "controller": ("daclip", "controller", *_RUNTIME_COMMON),
     "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective", "sd.one_step_t",
-                    "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion", "sd.fusion_images", "runtime", "sampling"),
+                    "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion", "sd.fusion_images",
+                    "sd.fusion_decoded_lq", "runtime", "sampling"),
     "text2image": ("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
                    "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score", *_RUNTIME_COMMON,
                    "runtime.snr_gamma", "runtime.noise_offset", "sampling.scheduler", "sampling.steps",

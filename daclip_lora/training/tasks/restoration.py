@@ -54,6 +54,26 @@ def restoration_dataset(block, distortion, train: bool, crop: str = "random",
                               clip_size=clip_size)
 
 
+def _check_objective(s, c, steps: int) -> None:
+    """The ``sd`` options that only make sense together (objective, fusion head, pixel losses)."""
+    if s.objective == "one_step" and not 0 <= s.one_step_t < steps:
+        raise ValueError(f"sd.one_step_t must be a timestep in [0, {steps}) of the base's scheduler, got "
+                         f"{s.one_step_t}; small values (20-200) keep the LQ image's detail")
+    if s.fusion and s.objective != "one_step":
+        raise ValueError("sd.fusion needs sd.objective: one_step (the head is fitted on the model's outputs, "
+                         "which a sampled diffusion model varies with steps, strength and seed); set sd.fusion: "
+                         "false or sd.objective: one_step")
+    if not s.fusion and not s.fusion_decoded_lq:
+        raise ValueError("sd.fusion_decoded_lq: false chooses the fusion head's inputs, but sd.fusion is false (no "
+                         "head); set sd.fusion: true or remove sd.fusion_decoded_lq")
+    if s.objective != "one_step" and (s.loss.l1 or s.loss.lpips or s.loss.dists):
+        raise ValueError("sd.loss.l1/lpips/dists are taken on the one-step output decoded to pixels; set "
+                         "sd.objective: one_step or remove them")
+    if s.objective == "one_step" and c.lq_start:
+        raise ValueError("sd.conditioning.lq_start applies to the diffusion objective only; remove it or set "
+                         "sd.objective: diffusion")
+
+
 def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
     """The trainable model for ``opt`` on the loaded SD components (LoRA initialised from ``seed``)."""
     s, c = opt.sd, opt.sd.conditioning
@@ -67,22 +87,9 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
-        fusion=s.fusion, text_encoder_lora=None, time_embedding=c.time_embedding,
+        fusion=s.fusion, fusion_decoded_lq=s.fusion_decoded_lq, text_encoder_lora=None, time_embedding=c.time_embedding,
         modulated_lora=c.modulated_lora, output_norm=c.output_norm)
-    steps = int(sd.scheduler.config.num_train_timesteps)
-    if s.objective == "one_step" and not 0 <= s.one_step_t < steps:
-        raise ValueError(f"sd.one_step_t must be a timestep in [0, {steps}) of the base's scheduler, got "
-                         f"{s.one_step_t}; small values (20-200) keep the LQ image's detail")
-    if s.fusion and s.objective != "one_step":
-        raise ValueError("sd.fusion needs sd.objective: one_step (the head is fitted on the model's outputs, "
-                         "which a sampled diffusion model varies with steps, strength and seed); set sd.fusion: "
-                         "false or sd.objective: one_step")
-    if s.objective != "one_step" and (s.loss.l1 or s.loss.lpips or s.loss.dists):
-        raise ValueError("sd.loss.l1/lpips/dists are taken on the one-step output decoded to pixels; set "
-                         "sd.objective: one_step or remove them")
-    if s.objective == "one_step" and c.lq_start:
-        raise ValueError("sd.conditioning.lq_start applies to the diffusion objective only; remove it or set "
-                         "sd.objective: diffusion")
+    _check_objective(s, c, int(sd.scheduler.config.num_train_timesteps))
     if config.context_slots >= sd.tokenizer.model_max_length - 2:
         raise ValueError(f"{config.context_slots} DA-CLIP tokens leave no room for the prompt in "
                          f"{sd.tokenizer.model_max_length} positions; lower sd.conditioning.num_tokens")
@@ -326,9 +333,9 @@ class RestorationTrainer(TrainTask):
                     with pipe.autocast():
                         image_emb, degra_emb = pipe.daclip_embeddings(lq)
                 restored = self._restore_latents(pipe, z_lq, image_emb, degra_emb)
+                decoded_lq = self.backbone.decode_latents(z_lq) if self.config.fusion_decoded_lq else lq
                 for k, v in (("lq", lq), ("gt", gt), ("decoded", self.backbone.decode_latents(restored)),
-                             ("decoded_lq", self.backbone.decode_latents(z_lq)), ("image_emb", image_emb),
-                             ("degra_emb", degra_emb)):
+                             ("decoded_lq", decoded_lq), ("image_emb", image_emb), ("degra_emb", degra_emb)):
                     parts.setdefault(k, []).append(v.float().cpu())
         self.fusion_counts = {"train": min(limit, len(self._train)),
                               "calib": 0 if self._calib is None else len(self._calib)}
