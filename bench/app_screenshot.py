@@ -48,9 +48,10 @@ def main() -> None:
                    and d.find_elements(By.CSS_SELECTOR, "#download a"))
         time.sleep(1.0)
         # the whole page, the Sampling accordion (LoRA scale, colour fix) included: grow the window to it
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1300, min(int(height) + 40, 4000))
-        time.sleep(1.0)
+        for _ in range(3):  # the layout reflows as the window grows; the window's chrome is not in the viewport
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1300, min(int(height) + 200, 4000))
+            time.sleep(1.0)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(args.out))
         print(f"wrote {args.out}")
