@@ -83,12 +83,35 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def pytest_terminal_summary(terminalreporter):
-    """Print the fuzz counts (tests/test_fuzz.py) at the end of the run."""
+_WORKER_FUZZ_COUNTS: list = []  # pytest -n N: the counts each xdist worker sent back (pytest_testnodedown)
+
+
+def _fuzz_counts() -> dict:
     import sys
 
     fuzz = sys.modules.get("test_fuzz")
-    counts = getattr(fuzz, "FUZZ_COUNTS", None)
+    return dict(getattr(fuzz, "FUZZ_COUNTS", None) or {})
+
+
+def pytest_sessionfinish(session):
+    """An xdist worker hands its fuzz counts to the controller, which prints the summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fuzz_counts"] = _fuzz_counts()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _WORKER_FUZZ_COUNTS.append(getattr(node, "workeroutput", {}).get("fuzz_counts", {}))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the fuzz counts (tests/test_fuzz.py) at the end of the run, summed over xdist workers."""
+    counts: dict = {}
+    for part in [_fuzz_counts(), *_WORKER_FUZZ_COUNTS]:
+        for name, c in part.items():
+            total = counts.setdefault(name, {"tried": 0, "accepted": 0, "refused": 0})
+            for key in total:
+                total[key] += c[key]
     if counts:
         terminalreporter.section("fuzz")
         for name, c in sorted(counts.items()):

@@ -234,6 +234,19 @@ def test_fusion_head_inputs_set_the_decodes_and_survive_a_round_trip(assets, tmp
     assert (fused - want).abs().max().item() < 1e-5
 
 
+def test_format_3_folder_reads_as_the_two_decode_head(assets, tmp_path):
+    """Folders from before ``fusion_decoded_lq`` (format 3, no key) keep the head they were fitted with."""
+    _, model = _one_step_model(assets)
+    out = save_restoration(model, tmp_path / "restoration")
+    record = json.loads((out / "restoration.json").read_text())
+    assert record["format_version"] == 4 and record["fusion_decoded_lq"] is True
+    del record["fusion_decoded_lq"]
+    (out / "restoration.json").write_text(json.dumps({**record, "format_version": 3}))
+    fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
+    load_restoration(fresh, out)
+    assert fresh.fusion.uses_decoded_lq is True
+
+
 @torch.no_grad()
 def test_one_step_pipeline_ignores_sampling_steps_and_seed(assets, tmp_path):
     _, model = _one_step_model(assets)

@@ -11,6 +11,9 @@ plus ``format_version`` and the fusion head's state (``fusion_head``). Format ve
 * 3: the UNet's DA-CLIP paths (``time_embedding``, ``modulated_lora``, ``output_norm``; extras ``time_embedding.*``,
   ``modulation.*``, ``output_norm.*``). A version-2 reader would drop those keys and build another model, so it
   must refuse these folders; versions 1 and 2 are still read (the paths off).
+* 4: ``fusion_decoded_lq`` (the fusion head's inputs: ``false`` reads the LQ image in place of ``D(z_LQ)``). A
+  version-3 reader would ignore the key and blend a second decode the head was not fitted on, so it must refuse
+  these folders; versions 1-3 are still read (``fusion_decoded_lq: true``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ __all__ = ["CONFIG_NAME", "EXTRAS_NAME", "FORMAT_VERSION", "LORA_WEIGHT_NAME", "
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 EXTRAS_NAME = "restoration_extras.safetensors"
 #: version of the folder layout this daclip_lora writes; it reads this one and every older one
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 def save_restoration(model: RestorationUNet, out_dir: Union[str, Path], text_encoder: Optional[nn.Module] = None,
