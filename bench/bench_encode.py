@@ -15,6 +15,7 @@ import time
 import torch
 
 import daclip_lora
+from bench_pipeline import _fmt  # same folder: the script's directory is on sys.path
 
 
 def _interleaved(fns, repeats: int):
@@ -28,10 +29,6 @@ def _interleaved(fns, repeats: int):
             fn()
             ts.append(time.perf_counter() - t0)
     return times
-
-
-def _fmt_ms(ts) -> str:
-    return f"{statistics.median(ts) * 1e3:.1f} ms ({min(ts) * 1e3:.1f}-{max(ts) * 1e3:.1f})"
 
 
 def main() -> None:
@@ -63,10 +60,11 @@ def main() -> None:
     ratios = [c / p for c, p in zip(t_ctrl, t_plain)]  # per round: a background burst hits both of a pair
     print(f"model={args.model} batch={args.batch} device={args.device} threads={torch.get_num_threads()}; "
           f"median (min-max) of {args.repeats}, interleaved")
-    print(f"plain CLIP encode     : {_fmt_ms(t_plain)}")
-    print(f"controlled encode     : {_fmt_ms(t_ctrl)}")
+    print(f"plain CLIP encode     : {_fmt(t_plain)} s")
+    print(f"controlled encode     : {_fmt(t_ctrl)} s")
     print(f"ratio controlled/plain: {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})  "
           f"(ideal ~2.0: two towers)")
+
 
 if __name__ == "__main__":
     main()

@@ -333,9 +333,11 @@ class RestorationTrainer(TrainTask):
                     with pipe.autocast():
                         image_emb, degra_emb = pipe.daclip_embeddings(lq)
                 restored = self._restore_latents(pipe, z_lq, image_emb, degra_emb)
-                decoded_lq = self.backbone.decode_latents(z_lq) if self.config.fusion_decoded_lq else lq
-                for k, v in (("lq", lq), ("gt", gt), ("decoded", self.backbone.decode_latents(restored)),
-                             ("decoded_lq", decoded_lq), ("image_emb", image_emb), ("degra_emb", degra_emb)):
+                items = [("lq", lq), ("gt", gt), ("decoded", self.backbone.decode_latents(restored)),
+                         ("image_emb", image_emb), ("degra_emb", degra_emb)]
+                if self.config.fusion_decoded_lq:  # else the head reads the LQ itself: no decode, no copy
+                    items.append(("decoded_lq", self.backbone.decode_latents(z_lq)))
+                for k, v in items:
                     parts.setdefault(k, []).append(v.float().cpu())
         self.fusion_counts = {"train": min(limit, len(self._train)),
                               "calib": 0 if self._calib is None else len(self._calib)}
@@ -364,7 +366,7 @@ class RestorationTrainer(TrainTask):
         self.model.eval()
         data = self._fusion_data()
         with torch.enable_grad():
-            report = fit_fusion_head(self.model.fusion, data["lq"], data["decoded"], data["decoded_lq"],
+            report = fit_fusion_head(self.model.fusion, data["lq"], data["decoded"], data.get("decoded_lq"),
                                      data["gt"], data["image_emb"], data["degra_emb"],
                                      seed=self.opt.train.manual_seed)
         self.model.train(was_training)
