@@ -9,8 +9,8 @@ LoRA rank 8 on the attention projections (the default targets), fp32 on the chos
     all paths          ``modulated_lora`` + ``time_embedding`` + ``output_norm`` (the demo's UNet)
 
 Inference: one ``RestorationUNet.denoise`` call (the one-step restoration's UNet work; VAE and DA-CLIP are the same
-for every variant). Training: forward + backward of the one-step loss. Median of ``--repeats`` rounds, the
-variants interleaved within each round.
+for every variant). Training: forward + backward of the one-step loss. Median (min-max) of ``--repeats`` rounds,
+the variants interleaved within each round; ratios taken per round.
 
 Usage::
 
@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from typing import Any, Callable, Dict
 
 import torch
+
+from _timing import fmt, fmt_ratio  # same folder: the script's directory is on sys.path
 
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "plain, merged": {"merge": True},
@@ -106,22 +107,20 @@ def main() -> None:
         forward(model)
         if name in train:
             step(model)
-    for _ in range(args.repeats):
+    for _ in range(args.repeats):  # interleaved: every variant's call, then its step, once per round
         for name, model in models.items():
             infer[name].append(_timed(lambda: forward(model), args.device))
             if name in train:
                 train[name].append(_timed(lambda: step(model), args.device))
-    base_i, base_t = statistics.median(infer["plain, merged"]), statistics.median(train["plain"])
-    print(f"SD 1.5-sized UNet, {args.size} px, batch 1, {args.device}, {args.threads} threads, median of "
-          f"{args.repeats}\n\n| variant | one-step UNet call | vs merged plain | training step | vs plain |\n"
-          "|---|---|---|---|---|")
+    print(f"SD 1.5-sized UNet, {args.size} px, batch 1, {args.device}, {args.threads} threads; seconds: median "
+          f"(min-max) of {args.repeats} interleaved rounds, ratios per round\n\n"
+          "| variant | one-step UNet call | vs merged plain | training step | vs plain |\n|---|---|---|---|---|")
     out = {}
     for name in models:
-        i = statistics.median(infer[name])
-        t = statistics.median(train[name]) if name in train else None
-        out[name] = {"inference_s": i, "train_step_s": t}
-        tt = f"{t:.3f} s | {t / base_t:.2f}x" if t is not None else "- | -"
-        print(f"| {name} | {i:.3f} s | {i / base_i:.2f}x | {tt} |")
+        t = train.get(name)
+        out[name] = {"inference_s": infer[name], "train_step_s": t}
+        tt = f"{fmt(t)} | {fmt_ratio(t, train['plain'])}" if t is not None else "- | -"
+        print(f"| {name} | {fmt(infer[name])} | {fmt_ratio(infer[name], infer['plain, merged'])} | {tt} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"size": args.size, "device": args.device, "threads": args.threads, "timings": out}, f, indent=2)

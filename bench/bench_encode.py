@@ -9,26 +9,11 @@ and reported as median (min-max).
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import daclip_lora
-from bench_pipeline import _fmt  # same folder: the script's directory is on sys.path
-
-
-def _interleaved(fns, repeats: int):
-    """Each function once as a warm-up, then ``repeats`` rounds A B A B ...: per-function lists of seconds."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return times
+from _timing import fmt, fmt_ratio, interleaved  # same folder: the script's directory is on sys.path
 
 
 def main() -> None:
@@ -47,23 +32,15 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    def plain():
-        model.encode_image(images)
-        sync()
-
-    def controlled():
-        model.encode_image(images, control=True)
-        sync()
-
     with torch.inference_mode():
-        t_plain, t_ctrl = _interleaved([plain, controlled], args.repeats)
-    ratios = [c / p for c, p in zip(t_ctrl, t_plain)]  # per round: a background burst hits both of a pair
+        t = interleaved({"plain": lambda: model.encode_image(images),
+                         "controlled": lambda: model.encode_image(images, control=True)}, args.repeats, sync)
+    t_plain, t_ctrl = t["plain"], t["controlled"]
     print(f"model={args.model} batch={args.batch} device={args.device} threads={torch.get_num_threads()}; "
           f"median (min-max) of {args.repeats}, interleaved")
-    print(f"plain CLIP encode     : {_fmt(t_plain)} s")
-    print(f"controlled encode     : {_fmt(t_ctrl)} s")
-    print(f"ratio controlled/plain: {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})  "
-          f"(ideal ~2.0: two towers)")
+    print(f"plain CLIP encode     : {fmt(t_plain)} s")
+    print(f"controlled encode     : {fmt(t_ctrl)} s")
+    print(f"ratio controlled/plain: {fmt_ratio(t_ctrl, t_plain)} per round  (ideal ~2.0: two towers)")
 
 
 if __name__ == "__main__":

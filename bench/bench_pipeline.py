@@ -24,6 +24,8 @@ from typing import Callable, Dict, List
 
 import torch
 
+from _timing import fmt  # same folder: the script's directory is on sys.path
+
 STAGES = ("daclip", "prompt", "vae_encode", "unet", "vae_decode", "fusion_head")
 
 
@@ -112,10 +114,6 @@ def instrument(pipe, device) -> StageClock:
     return clock
 
 
-def _fmt(values: List[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
-
-
 def main() -> None:
     from daclip_lora.restoration.pipeline import PRECISIONS
 
@@ -169,7 +167,7 @@ def _report(batch: int, runs: Dict[str, List[Dict[str, float]]]) -> None:
     print(f"\nbatch {batch}\n| variant | " + " | ".join(("total", *STAGES)) + " | images/s | total / unavoidable |")
     print("|---|" + "---|" * (len(STAGES) + 3))
     for name, rs in runs.items():
-        cells = [_fmt([r[k] for r in rs]) for k in ("total", *STAGES)]
+        cells = [fmt([r[k] for r in rs]) for k in ("total", *STAGES)]
         unavoidable = [r["vae_encode"] + r["unet"] + r["vae_decode"] / r["decodes"] for r in rs]
         ratio = [r["total"] / u for r, u in zip(rs, unavoidable)]
         ips = [batch / r["total"] for r in rs]

@@ -1,5 +1,8 @@
 """Degradation-aware SD LoRA: training-step and sampling costs, measured side by side in one run.
 
+Variants of each part run interleaved (A B C A B C ...) after one warm-up each; every figure is the median
+(min-max) of ``--repeats`` rounds, every ratio is taken per round.
+
 1. cached training step (our full step: conditioning, LQ concat, loss, backward, AdamW) vs a bare
    UNet step (the same UNet + LoRA, forward + backward + AdamW on the same latents and text context);
 2. uncached step (VAE + DA-CLIP every step, as common scripts do) vs cached: the speed-up;
@@ -15,26 +18,19 @@
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from _timing import fmt, fmt_ratio, interleaved  # same folder: the script's directory is on sys.path
 
-def _time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _setup(args, workdir: Path):
@@ -111,10 +107,9 @@ def training_costs(args, workdir: Path) -> dict:
         torch.nn.functional.mse_loss(unet(bare_in, t, encoder_hidden_states=context).sample, noise).backward()
         optimizer.step()
 
-    r = args.repeats
-    return {"bare_ms": 1e3 * _time(bare_step, r), "cached_ms": 1e3 * _time(lambda: our_step(cached), r),
-            "uncached_ms": 1e3 * _time(lambda: our_step(raw), r),
-            "trainable": sum(p.numel() for p in params)}
+    times = interleaved({"bare": bare_step, "cached": lambda: our_step(cached), "uncached": lambda: our_step(raw)},
+                        args.repeats, _sync)
+    return {**times, "trainable": sum(p.numel() for p in params)}
 
 
 def sampling_costs(args, workdir: Path) -> dict:
@@ -141,14 +136,12 @@ def sampling_costs(args, workdir: Path) -> dict:
                 inp = torch.cat([x, z_lq], 1) if extra else x
                 x = sched.step(unet(inp, t, encoder_hidden_states=ctx).sample, t, x).prev_sample
 
-    results = {}
-    for merged in (False, True):
-        pipe = RestorationPipeline.from_pretrained(folder, merge_lora=merged, device=args.device)
-        results["merged_ms" if merged else "unmerged_ms"] = 1e3 * _time(lambda: loop(pipe.model.unet, True), args.repeats)
-    results["base_ms"] = 1e3 * _time(lambda: loop(base_unet, False), args.repeats)
+    pipes = {merged: RestorationPipeline.from_pretrained(folder, merge_lora=merged, device=args.device)
+             for merged in (False, True)}
     lq = torch.rand(1, 3, args.resolution, args.resolution)
-    results["pipeline_ms"] = 1e3 * _time(lambda: pipe(lq, steps=args.steps), max(1, args.repeats // 2))
-    return results
+    return interleaved({"base": lambda: loop(base_unet, False), "merged": lambda: loop(pipes[True].model.unet, True),
+                        "unmerged": lambda: loop(pipes[False].model.unet, True),
+                        "pipeline": lambda: pipes[True](lq, steps=args.steps)}, args.repeats, _sync)
 
 
 def peak_memory(args) -> float:
@@ -189,13 +182,15 @@ def main() -> None:
     peak = peak_memory(args)
     print(f"unet={args.unet} resolution={args.resolution} batch={args.batch} device={args.device} "
           f"threads={torch.get_num_threads()}")
-    print(f"bare UNet+LoRA step        {train['bare_ms']:9.1f} ms")
-    print(f"cached training step       {train['cached_ms']:9.1f} ms   ratio to bare {train['cached_ms'] / train['bare_ms']:.3f}")
-    print(f"uncached training step     {train['uncached_ms']:9.1f} ms   cached speed-up x{train['uncached_ms'] / train['cached_ms']:.2f}")
-    print(f"base UNet loop ({args.steps} steps)  {sample['base_ms']:9.1f} ms")
-    print(f"merged LoRA loop           {sample['merged_ms']:9.1f} ms   ratio to base {sample['merged_ms'] / sample['base_ms']:.3f}")
-    print(f"unmerged LoRA loop         {sample['unmerged_ms']:9.1f} ms   ratio to base {sample['unmerged_ms'] / sample['base_ms']:.3f}")
-    print(f"full pipeline call         {sample['pipeline_ms']:9.1f} ms   (DA-CLIP + VAE encode/decode + loop)")
+    t, m = train, sample
+    print(f"seconds: median (min-max) of {args.repeats} interleaved rounds; ratios per round")
+    print(f"bare UNet+LoRA step        {fmt(t['bare'])}")
+    print(f"cached training step       {fmt(t['cached'])}   / bare {fmt_ratio(t['cached'], t['bare'])}")
+    print(f"uncached training step     {fmt(t['uncached'])}   cache speed-up {fmt_ratio(t['uncached'], t['cached'])}")
+    print(f"base UNet loop ({args.steps} steps)  {fmt(m['base'])}")
+    print(f"merged LoRA loop           {fmt(m['merged'])}   / base {fmt_ratio(m['merged'], m['base'])}")
+    print(f"unmerged LoRA loop         {fmt(m['unmerged'])}   / base {fmt_ratio(m['unmerged'], m['base'])}")
+    print(f"full pipeline call         {fmt(m['pipeline'])}   (DA-CLIP + VAE encode/decode + loop, merged)")
     print(f"peak memory of a 3-step training run: {peak:.0f} MB ({'CUDA' if args.device.startswith('cuda') else 'process RSS'})")
     print(f"trainable parameters here: {train['trainable']:,}")
 

@@ -2,10 +2,11 @@
 
 Each measurement runs in a fresh subprocess (so peak RSS is that run's own): load the pipeline, note the RSS,
 restore one random ``side x side`` image with ``--steps`` DDIM steps, report the time and the peak RSS growth
-over the loaded pipeline. ``whole`` restores in one piece (skipped above ``--max-whole``: its self-attention
+over the loaded pipeline. Runs are interleaved: ``--repeats`` rounds, each one run of every (side, mode) pair, so a
+background burst shows up as spread rather than as a ratio; time and peak growth are medians (min-max). ``whole`` restores in one piece (skipped above ``--max-whole``: its self-attention
 alone grows with the square of the area); ``tiled`` uses ``--tile`` px tiles with a quarter overlap.
 
-    python bench/bench_tiling.py --sides 256 512 1024 2048 --steps 10
+    python bench/bench_tiling.py --sides 256 512 1024 2048 --steps 10 --repeats 3
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import resource
 import subprocess
 import sys
 import time
+
+from _timing import fmt, fmt_ratio  # same folder: the script's directory is on sys.path
 
 
 def _child(side: int, mode: str, steps: int, tile: int, threads: int) -> None:
@@ -56,34 +59,44 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=128, help="tile side in pixels (default 128)")
     ap.add_argument("--max-whole", type=int, default=1024, help="largest side restored whole")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--child", nargs=2, metavar=("SIDE", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         _child(int(args.child[0]), args.child[1], args.steps, args.tile, args.threads)
         return
-    rows = []
-    for side in args.sides:
-        for mode in ("whole", "tiled"):
-            if mode == "whole" and side > args.max_whole:
-                rows.append({"side": side, "mode": mode, "seconds": None, "peak_growth_mb": None})
-                continue
+    cells = {(side, mode): [] for side in args.sides for mode in ("whole", "tiled")
+             if not (mode == "whole" and side > args.max_whole)}
+    for _ in range(args.repeats):
+        for side, mode in cells:
             run = subprocess.run([sys.executable, __file__, "--child", str(side), mode, "--steps", str(args.steps),
                                   "--tile", str(args.tile), "--threads", str(args.threads)],
                                  capture_output=True, text=True)
             if run.returncode:
                 print(run.stderr[-2000:], file=sys.stderr)
-                rows.append({"side": side, "mode": mode, "seconds": None, "peak_growth_mb": None, "failed": True})
                 continue
-            rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
-    print(f"\n| side | whole: time, peak growth | tiled ({args.tile} px): time, peak growth | memory tiled / whole |")
-    print("|---|---|---|---|")
+            cells[side, mode].append(json.loads(run.stdout.strip().splitlines()[-1]))
+            print(cells[side, mode][-1], flush=True)
+    _report(cells, args)
+
+
+def _report(cells, args) -> None:
+    print(f"\nmedian (min-max) of {args.repeats} interleaved runs, each in a fresh process; ratios per round")
+    print(f"| side | whole: time (s) | whole: peak growth (MB) | tiled ({args.tile} px): time (s) | "
+          "tiled: peak growth (MB) | time tiled / whole | memory tiled / whole |")
+    print("|---|---|---|---|---|---|---|")
     for side in args.sides:
-        w = next(r for r in rows if r["side"] == side and r["mode"] == "whole")
-        t = next(r for r in rows if r["side"] == side and r["mode"] == "tiled")
-        fmt = lambda r: "n/a" if r["seconds"] is None else f"{r['seconds']:.1f} s, {r['peak_growth_mb']:.0f} MB"  # noqa
-        ratio = f"{t['peak_growth_mb'] / max(w['peak_growth_mb'], 1):.2f}x" if w["seconds"] and t["seconds"] else "-"
-        print(f"| {side} | {fmt(w)} | {fmt(t)} | {ratio} |")
+        w, t = cells.get((side, "whole"), []), cells.get((side, "tiled"), [])
+        row = []
+        for runs in (w, t):
+            row += ([fmt([r["seconds"] for r in runs], digits=1), fmt([r["peak_growth_mb"] for r in runs], digits=0)]
+                    if runs else ["n/a", "n/a"])
+        if w and len(w) == len(t):
+            row += [fmt_ratio([r["seconds"] for r in t], [r["seconds"] for r in w]),
+                    fmt_ratio([r["peak_growth_mb"] for r in t], [max(r["peak_growth_mb"], 1) for r in w])]
+        else:
+            row += ["-", "-"]
+        print(f"| {side} | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

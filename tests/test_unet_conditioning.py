@@ -208,3 +208,34 @@ def test_pipeline_embeddings_argument(assets, tmp_path):
     assert (pipe(lq, steps=1, embeddings=swapped) - default).abs().max().item() > 1e-4
     with pytest.raises(ValueError, match="one \\(content, degradation\\) pair per image"):
         pipe(lq, steps=1, embeddings=tuple(e[:1] for e in own))
+
+
+@pytest.mark.parametrize("shapes, indices, size, expected", [
+    ([(3, 8, 8)] * 5, [0, 1, 2, 3, 4], 2, [[0, 1], [2, 3], [4]]),
+    ([(3, 8, 8), (3, 8, 8), (3, 4, 8), (3, 8, 8)], [0, 1, 2, 3], 16, [[0, 1], [2], [3]]),  # a new shape cuts
+    ([(3, 8, 8)] * 3, [2, 0], 16, [[2, 0]]),
+])
+def test_same_size_chunks(shapes, indices, size, expected):
+    from daclip_lora.training.tasks.restoration import _same_size_chunks
+
+    samples = [{"LQ": torch.zeros(s)} for s in shapes]
+    assert _same_size_chunks(samples, indices, size) == expected
+
+
+def test_unet_alone_report_batched_equals_one_at_a_time(assets, tmp_path):
+    """Restoring the report's images in batches gives the figures of one image at a time (to 1e-3 dB); the
+    wrong-degradation row really feeds other embeddings (its figure differs, so the equality is not vacuous)."""
+    from daclip_lora.training.tasks.restoration import unet_alone_report
+
+    opt = _opt(tmp_path, assets, "sd.conditioning.output_norm=true", "sd.objective=one_step")
+    Engine(opt, RestorationTrainer(opt)).fit()
+    pipe = RestorationPipeline.from_pretrained(tmp_path / "experiments" / "r" / "models" / "restoration", device="cpu")
+    with torch.no_grad():
+        _perturb(pipe.model.unet.conv_norm_out, seed=5)
+    g = torch.Generator().manual_seed(4)
+    dataset = [{"LQ": torch.rand(3, 32, 32, generator=g), "GT": torch.rand(3, 32, 32, generator=g),
+                "degradation": d} for d in ("noisy", "hazy") * 3]
+    one, batched = (unet_alone_report(pipe, dataset, batch=b) for b in (1, 4))
+    for key in ("lq", "unet", "unet_wrong_embedding"):
+        assert abs(one[key] - batched[key]) < 1e-3
+    assert abs(one["unet"] - one["unet_wrong_embedding"]) > 1e-6
