@@ -1,7 +1,8 @@
 """The optional fusion head: a degradation-aware global blend of the LQ image and the decoded latents.
 
-The VAE cannot reproduce an image better than its own reconstruction error, so decoding alone caps the output
-below mildly degraded inputs. The head adds to the LQ image the latent's correction ``D(z) - D(z_LQ)`` (decoded
+A UNet trained to regress the GT's latent aims at the VAE's reconstruction ``D(E(GT))``, which is below mildly
+degraded inputs, so the decoded output stays below them (the decoder itself could do better from another latent;
+``bench/vae_ceiling.py`` measures both). The head adds to the LQ image the latent's correction ``D(z) - D(z_LQ)`` (decoded
 restored latent minus decoded LQ latent), the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ itself,
 each with its own weight, then applies a per-channel affine colour correction; weights and correction come from
 DA-CLIP's degradation and content embeddings and the LQ's colour statistics. It starts as the identity

@@ -17,8 +17,9 @@
   ``t``, to the restored latent in one call (x0 from its prediction), as one-step SD restorers do
   (OSEDiff, Wu et al. 2024); trained on a per-image log-MSE, i.e. on mean PSNR, not on total squared error
   (which lets the large errors of hazy or low-light images drown out JPEG or blur).
-* **Fusion head** (optional, :class:`FusionHead`). The VAE cannot reproduce an image better than its own
-  reconstruction error, so decoding alone caps the output below mildly degraded inputs. The head adds to
+* **Fusion head** (optional, :class:`FusionHead`). A UNet trained to regress the GT's latent aims at the VAE's
+  reconstruction ``D(E(GT))``, which is below mildly degraded inputs, so the decoded output stays below them
+  (the decoder itself could do better from another latent; ``bench/vae_ceiling.py``). The head adds to
   the LQ image the latent's correction ``D(z) - D(z_LQ)`` (decoded restored latent minus decoded LQ latent),
   the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ itself, each with its own weight, then applies
   a per-channel affine colour correction; weights and correction come from DA-CLIP's degradation and content
