@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import Any, Callable, Dict
 
 import torch
 
-from _timing import fmt, fmt_ratio  # same folder: the script's directory is on sys.path
+from _timing import fmt, fmt_ratio, interleaved  # same folder: the script's directory is on sys.path
 
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "plain, merged": {"merge": True},
@@ -72,16 +71,6 @@ def inputs(size: int, device: str, embed_dim: int = 512) -> Dict[str, torch.Tens
         degra_emb=torch.randn(1, embed_dim, generator=g), lq_latents=torch.randn(1, 4, h, h, generator=g)).items()}
 
 
-def _timed(fn: Callable[[], Any], device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=256)
@@ -93,8 +82,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     x = inputs(args.size, args.device)
     models = {name: build(v, args.device) for name, v in VARIANTS.items()}
-    infer: Dict[str, list] = {n: [] for n in models}
-    train: Dict[str, list] = {n: [] for n in models if n != "plain, merged"}
 
     def forward(model):
         with torch.no_grad():
@@ -103,15 +90,16 @@ def main() -> None:
     def step(model):
         model(**x).float().pow(2).mean().backward()
 
-    for name, model in models.items():  # warm-up: allocator, oneDNN kernels, autograd buffers
-        forward(model)
-        if name in train:
-            step(model)
-    for _ in range(args.repeats):  # interleaved: every variant's call, then its step, once per round
-        for name, model in models.items():
-            infer[name].append(_timed(lambda: forward(model), args.device))
-            if name in train:
-                train[name].append(_timed(lambda: step(model), args.device))
+    # every variant's call, then its training step (not for the merged model), once per round
+    fns: Dict[Any, Callable[[], Any]] = {}
+    for name, model in models.items():
+        fns[("infer", name)] = lambda m=model: forward(m)
+        if name != "plain, merged":
+            fns[("train", name)] = lambda m=model: step(m)
+    sync = torch.cuda.synchronize if args.device == "cuda" else None
+    times = interleaved(fns, args.repeats, sync)
+    infer = {name: times[("infer", name)] for name in models}
+    train = {name: t for (kind, name), t in times.items() if kind == "train"}
     print(f"SD 1.5-sized UNet, {args.size} px, batch 1, {args.device}, {args.threads} threads; seconds: median "
           f"(min-max) of {args.repeats} interleaved rounds, ratios per round\n\n"
           "| variant | one-step UNet call | vs merged plain | training step | vs plain |\n|---|---|---|---|---|")

@@ -3,8 +3,9 @@
 Each measurement runs in a fresh subprocess (so peak RSS is that run's own): load the pipeline, note the RSS,
 restore one random ``side x side`` image with ``--steps`` DDIM steps, report the time and the peak RSS growth
 over the loaded pipeline. Runs are interleaved: ``--repeats`` rounds, each one run of every (side, mode) pair, so a
-background burst shows up as spread rather than as a ratio; time and peak growth are medians (min-max). ``whole`` restores in one piece (skipped above ``--max-whole``: its self-attention
-alone grows with the square of the area); ``tiled`` uses ``--tile`` px tiles with a quarter overlap.
+background burst shows up as spread rather than as a ratio; time and peak growth are medians (min-max).
+``whole`` restores in one piece (skipped above ``--max-whole``: its self-attention alone grows with the square of
+the area); ``tiled`` uses ``--tile`` px tiles with a quarter overlap.
 
     python bench/bench_tiling.py --sides 256 512 1024 2048 --steps 10 --repeats 3
 """

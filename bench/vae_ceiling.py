@@ -1,8 +1,9 @@
-"""How well can any latent-space restorer do on the shipped tiny VAE? The ceiling of a decoded output, per degradation.
+"""How well can any latent-space restorer do on the shipped tiny VAE? Ceilings of a decoded output, per degradation.
 
 For every GT image of a split: the PSNR of the LQ, of the VAE's reconstruction ``D(E(GT))`` (what a UNet trained
 to regress the latent ``E(GT)`` aims at), and of ``D(z*)`` with ``z*`` optimised against the GT itself (Adam on the
-latent, from ``E(GT)``: an upper bound of anything the decoder can output, whatever the UNet or encoder).
+latent, from ``E(GT)``: an estimate from below of the best the decoder can output, whatever the UNet or encoder
+feeds it).
 
     python bench/vae_ceiling.py runs/demo/data/val --steps 150
 """
@@ -33,7 +34,10 @@ def _load(root: Path):
 
 
 def _psnr(x: torch.Tensor, gt: torch.Tensor) -> list:
-    return (10 * torch.log10(1 / (x.clamp(0, 1) - gt).pow(2).mean((1, 2, 3)))).tolist()
+    """Per-image PSNR (dB) of the clamped ``x`` against ``gt``."""
+    from daclip_lora._utils.image_metrics import batch_psnr
+
+    return [batch_psnr(a[None].clamp(0, 1), b[None]) for a, b in zip(x, gt)]
 
 
 def main() -> None:
@@ -68,8 +72,10 @@ def main() -> None:
         for label, v in zip(labels, values):
             rows.setdefault(label, {}).setdefault(name, []).append(v)
     table = {d: {k: round(float(np.mean(v)), 2) for k, v in r.items()} for d, r in rows.items()}
-    table["mean"] = {k: round(float(np.mean([np.mean(r[k]) for r in rows.values()])), 2) for k in next(iter(rows.values()))}
-    print(f"{len(labels)} images of {args.split}; PSNR (dB), mean per degradation; latent optimised for {args.steps} steps")
+    table["mean"] = {k: round(float(np.mean([np.mean(r[k]) for r in rows.values()])), 2)
+                     for k in next(iter(rows.values()))}
+    print(f"{len(labels)} images of {args.split}; PSNR (dB), mean per degradation; "
+          f"latent optimised for {args.steps} steps")
     print("| degradation | LQ | D(E(GT)) | D(z*) |\n|---|---|---|---|")
     for d, r in table.items():
         print(f"| {d} | {r['lq']:.2f} | {r['vae_reconstruction']:.2f} | {r['optimised_latent']:.2f} |")

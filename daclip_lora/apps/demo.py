@@ -51,7 +51,7 @@ DEMO_CONDITIONING = {"num_tokens": 2, "time_embedding": True, "modulated_lora": 
 DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
     "full": {"size": 96, "val_size": 8, "test_size": 8, "calib_size": 48, "patch": 64,
              "controller_steps": 300, "controller_batch": 32,
-             # batch 16: the UNet is sample-limited (twice the samples of batch 8 cost +10 % of the demo's time)
+             # batch 16: the UNet is limited by the samples it sees (docs/status.md)
              "sd_steps": 250, "sd_batch": 16, "sd_lr": 3e-3,
              "sd_lora": {"rank": 8, "alpha": 8, "targets": DEMO_LORA_TARGETS},
              "sd_conditioning": DEMO_CONDITIONING,
