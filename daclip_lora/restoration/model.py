@@ -316,7 +316,7 @@ class RestorationUNet(nn.Module):
         """The fusion head's metadata as ``restoration.json`` stores it (``None`` without a head)."""
         if self.fusion is None:
             return None
-        return {"fitted": bool(self.fusion.fitted), "coordinates": FusionHead.COORDINATES}
+        return {"fitted": bool(self.fusion.fitted), "coordinates": self.fusion.version}
 
     def load_extras(self, state: Dict[str, torch.Tensor], fusion_state: Optional[Dict[str, Any]] = None) -> None:
         """Load :meth:`extras_state_dict` weights; ``fusion_state`` is :meth:`fusion_state` as saved (``None``:
@@ -352,6 +352,9 @@ class RestorationUNet(nn.Module):
         if coordinates > FusionHead.COORDINATES:
             raise ValueError(f"the fusion head was saved with blend coordinates v{coordinates}; this "
                              f"daclip_lora reads up to v{FusionHead.COORDINATES}: upgrade daclip_lora")
+        if coordinates < self.fusion.version:  # an older head: its own layout (inputs and colour correction)
+            self.fusion = FusionHead(self.config.embed_dim, decoded_lq=self.config.fusion_decoded_lq,
+                                     version=2).requires_grad_(False).to(self.fusion.fc1.weight.device)
         if coordinates == 1:
             weights = FusionHead.legacy_state(weights)
         self.fusion.load_state_dict(weights)
