@@ -98,20 +98,41 @@ def test_fusion_head_colour_gain_is_a_log_gain_about_the_mean():
     for version, want in ((3, (lq - mean) * 2 + mean + 0.1), (2, 1.6931472 * lq + 0.1)):
         head = FusionHead(embed_dim=8, version=version)
         with torch.no_grad():
-            head.fc2.bias[3:6], head.fc2.bias[6:] = math.log(2.0), 0.1
+            n = head.n_terms
+            head.fc2.bias[n:n + 3], head.fc2.bias[n + 3:] = math.log(2.0), 0.1
         assert (head(lq, dec, dec_lq, ie, de) - want).abs().max().item() < 1e-5, version
 
 
-def test_fusion_head_blend_in_residual_coordinates():
-    """The raw outputs (w1, w2, w3) mean LQ + w1 (D(z) - D(z_LQ)) + w2 (D(z_LQ) - LQ) + w3 LQ."""
+@pytest.mark.parametrize("version,weights", [(2, [0.7, -0.2, 0.1]), (3, [0.7, 0.7, -0.2, -0.2, 0.1])])
+def test_fusion_head_blend_in_residual_coordinates(version, weights):
+    """The raw outputs mean LQ + w1 (D(z) - D(z_LQ)) + w2 (D(z_LQ) - LQ) + w3 LQ (version 3: the same weight on
+    both frequency bands of a term is that weight on the whole term)."""
     g = torch.Generator().manual_seed(0)
-    head = FusionHead(embed_dim=8)
+    head = FusionHead(embed_dim=8, version=version)
     with torch.no_grad():
-        head.fc2.bias[:3] = torch.tensor([0.7, -0.2, 0.1])
+        head.fc2.bias[:len(weights)] = torch.tensor(weights)
     lq, dec, dec_lq = (torch.rand(2, 3, 8, 8, generator=g) for _ in range(3))
     ie, de = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
     expected = lq + 0.7 * (dec - dec_lq) - 0.2 * (dec_lq - lq) + 0.1 * lq
     assert (head(lq, dec, dec_lq, ie, de) - expected).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("index,term,band", [(0, "correction", "low"), (1, "correction", "high"),
+                                             (2, "round_trip", "low"), (3, "round_trip", "high")])
+def test_fusion_head_weighs_each_frequency_band_on_its_own(index, term, band):
+    """Version 3: a weight of 1 on one band adds exactly that band (the colour fix's wavelet split) to the LQ."""
+    from daclip_lora.restoration.color_fix import wavelet_decompose
+
+    g = torch.Generator().manual_seed(3)
+    head = FusionHead(embed_dim=8)
+    with torch.no_grad():
+        head.fc2.bias[index] = 1.0
+    lq, dec, dec_lq = (torch.rand(2, 3, 32, 32, generator=g) for _ in range(3))
+    ie, de = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    high, low = wavelet_decompose(dec - dec_lq if term == "correction" else dec_lq - lq, FusionHead.BAND_LEVELS)
+    want = lq + (low if band == "low" else high)
+    assert (head(lq, dec, dec_lq, ie, de) - want).abs().max().item() < 1e-6
+    assert min(low.abs().max().item(), high.abs().max().item()) > 0.05  # both bands carry signal
 
 
 def test_one_decode_head_blends_the_lq_in_place_of_the_decoded_lq():

@@ -1,10 +1,10 @@
-"""The optional fusion head: a degradation-aware global blend of the LQ image and the decoded latents.
+"""The optional fusion head: a degradation-aware blend, weighted per image, of the LQ image and the decoded latents.
 
 A UNet trained to regress the GT's latent aims at the VAE's reconstruction ``D(E(GT))``, which is below mildly
 degraded inputs, so the decoded output stays below them (the decoder itself could do better from another latent;
 ``bench/vae_ceiling.py`` measures both). The head adds to the LQ image the latent's correction ``D(z) - D(z_LQ)`` (decoded
 restored latent minus decoded LQ latent), the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ itself,
-each with its own weight, then applies a per-channel colour correction; weights and correction come from
+each with its own weight (the first two per frequency band), then applies a per-channel colour correction; weights and correction come from
 DA-CLIP's degradation embedding and global statistics of the LQ and of how far the decoded output
 moved from it (version 3 of the head; :class:`FusionHead`). It starts as the identity
 (output = LQ) and is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`).
@@ -17,42 +17,47 @@ moved from it (version 3 of the head; :class:`FusionHead`). It starts as the ide
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from .._utils.image_metrics import mse_to_psnr
+from .color_fix import wavelet_decompose
 
 __all__ = ["FusionHead", "fit_fusion_head"]
 
 
 class FusionHead(nn.Module):
-    """Degradation-aware output fusion: a per-image blend of ``LQ``, ``D(z)`` and ``D(z_LQ)``, then a per-channel
+    """Degradation-aware output fusion: per image, ``LQ`` plus weighted correction terms, then a per-channel
     colour correction.
 
-    A small MLP reads DA-CLIP's degradation embedding (and, before version 3, the content embedding) and global
-    statistics of the images (below) and predicts the blend in residual coordinates, ``mixed = LQ + w1 (D(z) - D(z_LQ)) + w2 (D(z_LQ) - LQ) +
-    w3 LQ``, i.e. ``c1 LQ + c2 D(z) + c3 D(z_LQ)`` with ``(c1, c2, c3) = (1 - w2 + w3, w1, w2 - w1)``: the same
-    family of blends as plain coefficients, but the fit (Adam, per coordinate) reaches "add the latent's
-    correction" (``w1``) directly; in plain coordinates it settled on smoothing blends (``docs/restoration.md``).
-    The colour correction, per channel ``c``:
+    ``mixed = LQ + sum_i w_i term_i`` (:meth:`terms`): the latent's correction ``D(z) - D(z_LQ)``, the VAE round
+    trip ``D(z_LQ) - LQ`` and the LQ itself. These residual coordinates span the same blends as plain
+    coefficients of ``LQ``, ``D(z)`` and ``D(z_LQ)``, but the fit (Adam, per coordinate) reaches "add the
+    latent's correction" directly; in plain coordinates it settled on smoothing blends (``docs/restoration.md``).
+    A small MLP predicts the weights and the colour correction. Versions (:attr:`COORDINATES`):
 
-    * version 3 (``COORDINATES``, what a fresh head is): ``(mixed - mean(mixed)) * exp(g) + mean(mixed) + b``,
-      a log-gain about the image's mean. The head reads the degradation embedding, not the content one (which
-      only made its fit noisier; ``docs/restoration.md``). The statistics are the LQ's per-channel mean and log standard
-      deviation, how far ``D(z)`` moves them, and the log energy of the latent's correction ``D(z) - D(z_LQ)``:
-      the head sees how much the UNet changed the image, not only what DA-CLIP says it is;
-    * versions 1 and 2 (folders saved before it; 1 had plain blend outputs): ``(1 + g) * mixed + b`` from
-      the LQ's mean and standard deviation only.
+    * **3** (a fresh head): the correction and the round trip are each split into a low- and a high-frequency
+      band with their own weights; the colour correction is a log-gain about the image's mean,
+      ``(mixed - mean) * exp(g) + mean + b``; the MLP reads DA-CLIP's degradation embedding and global
+      statistics: the LQ's per-channel mean and log standard deviation, how far ``D(z)`` moves them and the log
+      energy of the latent's correction, so it sees how much the UNet changed the image, not only what DA-CLIP
+      says it is;
+    * **2** (and 1, plain coordinates, converted on load): three terms, ``(1 + g) * mixed + b``, read from the
+      content and degradation embeddings and the LQ's per-channel mean and standard deviation.
 
     The last layer starts at zero, where the output is the LQ image.
     """
 
     #: version of the head's parametrisation in saved weights (``restoration.json``'s
-    #: ``fusion_head.coordinates``): 1 plain blend coordinates, 2 residual ones, 3 residual with the decodes'
+    #: ``fusion_head.coordinates``): 1 plain blend coordinates, 2 residual ones, 3 frequency bands, the decodes'
     #: statistics and the log-gain colour correction. Versions 1 and 2 are still read.
     COORDINATES = 3
+
+    #: à-trous levels of version 3's frequency bands (the colour fix's decomposition,
+    #: :func:`~daclip_lora.restoration.color_fix.wavelet_decompose`): ``low`` is blurred at dilations 1 to 16
+    BAND_LEVELS = 5
 
     def __init__(self, embed_dim: int, hidden: int = 64, channels: int = 3, decoded_lq: bool = True,
                  version: int = COORDINATES):
@@ -64,10 +69,12 @@ class FusionHead(nn.Module):
         self.uses_decoded_lq = decoded_lq
         # version 3 reads the degradation embedding only, versions 1-2 the content embedding too
         n_emb, n_stats = (embed_dim, 4 * channels + 1) if version >= 3 else (2 * embed_dim, 2 * channels)
+        #: how many terms the blend weighs (:meth:`terms`)
+        self.n_terms = 5 if version >= 3 else 3
         self.norm = nn.LayerNorm(n_emb)
         self.fc1 = nn.Linear(n_emb + n_stats, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, 3 + 2 * channels)
+        self.fc2 = nn.Linear(hidden, self.n_terms + 2 * channels)
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
         # set by fit_fusion_head (and saved); until then the pipeline decodes without the head (training-time
@@ -86,18 +93,50 @@ class FusionHead(nn.Module):
         correction = torch.log((decoded - decoded_lq).pow(2).mean((1, 2, 3)) + 1e-4)[:, None]
         return torch.cat([mean, log_std, moved_mean, moved_log_std, correction], dim=1)
 
-    def coefficients(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor,
-                     image_emb: torch.Tensor, degra_emb: torch.Tensor) -> torch.Tensor:
-        """``(B, 3 + 2C)``: blend weights ``(c1, c2, c3)``, colour gains and offsets (the gains are log-gains in
-        version 3, ``1 + g`` before; all at their identity values when untrained)."""
+    def terms(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C, H, W)``: what the blend adds to the LQ image, each term with its own weight: the latent's
+        correction ``D(z) - D(z_LQ)``, the VAE round trip ``D(z_LQ) - LQ`` and the LQ; version 3 splits the first
+        two into low and high frequencies (a colour or brightness correction and fine detail, or the round
+        trip's colour shift and its smoothing, are trusted separately)."""
+        correction, round_trip = decoded - decoded_lq, decoded_lq - lq
+        if self.version < 3:
+            return torch.stack([correction, round_trip, lq], dim=1)
+        c_high, c_low = wavelet_decompose(correction, self.BAND_LEVELS)
+        r_high, r_low = wavelet_decompose(round_trip, self.BAND_LEVELS)
+        return torch.stack([c_low, c_high, r_low, r_high, lq], dim=1)
+
+    def inputs(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: Optional[torch.Tensor]
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The parameter-free part of the head: ``(statistics, terms)`` in fp32 (:func:`fit_fusion_head`
+        computes it once per image)."""
+        if not self.uses_decoded_lq:
+            decoded_lq = lq
+        elif decoded_lq is None:
+            raise ValueError("this fusion head blends D(z_LQ), the decoded LQ latent: pass it (or build the head "
+                             "with decoded_lq=False, option sd.fusion_decoded_lq: false)")
+        lq, decoded, decoded_lq = lq.float(), decoded.float(), decoded_lq.float()
+        return self.statistics(lq, decoded, decoded_lq), self.terms(lq, decoded, decoded_lq)
+
+    def blend_weights(self, stats: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor) -> torch.Tensor:
+        """``(B, T + 2C)``: the weight of each of the :meth:`terms`, the colour gains (log-gains in version 3,
+        ``1 + g`` before) and offsets; zero weights, unit gains and zero offsets when untrained."""
         p = self.fc1.weight
-        stats = self.statistics(lq.float(), decoded.float(), decoded_lq.float()).to(p.dtype)
         emb = self.norm((degra_emb if self.version >= 3 else torch.cat([image_emb, degra_emb], dim=1)).to(p.dtype))
-        h = self.fc2(self.act(self.fc1(torch.cat([emb, stats], dim=1))))
-        w1, w2, w3 = h[:, 0:1], h[:, 1:2], h[:, 2:3]
-        blend = torch.cat([1 + w3 - w2, w1, w2 - w1], dim=1)
-        gain = h[:, 3:3 + self.channels] if self.version >= 3 else 1 + h[:, 3:3 + self.channels]
-        return torch.cat([blend, gain, h[:, 3 + self.channels:]], dim=1)
+        h = self.fc2(self.act(self.fc1(torch.cat([emb, stats.to(p.dtype)], dim=1)))).float()
+        n, c = self.n_terms, self.channels
+        gain = h[:, n:n + c] if self.version >= 3 else 1 + h[:, n:n + c]
+        return torch.cat([h[:, :n], gain, h[:, n + c:]], dim=1)
+
+    def blend(self, lq: torch.Tensor, terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``LQ + sum_i w_i term_i``, then the colour correction (:meth:`blend_weights` gives ``weights``)."""
+        n, c = self.n_terms, self.channels
+        k = weights.view(weights.shape[0], -1, 1, 1)
+        mixed = lq.float() + (k[:, :n, None] * terms).sum(dim=1)
+        gain, offset = k[:, n:n + c], k[:, n + c:]
+        if self.version < 3:
+            return gain * mixed + offset
+        # (mixed - mean) * exp(g) + mean + b, written so that g = b = 0 gives mixed exactly
+        return mixed + (mixed - mixed.mean((2, 3), keepdim=True)) * torch.expm1(gain) + offset
 
     @staticmethod
     def legacy_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -113,20 +152,27 @@ class FusionHead(nn.Module):
 
     def forward(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: Optional[torch.Tensor],
                 image_emb: torch.Tensor, degra_emb: torch.Tensor) -> torch.Tensor:
-        """The blend; ``decoded_lq`` is ignored (may be ``None``) by a head built with ``decoded_lq=False``."""
-        if not self.uses_decoded_lq:
-            decoded_lq = lq
-        elif decoded_lq is None:
-            raise ValueError("this fusion head blends D(z_LQ), the decoded LQ latent: pass it (or build the head "
-                             "with decoded_lq=False, option sd.fusion_decoded_lq: false)")
-        k = self.coefficients(lq, decoded, decoded_lq, image_emb, degra_emb).float().view(lq.shape[0], -1, 1, 1)
-        c = self.channels
-        mixed = k[:, 0:1] * lq + k[:, 1:2] * decoded + k[:, 2:3] * decoded_lq
-        gain, offset = k[:, 3:3 + c], k[:, 3 + c:]
-        if self.version < 3:
-            return gain * mixed + offset
-        # (mixed - mean) * exp(g) + mean + b, written so that g = b = 0 gives mixed exactly
-        return mixed + (mixed - mixed.mean((2, 3), keepdim=True)) * torch.expm1(gain) + offset
+        """The fused image; ``decoded_lq`` is ignored (may be ``None``) by a head built with ``decoded_lq=False``."""
+        stats, terms = self.inputs(lq, decoded, decoded_lq)
+        return self.blend(lq, terms, self.blend_weights(stats, image_emb, degra_emb))
+
+
+def _log_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.log((out.float() - target.float()).pow(2).mean((1, 2, 3)) + 1e-8)
+
+
+def _mean_psnr(log_mses: torch.Tensor) -> float:
+    return sum(mse_to_psnr(m) for m in log_mses.exp().tolist()) / len(log_mses)
+
+
+@torch.no_grad()
+def _fit_inputs(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor,
+                batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The head's parameter-free inputs of every image, computed once (the fit's steps only re-weight them)."""
+    device = next(head.parameters()).device
+    parts = [head.inputs(*(t[i:i + batch].to(device, torch.float32) for t in (lq, decoded, decoded_lq)))
+             for i in range(0, lq.shape[0], batch)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def fit_fusion_head(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: Optional[torch.Tensor],
@@ -144,38 +190,32 @@ def fit_fusion_head(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, d
     if n == 0:
         raise ValueError("fit_fusion_head needs at least one training image")
     device = next(head.parameters()).device
+    stats, terms = _fit_inputs(head, lq, decoded, decoded_lq, batch)
     head.requires_grad_(True).train()
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
 
-    def log_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.log((out.float() - target.float()).pow(2).mean((1, 2, 3)) + 1e-8)
-
     def take(idx: torch.Tensor):
-        return [t[idx].to(device, torch.float32) for t in (lq, decoded, decoded_lq, gt, image_emb, degra_emb)]
+        return [t[idx].to(device, torch.float32) for t in (lq, gt, image_emb, degra_emb)] + [stats[idx], terms[idx]]
 
     for step in range(steps):
-        idx = torch.randperm(n, generator=gen)[:batch]
-        x, d, dl, y, ie, de = take(idx)
+        x, y, ie, de, st, te = take(torch.randperm(n, generator=gen)[:batch])
         for group in opt.param_groups:  # cosine decay
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = log_mse(head(x, d, dl, ie, de), y).mean()
+        loss = _log_mse(head.blend(x, te, head.blend_weights(st, ie, de)), y).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     head.requires_grad_(False).eval()
     head.fitted = True
-
-    def psnr(log_mses: torch.Tensor) -> float:  # mean per-image PSNR
-        return sum(mse_to_psnr(m) for m in log_mses.exp().tolist()) / len(log_mses)
-
     with torch.no_grad():
         lq_l, res_l, out_l = [], [], []
         for i in range(0, n, batch):
-            x, d, dl, y, ie, de = take(torch.arange(i, min(n, i + batch)))
-            lq_l.append(log_mse(x, y))
-            res_l.append(log_mse((x + d - dl).clamp(0, 1), y))
-            out_l.append(log_mse(head(x, d, dl, ie, de).clamp(0, 1), y))
-    return {"psnr_lq": psnr(torch.cat(lq_l)), "psnr_residual": psnr(torch.cat(res_l)),
-            "psnr_fused": psnr(torch.cat(out_l))}
-
+            index = torch.arange(i, min(n, i + batch))
+            x, y, ie, de, st, te = take(index)
+            lq_l.append(_log_mse(x, y))
+            residual = x + (decoded[index] - decoded_lq[index]).to(device, torch.float32)
+            res_l.append(_log_mse(residual.clamp(0, 1), y))
+            out_l.append(_log_mse(head.blend(x, te, head.blend_weights(st, ie, de)).clamp(0, 1), y))
+    return {"psnr_lq": _mean_psnr(torch.cat(lq_l)), "psnr_residual": _mean_psnr(torch.cat(res_l)),
+            "psnr_fused": _mean_psnr(torch.cat(out_l))}

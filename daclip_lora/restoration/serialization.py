@@ -14,6 +14,10 @@ plus ``format_version`` and the fusion head's state (``fusion_head``). Format ve
 * 4: ``fusion_decoded_lq`` (the fusion head's inputs: ``false`` reads the LQ image in place of ``D(z_LQ)``). A
   version-3 reader would ignore the key and blend a second decode the head was not fitted on, so it must refuse
   these folders; versions 1-3 are still read (``fusion_decoded_lq: true``).
+
+The fusion head's own layout is versioned by ``fusion_head.coordinates`` (:attr:`FusionHead.COORDINATES
+<daclip_lora.restoration.fusion.FusionHead.COORDINATES>`; 3 since the head reads the decodes' statistics): a
+reader that knows fewer versions refuses the folder and says to upgrade, older heads load in their own layout.
 """
 
 from __future__ import annotations
