@@ -1,10 +1,11 @@
-"""The fusion head's versions refitted side by side on one trained demo model's decodes, over several fit seeds.
+"""The fusion head's versions (and the one-decode head) refitted side by side on one trained demo model's decodes, over several fit seeds.
 
 The UNet, its decodes and the DA-CLIP embeddings are computed once from a finished demo (its restoration folder,
 data and options); then each head version is fitted as the trainer fits it (:func:`fit_fusion_head` on the
 training subset plus the calibration split) for every seed, versions interleaved, and scored on both held-out
 splits (``val``: new crops of the training photographs; ``test``: new photographs). Scores are float PSNRs of
-the clamped outputs (the demo's report reads 8-bit images, a few hundredths of a dB apart)::
+the clamped outputs of the unmerged model (the demo's report reads 8-bit images of the merged pipeline, so its
+figures differ a little)::
 
     python bench/fusion_heads.py --demo runs/demo --seeds 0 1 2
 
@@ -72,9 +73,13 @@ def score(head: FusionHead, data: Dict[str, object]) -> Dict[str, float]:
     return {"psnr": sum(values) / len(values), "improved": sum(sum(g) / len(g) > 0 for g in gains.values())}
 
 
-def fit(version: int, seed: int, data: Dict[str, torch.Tensor], embed_dim: int) -> FusionHead:
+#: the compared heads: (version, reads ``D(z_LQ)``); the one-decode head uses the LQ in its place
+HEADS = {"version 2": (2, True), "version 3": (3, True), "version 3, one decode": (3, False)}
+
+
+def fit(version: int, decoded_lq: bool, seed: int, data: Dict[str, torch.Tensor], embed_dim: int) -> FusionHead:
     torch.manual_seed(seed)  # the head's initialisation; the fit's batch order follows ``seed`` too
-    head = FusionHead(embed_dim, version=version)
+    head = FusionHead(embed_dim, version=version, decoded_lq=decoded_lq)
     fit_fusion_head(head, *(data[k] for k in KEYS), seed=seed)
     return head
 
@@ -107,10 +112,10 @@ def main() -> None:
     embed_dim = fit_data["image_emb"].shape[1]
     results: Dict[str, Dict[int, Dict[str, Dict[str, float]]]] = {}
     for seed in args.seeds:
-        for version in (2, FusionHead.COORDINATES):  # interleaved: every version at each seed
-            head = fit(version, seed, fit_data, embed_dim)
-            results.setdefault(f"version {version}", {})[seed] = {s: score(head, d) for s, d in splits.items()}
-            print(f"seed {seed} version {version}: {results[f'version {version}'][seed]}", flush=True)
+        for name, (version, decoded_lq) in HEADS.items():  # interleaved: every head at each seed
+            head = fit(version, decoded_lq, seed, fit_data, embed_dim)
+            results.setdefault(name, {})[seed] = {s: score(head, d) for s, d in splits.items()}
+            print(f"seed {seed} {name}: {results[name][seed]}", flush=True)
     print(table(results))
     (args.demo / "fusion_heads.json").write_text(json.dumps(results, indent=1))
 
