@@ -1,8 +1,8 @@
-"""The fusion head's versions (and the one-decode head) refitted side by side on one trained demo model's decodes, over several fit seeds.
+"""The fusion head's versions (and the one-decode head) refitted side by side on one demo model's decodes.
 
 The UNet, its decodes and the DA-CLIP embeddings are computed once from a finished demo (its restoration folder,
 data and options); then each head version is fitted as the trainer fits it (:func:`fit_fusion_head` on the
-training subset plus the calibration split) for every seed, versions interleaved, and scored on both held-out
+training subset plus the calibration split) for every fit seed, versions interleaved, and scored on both held-out
 splits (``val``: new crops of the training photographs; ``test``: new photographs). Scores are float PSNRs of
 the clamped outputs of the unmerged model (the demo's report reads 8-bit images of the merged pipeline, so its
 figures differ a little)::
@@ -22,6 +22,7 @@ from typing import Dict, List
 
 import torch
 
+from daclip_lora._utils.image_metrics import batch_psnr
 from daclip_lora.restoration.fusion import FusionHead, fit_fusion_head
 from daclip_lora.restoration.serialization import load_restoration
 from daclip_lora.training.options import load_options
@@ -65,11 +66,10 @@ def split_decodes(trainer: RestorationTrainer, demo: Path, split: str) -> Dict[s
 def score(head: FusionHead, data: Dict[str, object]) -> Dict[str, float]:
     """Mean PSNR of the head's output and how many degradations it lifts above their LQ."""
     out = head(*(data[k] for k in ("lq", "decoded", "decoded_lq", "image_emb", "degra_emb"))).clamp(0, 1)
-    psnr = lambda x: (-10 * torch.log10((x - data["gt"]).pow(2).mean((1, 2, 3)))).tolist()  # noqa: E731
+    values = [batch_psnr(o[None], g[None]) for o, g in zip(out, data["gt"])]
     gains: Dict[str, List[float]] = {}
-    for deg, a, b in zip(data["degradations"], psnr(out), psnr(data["lq"])):
-        gains.setdefault(deg, []).append(a - b)
-    values = psnr(out)
+    for deg, a, x, g in zip(data["degradations"], values, data["lq"], data["gt"]):
+        gains.setdefault(deg, []).append(a - batch_psnr(x[None], g[None]))
     return {"psnr": sum(values) / len(values), "improved": sum(sum(g) / len(g) > 0 for g in gains.values())}
 
 

@@ -2,12 +2,12 @@
 
 A UNet trained to regress the GT's latent aims at the VAE's reconstruction ``D(E(GT))``, which is below mildly
 degraded inputs, so the decoded output stays below them (the decoder itself could do better from another latent;
-``bench/vae_ceiling.py`` measures both). The head adds to the LQ image the latent's correction ``D(z) - D(z_LQ)`` (decoded
-restored latent minus decoded LQ latent), the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ itself,
-each with its own weight (the first two per frequency band), then applies a per-channel colour correction; weights and correction come from
-DA-CLIP's degradation embedding and global statistics of the LQ and of how far the decoded output
-moved from it (version 3 of the head; :class:`FusionHead`). It starts as the identity
-(output = LQ) and is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`).
+``bench/vae_ceiling.py`` measures both). The head adds to the LQ image the latent's correction ``D(z) - D(z_LQ)``
+(decoded restored latent minus decoded LQ latent), the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ
+itself, each with its own weight (the first two per frequency band), then applies a per-channel colour
+correction; weights and correction come from DA-CLIP's degradation embedding and global statistics of the LQ and
+of how far the decoded output moved from it (version 3 of the head; :class:`FusionHead`). It starts as the
+identity (output = LQ) and is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`).
 
 ``D(z_LQ)`` costs a second VAE decode per image. A head built with ``decoded_lq=False`` (option
 ``sd.fusion_decoded_lq: false``) uses the LQ image in its place: the same blend with ``D(z_LQ) = LQ``, i.e. ``LQ`` and
@@ -131,7 +131,7 @@ class FusionHead(nn.Module):
         """``LQ + sum_i w_i term_i``, then the colour correction (:meth:`blend_weights` gives ``weights``)."""
         n, c = self.n_terms, self.channels
         k = weights.view(weights.shape[0], -1, 1, 1)
-        mixed = lq.float() + (k[:, :n, None] * terms).sum(dim=1)
+        mixed = lq.float() + torch.einsum("bt,btchw->bchw", weights[:, :n], terms)  # no (B, T, C, H, W) product
         gain, offset = k[:, n:n + c], k[:, n + c:]
         if self.version < 3:
             return gain * mixed + offset

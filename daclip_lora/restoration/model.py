@@ -23,8 +23,8 @@
   the LQ image the latent's correction ``D(z) - D(z_LQ)`` (decoded restored latent minus decoded LQ latent),
   the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ itself, each with its own weight, then applies
   a per-channel colour correction; weights and correction come from DA-CLIP's degradation embedding and global
-  statistics of the LQ and of how far the decode moved from it. It starts as the identity (output = LQ) and is fitted after the
-  LoRA, on the training images' decodes (:func:`fit_fusion_head`).
+  statistics of the LQ and of how far the decode moved from it. It starts as the identity (output = LQ) and is
+  fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`).
 
 Saving and loading: :mod:`daclip_lora.restoration.serialization`; LoRA: :mod:`daclip_lora.restoration.lora`.
 """
