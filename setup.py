@@ -34,7 +34,7 @@ setup(
         "packaging",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],  # the suite runs on every core: pytest -n auto
+        "test": ["pytest>=7", "pytest-xdist>=3", "setuptools>=70.1"],  # -n auto: every core; setuptools: the wheel test
         # the web app (daclip-lora app) and its browser test (Selenium drives Debian's chromium/chromedriver)
         "app": ["gradio>=5.0,<7", "gradio_client", "selenium>=4.10"],
         # image-quality metrics and perceptual losses (daclip-lora evaluate, sd.loss lpips/dists); pyiqa's CLIP

@@ -73,7 +73,7 @@ def test_load_result_reports_kind(trained, tmp_path):
 
 # --------------------------------------------------------------------------- refusals
 def _other_size_config(tmp_path):
-    cfg = json.loads((daclip_lora.clip.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
+    cfg = json.loads((daclip_lora.clip.registry._builtin_config_dir() / "daclip_tiny.json").read_text())
     cfg["vision_cfg"]["layers"] = 5
     path = tmp_path / "daclip_tiny5.json"
     path.write_text(json.dumps(cfg))

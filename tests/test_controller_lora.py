@@ -128,7 +128,7 @@ def test_bad_lora_specs(tiny, spec, kwargs, pattern):
 def test_adapter_for_another_architecture_is_refused(tiny, tmp_path):
     add_controller_lora(tiny, LoraOptions(rank=4))
     path = save_controller_lora(tiny, tmp_path / "adapter")
-    cfg = json.loads((daclip_lora.clip.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
+    cfg = json.loads((daclip_lora.clip.registry._builtin_config_dir() / "daclip_tiny.json").read_text())
     cfg["vision_cfg"]["width"] = 32
     (tmp_path / "daclip_narrow.json").write_text(json.dumps(cfg))
     daclip_lora.add_model_config(tmp_path / "daclip_narrow.json")
@@ -201,7 +201,7 @@ def test_loss_decreases_on_tiny_overfit(tmp_path, data):
 
 def test_controller_trains_and_evaluates_at_the_models_input_size(tmp_path, data):
     """A registered DA-CLIP with 64 px inputs gets 64 px images (not the usual 224) in training and validation."""
-    cfg = json.loads((daclip_lora.clip.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
+    cfg = json.loads((daclip_lora.clip.registry._builtin_config_dir() / "daclip_tiny.json").read_text())
     cfg["vision_cfg"].update(image_size=64, patch_size=8)
     (tmp_path / "daclip_tiny64.json").write_text(json.dumps(cfg))
     daclip_lora.add_model_config(tmp_path / "daclip_tiny64.json")

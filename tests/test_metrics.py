@@ -17,7 +17,7 @@ pyiqa = pytest.importorskip("pyiqa")
 from daclip_lora.apps.cli import main  # noqa: E402
 from daclip_lora.data.images import write_image  # noqa: E402
 from daclip_lora.metrics import (METRICS, MissingMetricWeights, evaluate_folders, format_evaluation,  # noqa: E402
-                                 pair_folders, weights_guard, write_evaluation)
+                                 pair_folders, resolve_metrics, weights_guard, write_evaluation)
 import daclip_lora.metrics.iqa as iqa  # noqa: E402
 
 
@@ -206,8 +206,30 @@ def test_reports_carry_the_protocol(folders, tmp_path):
     assert len(paths[1].read_text().splitlines()) == 7
 
 
+@pytest.mark.parametrize("argv,names", [
+    (["--metrics", "psnr_y", "ssim"], ["psnr_y", "ssim"]),
+    (["--metrics", "psnr_y,ssim"], ["psnr_y", "ssim"]),
+    (["--metrics", "psnr_y,", "ssim,psnr_y"], ["psnr_y", "ssim"]),
+    (["--metrics", " psnr_y , ssim "], ["psnr_y", "ssim"]),
+])
+def test_cli_metric_lists_take_spaces_or_commas(folders, tmp_path, argv, names):
+    assert main(["evaluate", "--restored", str(folders / "restored"), "--gt", str(folders / "gt"), *argv,
+                 "--out", str(tmp_path)]) == 0
+    assert list(json.loads((tmp_path / "metrics.json").read_text())["protocol"]["metrics"]) == names
+
+
+@pytest.mark.parametrize("names,message", [
+    ("psnr,ssimm", "unknown metric 'ssimm'.*Did you mean: ssim"),
+    (["psnr", "lpip,ssim"], "unknown metric 'lpip'.*Did you mean: lpips"),
+])
+def test_comma_lists_still_name_an_unknown_metric(names, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_metrics(names, has_gt=True)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--metrics", "lpip"], "unknown metric 'lpip'"),
+    (["--metrics", "psnr,lpip"], "unknown metric 'lpip'"),
     (["--metrics", "psnr", "--no-gt"], "compares with the ground truth: pass --gt"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
 ])

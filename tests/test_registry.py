@@ -154,3 +154,48 @@ def test_tokenizer_matches_open_clip():
 def test_bad_create_model_arguments(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         daclip_lora.create_model(TINY, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ the one Registry class
+def test_registry_entries_are_objects_decorators_or_lazy_paths():
+    from daclip_lora._utils.registry import Registry
+
+    reg = Registry("widget")
+    reg.register("direct", len)
+
+    @reg.register("decorated")
+    def decorated():
+        return 1
+
+    reg.register("lazy", "os.path:join")
+    assert reg.names() == ["direct", "decorated", "lazy"]
+    assert reg.get("direct") is len and reg.get("decorated") is decorated
+    import os.path
+
+    assert reg.get("lazy") is os.path.join and "lazy" in reg and len(reg) == 3
+
+
+@pytest.mark.parametrize("name,message", [
+    ("decorate", r"unknown widget 'decorate'; registered: direct, decorated\. Did you mean: decorated, direct\?"),
+    ("zzz", r"unknown widget 'zzz'; registered: direct, decorated\.$"),
+])
+def test_registry_unknown_names_list_the_registered_ones(name, message):
+    from daclip_lora._utils.registry import Registry
+
+    reg = Registry("widget")
+    reg.register("direct", len)
+    reg.register("decorated", max)
+    with pytest.raises(ValueError, match=message):
+        reg.get(name)
+
+
+def test_builtin_families_are_lazy_until_used():
+    import subprocess
+    import sys
+
+    code = ("import sys, daclip_lora.clip.registry as r\n"
+            "assert r.list_families() == ['clip', 'daclip'] and 'daclip_lora.clip.factory' not in sys.modules\n"
+            "assert r.get_family_factory('daclip').__name__ == 'build_daclip'\n"
+            "assert 'daclip_lora.clip.factory' in sys.modules")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

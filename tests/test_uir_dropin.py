@@ -142,7 +142,7 @@ def test_original_train_loop_call(tiny):
 def tagged_tiny(tmp_path, monkeypatch):
     """daclip_tiny under another name whose base CLIP ('tiny-clip') has open_clip tags, and a plain-CLIP
     checkpoint that open_clip's (patched) download returns for them."""
-    cfg = json.loads((daclip_lora.clip.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
+    cfg = json.loads((daclip_lora.clip.registry._builtin_config_dir() / "daclip_tiny.json").read_text())
     cfg["base_model"] = "tiny-clip"
     path = tmp_path / "daclip_tagged.json"
     path.write_text(json.dumps(cfg))
@@ -189,7 +189,7 @@ def test_offline_tag_names_tag_and_cache(tmp_path, monkeypatch):
     """Unpatched open_clip download, offline: the message names the tag, the cache folder and the fix."""
     monkeypatch.setitem(oc_pretrained._PRETRAINED, "tiny-clip", {
         "web": oc_pretrained._pcfg(hf_hub="example/tiny-clip-web/")})
-    cfg = json.loads((daclip_lora.clip.factory._builtin_config_dir() / "daclip_tiny.json").read_text())
+    cfg = json.loads((daclip_lora.clip.registry._builtin_config_dir() / "daclip_tiny.json").read_text())
     cfg["base_model"] = "tiny-clip"
     (tmp_path / "daclip_tagged.json").write_text(json.dumps(cfg))
     daclip_lora.add_model_config(tmp_path / "daclip_tagged.json")

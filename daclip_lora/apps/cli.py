@@ -261,6 +261,15 @@ def _restore_gt_paths(args: argparse.Namespace) -> None:
         resolve_metrics(args.metrics or RESTORE_METRICS, has_gt=True)
 
 
+class _MetricNames(argparse.Action):
+    """``--metrics psnr ssim``, ``--metrics psnr,ssim`` or both mixed: one list of names."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        from ..metrics.protocol import split_metric_names
+
+        setattr(namespace, self.dest, split_metric_names(values))
+
+
 #: what ``restore --gt`` scores without ``--metrics``
 RESTORE_METRICS = ("psnr_y", "ssim_y")
 
@@ -638,8 +647,9 @@ def _add_restore(sub: Any) -> None:
                    help="torch.compile the UNet and VAE decoder (channels_last): slow first batch, faster after")
     p.add_argument("--gt", type=Path, default=None,
                    help="ground-truth folder: score the outputs afterwards as `daclip-lora evaluate` does")
-    p.add_argument("--metrics", nargs="+", metavar="NAME", default=None,
-                   help="metrics for --gt (default: psnr_y ssim_y; any `evaluate` metric)")
+    p.add_argument("--metrics", nargs="+", metavar="NAME", default=None, action=_MetricNames,
+                   help="metrics for --gt, space- or comma-separated (default: psnr_y ssim_y; any `evaluate` "
+                        "metric)")
     p.set_defaults(func=_cmd_restore, precheck=_restore_paths)
 
 
@@ -699,9 +709,9 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--restored", type=Path, required=True, help="folder of restored images (searched recursively)")
     p.add_argument("--gt", type=Path, default=None,
                    help="ground-truth folder: x.* beside the same sub-folder, its GT/ sub-folder, or the top")
-    p.add_argument("--metrics", nargs="+", metavar="NAME", default=None,
-                   help=f"any of {', '.join(METRICS)} (default: {' '.join(DEFAULT_METRICS)}; without --gt the "
-                        f"no-reference ones)")
+    p.add_argument("--metrics", nargs="+", metavar="NAME", default=None, action=_MetricNames,
+                   help=f"space- or comma-separated, any of {', '.join(METRICS)} (default: "
+                        f"{' '.join(DEFAULT_METRICS)}; without --gt the no-reference ones)")
     p.add_argument("--crop-border", type=int, default=0, help="pixels cropped from each side for PSNR/SSIM")
     p.add_argument("--device", default="cpu", help="torch device of the metric networks (default: cpu)")
     p.add_argument("--batch-size", type=int, default=1, help="images of one size scored together (default: 1)")

@@ -22,8 +22,7 @@ from torch import nn
 from .._utils.suggest import suggest
 from .checkpoint import load_checkpoint, read_safetensors_metadata
 from .model import DaCLIP
-from .registry import (META_KEYS, add_model_config, get_family_factory, get_model_config, get_model_family,
-                       register_family)
+from .registry import META_KEYS, get_family_factory, get_model_config, get_model_family
 from .registry import list_models as _list_registered
 
 logger = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ class UnknownModelError(ValueError):
 
 
 # --------------------------------------------------------------------------- families
-@register_family("clip")
+# Registered in ``registry.FAMILIES`` as lazy entries (``"daclip_lora.clip.factory:build_clip"``).
 def build_clip(model_cfg: Dict[str, Any], cast_dtype: Optional[torch.dtype] = None, **kwargs: Any) -> CLIP:
     """A plain ``open_clip.CLIP`` from a config (``custom_text`` is ignored: DA-CLIP key names)."""
     cfg = {k: v for k, v in model_cfg.items() if k not in META_KEYS}
@@ -66,22 +65,11 @@ def build_clip(model_cfg: Dict[str, Any], cast_dtype: Optional[torch.dtype] = No
     return CLIP(**cfg, cast_dtype=cast_dtype)
 
 
-@register_family("daclip")
 def build_daclip(model_cfg: Dict[str, Any], cast_dtype: Optional[torch.dtype] = None, **kwargs: Any) -> DaCLIP:
     """A :class:`DaCLIP` around a plain CLIP built from the config, with CLIP locked."""
     model = DaCLIP(build_clip(model_cfg, cast_dtype=cast_dtype, **kwargs))
     model.lock_clip()
     return model
-
-
-def _builtin_config_dir() -> Path:
-    folder = Path(__file__).resolve().parent / "model_configs"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"daclip_lora's model_configs folder is missing ({folder}); reinstall the package")
-    return folder
-
-
-add_model_config(_builtin_config_dir())
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from open_clip import CLIPTextCfg, CLIPVisionCfg
 
+from .._utils.registry import Registry
 from .._utils.suggest import suggest
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,11 @@ _FIELDS = {
 
 _MODEL_CONFIGS: Dict[str, Dict[str, Any]] = {}
 _CONFIG_SOURCES: Dict[str, Path] = {}
-_FAMILIES: Dict[str, Callable[..., Any]] = {}
+#: family name -> ``factory(model_cfg, **kwargs) -> nn.Module``. The built-in families are lazy entries, so that a
+#: config can be validated (and ``add_model_config`` called) before anything imports the factories.
+FAMILIES = Registry("model family")
+FAMILIES.register("clip", "daclip_lora.clip.factory:build_clip")
+FAMILIES.register("daclip", "daclip_lora.clip.factory:build_daclip")
 
 
 class ConfigError(ValueError):
@@ -66,26 +71,15 @@ def _natural_key(s: str) -> List[Union[int, str]]:
 # ---------------------------------------------------------------------------- families
 def register_family(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering ``factory(model_cfg: dict, **kwargs) -> nn.Module`` for a family."""
-
-    def wrap(factory: Callable[..., Any]) -> Callable[..., Any]:
-        _FAMILIES[name] = factory
-        return factory
-
-    return wrap
+    return FAMILIES.register(name)
 
 
 def list_families() -> List[str]:
-    return sorted(_FAMILIES)
+    return sorted(FAMILIES)
 
 
 def get_family_factory(family: str) -> Callable[..., Any]:
-    try:
-        return _FAMILIES[family]
-    except KeyError:
-        raise ValueError(
-            f"unknown model family {family!r}; registered families: {list_families()}."
-            f"{suggest(family, _FAMILIES)}"
-        ) from None
+    return FAMILIES.get(family)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -116,9 +110,9 @@ def validate_model_config(cfg: Any, source: str = "<config>") -> Dict[str, Any]:
         raise ConfigError(f"{source}: a model config must be a JSON object, got {type(cfg).__name__}")
     _check_keys(cfg, source)
     family = cfg.get("family", DEFAULT_FAMILY)
-    if family not in _FAMILIES:
+    if family not in FAMILIES:
         raise ConfigError(
-            f"{source}: unknown family {family!r}; registered: {list_families()}{suggest(family, _FAMILIES)}"
+            f"{source}: unknown family {family!r}; registered: {list_families()}{suggest(family, FAMILIES)}"
         )
     if family == DEFAULT_FAMILY:
         vision = cfg["vision_cfg"]
@@ -184,3 +178,15 @@ def get_model_config(model_name: str) -> Optional[Dict[str, Any]]:
 
 def get_model_family(cfg: Dict[str, Any]) -> str:
     return cfg.get("family", DEFAULT_FAMILY)
+
+
+def _builtin_config_dir() -> Path:
+    folder = Path(__file__).resolve().parent / "model_configs"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"daclip_lora's model_configs folder is missing ({folder}); reinstall the package")
+    return folder
+
+
+# The shipped configs are registered with the registry itself, so that any first call (``get_model_config``,
+# ``list_models``, ``add_model_config``, a factory) sees them.
+add_model_config(_builtin_config_dir())

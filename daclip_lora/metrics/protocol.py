@@ -9,11 +9,12 @@ says the training set where two exist (``maniqa-pipal`` is not S3Diff's ``maniqa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from .._utils.suggest import suggest
 
-__all__ = ["MetricSpec", "METRICS", "DEFAULT_METRICS", "DEMO_METRICS", "OWN_METRICS", "default_metrics", "resolve_metrics"]
+__all__ = ["MetricSpec", "METRICS", "DEFAULT_METRICS", "DEMO_METRICS", "OWN_METRICS", "default_metrics", "resolve_metrics",
+           "split_metric_names"]
 
 MODES = ("FR", "NR", "FID")
 
@@ -76,15 +77,23 @@ def default_metrics(has_gt: bool) -> Tuple[str, ...]:
     return DEFAULT_METRICS if has_gt else tuple(m for m in DEFAULT_METRICS if METRICS[m].mode == "NR")
 
 
-def resolve_metrics(names: Sequence[str], has_gt: bool) -> List[MetricSpec]:
-    """The specs of ``names`` (order kept, duplicates dropped).
+def split_metric_names(names: Union[str, Sequence[str]]) -> List[str]:
+    """Metric names from what people type: ``"psnr,ssim"``, ``["psnr", "ssim"]`` or ``["psnr,ssim", "lpips"]``
+    (order kept, blanks and duplicates dropped)."""
+    items = [names] if isinstance(names, str) else list(names)
+    return list(dict.fromkeys(n.strip() for item in items for n in str(item).split(",") if n.strip()))
+
+
+def resolve_metrics(names: Union[str, Sequence[str]], has_gt: bool) -> List[MetricSpec]:
+    """The specs of ``names`` (space- or comma-separated, :func:`split_metric_names`; order kept, duplicates
+    dropped).
 
     Raises:
         ValueError: an unknown name (with the closest known one), or a full-reference metric or FID without a
             ground-truth folder.
     """
     specs: List[MetricSpec] = []
-    for name in dict.fromkeys(n.strip() for n in names if n.strip()):
+    for name in split_metric_names(names):
         if name not in METRICS:
             raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}.{suggest(name, METRICS)}")
         spec = METRICS[name]
