@@ -29,6 +29,8 @@ setup(
         "pyyaml>=6.0",
         "tqdm",
         "Pillow",
+        "pypng",  # 16-bit PNGs, which Pillow decodes to 8 bits (data/deep_files.py)
+        "tifffile",  # 16-bit TIFFs (also scikit-image's TIFF codec)
         "scikit-image>=0.21",
         "numpy",
         "packaging",

@@ -169,7 +169,7 @@ def test_restored_png_keeps_the_alpha_channel_unchanged(restored):
 
 @pytest.mark.parametrize("quality", [60, 100])
 def test_jpeg_quality_flag_sets_the_quality(tmp_path, quality):
-    path = write_image(tmp_path / "x.jpg", _photo(32, 32), keep=None, jpeg_quality=quality)
+    path = write_image(tmp_path / "x.jpg", _photo(32, 32), keep=None, quality=quality)
     assert Image.open(path).quantization == _quantization(quality)
 
 

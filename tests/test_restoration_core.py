@@ -316,13 +316,13 @@ def test_restore_folder_decodes_the_next_batch_while_restoring(weights, tmp_path
     those of reading everything first (the previous behaviour, checked by the batching test above)."""
     import threading
 
-    import daclip_lora.restoration.pipeline as pipeline_module
+    import daclip_lora.restoration.folders as folders_module
 
     pipe = RestorationPipeline.from_pretrained(weights)
     for i in range(4):
         Image.fromarray(np.full((24, 32, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
     events = []
-    real_read, real_call = pipeline_module._read_chunk, RestorationPipeline.__call__
+    real_read, real_call = folders_module._read_chunk, RestorationPipeline.__call__
 
     def read(paths):
         events.append(("read", paths[0].stem, threading.current_thread().name))
@@ -338,7 +338,7 @@ def test_restore_folder_decodes_the_next_batch_while_restoring(weights, tmp_path
         out = real_call(self, lq, **kwargs)
         events.append(("restore end", None, threading.current_thread().name))
         return out
-    monkeypatch.setattr(pipeline_module, "_read_chunk", read)
+    monkeypatch.setattr(folders_module, "_read_chunk", read)
     monkeypatch.setattr(RestorationPipeline, "__call__", call)
     report = pipe.restore_folder(tmp_path, tmp_path / "out", batch_size=1, progress=False, steps=1)
     assert [p.name for p in report.written] == ["0.png", "1.png", "2.png", "3.png"]

@@ -219,8 +219,8 @@ def _restore_paths(args: argparse.Namespace) -> None:
 
     if not args.input.exists():
         raise FileNotFoundError(f"--input {args.input} does not exist; pass an image file or a folder of images")
-    if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
-        raise ValueError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise ValueError(f"--quality must be in 1..100, got {args.quality}")
     if not 0 <= args.lora_scale <= 4:
         raise ValueError(f"--lora-scale must be in [0, 4] (1 = as trained), got {args.lora_scale}")
     _restore_gt_paths(args)
@@ -305,9 +305,12 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if args.compile:
         pipe.compile()
     report = pipe.restore_folder(args.input, args.output, batch_size=args.batch_size, grid=args.grid,
-                                 jpeg_quality=args.jpeg_quality, guidance_scale=args.guidance,
+                                 quality=args.quality, output_format=args.format,
+                                 skip_existing=args.skip_existing, guidance_scale=args.guidance,
                                  color_fix=args.color_fix, degradation=args.degradation,
                                  tile_size=args.tile_size, tile_overlap=args.tile_overlap, **_sampling_arguments(args, pipe))
+    if report.existing:
+        print(f"kept {len(report.existing)} output(s) of an earlier run (--skip-existing)")
     print(f"restored {len(report.written)} image(s) -> {args.output}"
           + (f" (side-by-side grids in {Path(args.output) / 'grids'})" if args.grid else "")
           + ("; DA-CLIP's reading of each: degradations.json" if report.degradations else ""))
@@ -599,8 +602,8 @@ def _add_demo(sub: Any) -> None:
 
 def _add_restore(sub: Any) -> None:
     p = sub.add_parser("restore", help="restore an image or a folder of images with a trained restoration LoRA",
-                       description="Restore every image of INPUT (a folder or one file) into OUTPUT, keeping file "
-                                   "names and formats. Images larger than the base's native size are restored in "
+                       description="Restore every image of INPUT (a folder, with its sub-folders, or one file) "
+                                   "into OUTPUT, keeping relative paths, file names and formats. Images larger than the base's native size are restored in "
                                    "blended tiles. Unreadable files are listed, never skipped silently "
                                    "(exit code 1 if any failed).")
     p.add_argument("--weights", type=Path, default=None,
@@ -636,9 +639,15 @@ def _add_restore(sub: Any) -> None:
     p.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: tile/4)")
     p.add_argument("--batch-size", type=int, default=4, help="images of the same size restored together")
     p.add_argument("--grid", action="store_true", help="also write OUTPUT/grids/<name>.png (LQ | restored)")
-    p.add_argument("--jpeg-quality", type=int, default=None,
-                   help="quality (1-100) of restored JPEGs (default: each input's own quantisation tables, i.e. its "
-                        "quality; alpha channels are always kept)")
+    p.add_argument("--quality", "--jpeg-quality", dest="quality", type=int, default=None,
+                   help="quality (1-100) of restored JPEGs, or of lossy WebPs (default: each JPEG input's own "
+                        "quantisation tables, i.e. its quality; WebP lossless)")
+    p.add_argument("--format", choices=["png", "jpg", "tif", "webp"], default=None,
+                   help="write every output in this format (default: each input's own format and bit depth; "
+                        "ICC profile, EXIF with the orientation applied, grayscale and alpha are kept)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume an interrupted run: leave inputs whose output exists and decodes (outputs are "
+                        "written atomically, so a killed run leaves no half-written file)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast dtype of the UNet and DA-CLIP (default: fp32; bf16 on recent GPUs)")

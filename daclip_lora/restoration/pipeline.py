@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import math
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,44 +31,9 @@ from .tiling import tiled_map
 logger = logging.getLogger(__name__)
 
 __all__ = ["RestorationPipeline", "SDComponents", "load_sd_components", "make_scheduler", "encode_prompt",
-           "SCHEDULERS", "SCHEDULER_ALIASES", "PRECISIONS", "FolderReport"]
+           "SCHEDULERS", "SCHEDULER_ALIASES", "PRECISIONS"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class _Done:
-    """A finished future: what :meth:`RestorationPipeline._restore_chunk` returns for a write done in place."""
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def result(self) -> Any:
-        return self.value
-
-
-def _read_chunk(paths: List[Path]) -> Tuple[Dict[Path, Tuple[np.ndarray, Any]], List[Tuple[Path, str]]]:
-    """Decode a batch of images (with what their outputs keep): ``(images, failures)``; runs in a thread."""
-    from ..data.images import ImageError, read_image, read_properties
-
-    images: Dict[Path, Tuple[np.ndarray, Any]] = {}
-    failures: List[Tuple[Path, str]] = []
-    for p in paths:
-        try:
-            images[p] = read_image(p), read_properties(p)
-        except (ImageError, OSError) as e:
-            failures.append((p, str(e)))
-    return images, failures
-
-
-@dataclass
-class FolderReport:
-    """What :meth:`RestorationPipeline.restore_folder` did: written files, and every input it did not restore."""
-
-    written: List[Path] = field(default_factory=list)
-    failed: List[Tuple[Path, str]] = field(default_factory=list)
-    skipped: List[Path] = field(default_factory=list)  # not image files
-    #: DA-CLIP's zero-shot degradation probabilities of each restored input (file name -> word -> probability)
-    degradations: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
 class _TileProgress:
@@ -561,125 +524,10 @@ class RestorationPipeline:
         return latents
 
     # ----------------------------------------------------------------------------- folders
-    def _restore_chunk(self, chunk: List[Path], images: Dict[Path, Tuple[np.ndarray, Any]], output: Path,
-                       grid: bool, report: "FolderReport", sampling: Dict[str, Any],
-                       jpeg_quality: Optional[int] = None, submit: Optional[Callable[..., Any]] = None) -> List[Any]:
-        """Restore one batch of same-size images and hand each write to ``submit`` (a thread pool's; the caller
-        waits on the returned ``(future, is_output)`` pairs, grids being the others); without ``submit`` the
-        writes happen here. A failure inside the model (out
-        of memory, a numerical error) is reported for these files and the folder run goes on; argument errors
-        (``ValueError``) stop it."""
-        from ..data.images import write_image
+    def restore_folder(self, input: Union[str, Path], output: Union[str, Path], **options: Any) -> Any:
+        """Restore every image of a folder tree (or one image file) into ``output``:
+        :func:`daclip_lora.restoration.folders.restore_folder` with this pipeline."""
+        from .folders import restore_folder
 
-        lq = torch.stack([torch.from_numpy(images[p][0].transpose(2, 0, 1).copy()) for p in chunk])
-        sampling = dict(sampling)
-        word = sampling.pop("degradation", None)
-        try:
-            content, read = self.conditioning_embeddings(lq)
-            degra = read if word is None else self.degradation_from_word(word, read)
-            restored = self(lq, embeddings=(content, degra), **sampling)
-        except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            for p in chunk:
-                report.failed.append((p, f"{p}: not restored ({message})"))
-                logger.error("%s: not restored (%s)", p, message)
-            return []
-        words = self.degradation_words
-        for p, probs in zip(chunk, words.as_dicts(words.from_embeddings(read))):
-            report.degradations[p.name] = probs
-        run = submit or (lambda fn, *a, **k: _Done(fn(*a, **k)))
-        futures = []
-        for p, r in zip(chunk, restored):
-            arr = r.permute(1, 2, 0).numpy()
-            lq_image, props = images[p]
-            futures.append((run(write_image, output / p.name, arr, keep=props, jpeg_quality=jpeg_quality), True))
-            if grid:
-                futures.append((run(write_image, output / "grids" / f"{p.stem}.png",
-                                    np.concatenate([lq_image, arr], axis=1)), False))
-        return futures
-
-    def restore_folder(self, input: Union[str, Path], output: Union[str, Path], batch_size: int = 4,
-                       grid: bool = False, progress: bool = True, jpeg_quality: Optional[int] = None,
-                       **sampling: Any) -> FolderReport:
-        """Restore every image of a folder (or one image file) into ``output``, keeping names and formats.
-
-        Each output keeps what its input had (:func:`~daclip_lora.data.images.write_image`): the alpha channel,
-        unchanged, and for JPEGs the input's quantisation tables (its quality; ``jpeg_quality`` sets one instead).
-
-        Images of the same size (read from their headers) are restored together (``batch_size`` at a time); the
-        next batch is decoded and the previous one encoded in background threads while the model runs, and only
-        one batch is held in memory. Unreadable images are reported in the returned :class:`FolderReport` (and
-        the log), never skipped silently; so are files that are not images. ``grid`` also writes
-        ``output/grids/<name>.png`` (LQ | restored). ``sampling`` goes to :meth:`__call__` (steps, scheduler,
-        guidance_scale, strength, seed, tile_size, ...), but for ``degradation``, a word that replaces every
-        image's degradation embedding (:meth:`conditioning_embeddings`). DA-CLIP's reading of each input (its
-        zero-shot probabilities) goes to ``output/degradations.json`` and :attr:`FolderReport.degradations`.
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
-        input, output = Path(input).expanduser(), Path(output).expanduser()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        report = FolderReport()
-        chunks = self._folder_chunks(input, output, batch_size, report)
-        bar = tqdm(total=sum(len(c) for c in chunks), desc="restore", unit="image", disable=not progress)
-        sampling.setdefault("progress", progress)  # tiles (and steps) of each image too
-        writes: List[Any] = []
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore-io") as pool:
-            reading = pool.submit(_read_chunk, chunks[0]) if chunks else None
-            for i, chunk in enumerate(chunks):
-                images, failures = reading.result()
-                if i + 1 < len(chunks):  # decode the next batch while this one is restored
-                    reading = pool.submit(_read_chunk, chunks[i + 1])
-                for p, reason in failures:
-                    report.failed.append((p, reason))
-                    logger.error("%s", reason)
-                ready = [p for p in chunk if p in images]
-                if ready:
-                    writes.extend(self._restore_chunk(ready, images, output, grid, report, sampling, jpeg_quality,
-                                                      submit=pool.submit))
-                bar.update(len(chunk))
-            done = [(f.result(), is_output) for f, is_output in writes]  # a failed write raises here
-            report.written.extend(path for path, is_output in done if is_output)
-        bar.close()
-        if report.degradations:
-            self._write_degradations(output, report, sampling.get("degradation"))
-        return report
-
-    @staticmethod
-    def _folder_chunks(input: Path, output: Path, batch_size: int, report: "FolderReport") -> List[List[Path]]:
-        """The input files in batches of one image size (from the headers), in name order within a size."""
-        from ..data.images import ImageError, image_size, list_images
-
-        if input.is_file():
-            files = [input]
-        else:
-            files, others = list_images(input, strict=False)
-            report.skipped.extend(others)
-            for p in others:
-                logger.warning("not an image file, not restored: %s", p)
-        if input.is_dir() and output.resolve() == input.resolve():
-            raise ValueError(f"output folder {output} is the input folder: restored images would overwrite the "
-                             f"inputs; choose another --output")
-        by_size: Dict[Tuple[int, int], List[Path]] = {}
-        for p in files:
-            try:
-                by_size.setdefault(image_size(p), []).append(p)
-            except ImageError as e:
-                report.failed.append((p, str(e)))
-                logger.error("%s", e)
-        return [paths[i:i + batch_size] for paths in by_size.values() for i in range(0, len(paths), batch_size)]
-
-    def _write_degradations(self, output: Path, report: "FolderReport", override: Optional[str]) -> None:
-        """``output/degradations.json``: DA-CLIP's reading of every restored input, and the override if any."""
-        import json
-
-        from .._utils.io import atomic_file
-
-        record = {"format_version": 1, "model": self.config.daclip_model,
-                  "logit_scale": self.degradation_words.scale, "override": override,
-                  "images": {name: {"predicted": max(p, key=p.get), "probabilities": p}
-                             for name, p in report.degradations.items()}}
-        with atomic_file(output / "degradations.json") as tmp:
-            tmp.write_text(json.dumps(record, indent=1))
+        return restore_folder(self, input, output, **options)
 
