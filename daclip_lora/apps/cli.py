@@ -215,7 +215,7 @@ def _restore_paths(args: argparse.Namespace) -> None:
     """Check ``restore``'s paths and flags before anything heavy is imported; sets ``args.folder``, the
     restoration folder to load."""
     from ..restoration.locate import find_restoration_folder
-    from ..tiny.locate import embedded_restorer
+    from ..tiny.locate import demonstration_notice, embedded_restorer
 
     if not args.input.exists():
         raise FileNotFoundError(f"--input {args.input} does not exist; pass an image file or a folder of images")
@@ -231,7 +231,7 @@ def _restore_paths(args: argparse.Namespace) -> None:
 
         scheduler_name(args.scheduler)  # an unknown name fails before the models load
     if args.weights is None:
-        logger.info("no --weights: the shipped tiny restorer (%s)", embedded_restorer().parent)
+        print(demonstration_notice("--weights experiments/<name>/models/restoration"), file=sys.stderr)
     args.folder = embedded_restorer() if args.weights is None else find_restoration_folder(args.weights)
 
 
@@ -329,8 +329,11 @@ def _degradation_model(args: argparse.Namespace) -> tuple:
         return args.model, args.pretrained, args.adapter
     from ..restoration.locate import find_restoration_folder
     from ..restoration.serialization import read_restoration_config
-    from ..tiny.locate import embedded_restorer
+    from ..tiny.locate import demonstration_notice, embedded_restorer
 
+    if not args.weights and not args.pretrained:
+        print(demonstration_notice("--model daclip_ViT-B-32 --pretrained daclip_ViT-B-32.pt, or --weights"),
+              file=sys.stderr)
     config = read_restoration_config(find_restoration_folder(args.weights) if args.weights else embedded_restorer())
     return (args.model or config.daclip_model, args.pretrained or config.daclip_pretrained,
             args.adapter or config.daclip_adapter)
@@ -431,6 +434,11 @@ def _cmd_app(args: argparse.Namespace) -> int:
                            base=args.base, daclip_pretrained=args.daclip, degradations=args.degradations,
                            device=args.device, max_pixels=args.max_pixels, max_upload_mb=args.max_upload_mb,
                            cache_seconds=int(args.cache_minutes * 60))
+    if args.weights is None and args.opt_file is None:
+        from ..tiny.locate import demonstration_notice
+
+        print(demonstration_notice("--weights experiments/<name>/models/restoration (or -opt test.yml)"),
+              file=sys.stderr)
     print(f"daclip-lora app on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     launch(settings, host=args.host, port=args.port, share=args.share)
     return 0

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["EMBEDDED_DACLIP", "EMBEDDED_RESTORER", "EMBEDDED_SD", "embedded_daclip_base", "embedded_restorer",
-           "embedded_sd_base"]
+__all__ = ["EMBEDDED_DACLIP", "EMBEDDED_RESTORER", "EMBEDDED_SD", "demonstration_notice", "embedded_daclip_base",
+           "embedded_restorer", "embedded_sd_base"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 #: Where the shipped tiny pretrained SD folder lives inside the installed package.
@@ -17,6 +17,14 @@ EMBEDDED_SD = ASSETS / "tiny_sd"
 EMBEDDED_DACLIP = ASSETS / "tiny_daclip"
 #: The shipped trained tiny restorer (DA-CLIP + controller LoRA + restoration LoRA) that ``daclip-lora app`` uses.
 EMBEDDED_RESTORER = ASSETS / "tiny_restorer"
+
+
+def demonstration_notice(flags: str) -> str:
+    """The one line ``restore``, ``degradation`` and ``app`` print when they run on the shipped tiny models."""
+    return ("note: these are the shipped tiny demonstration models (a 1.4M-parameter SD and a tiny DA-CLIP, "
+            "trained on 64 px synthetic degradations of 11 scikit-image photographs), not a photo restorer; "
+            f"for real weights pass {flags}")
+
 
 def embedded_sd_base() -> Path:
     """The shipped tiny pretrained SD folder (raises with the re-create command if it is missing)."""
