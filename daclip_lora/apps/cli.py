@@ -323,10 +323,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _degradation_model(args: argparse.Namespace) -> tuple:
-    """``(model name, checkpoint, adapter)`` for ``degradation``: explicit flags over the restoration folder's
-    record (``--weights``, default the shipped tiny restorer: its DA-CLIP base and controller LoRA)."""
+    """``(model name, checkpoint, adapter, crop)`` for ``degradation``: explicit flags over the restoration
+    folder's record (``--weights``, default the shipped tiny restorer: its DA-CLIP base, controller LoRA and
+    ``daclip_crop``)."""
     if args.model and not args.weights:
-        return args.model, args.pretrained, args.adapter
+        return args.model, args.pretrained, args.adapter, args.crop
     from ..restoration.locate import find_restoration_folder
     from ..restoration.serialization import read_restoration_config
     from ..tiny.locate import demonstration_notice, embedded_restorer
@@ -336,7 +337,7 @@ def _degradation_model(args: argparse.Namespace) -> tuple:
               file=sys.stderr)
     config = read_restoration_config(find_restoration_folder(args.weights) if args.weights else embedded_restorer())
     return (args.model or config.daclip_model, args.pretrained or config.daclip_pretrained,
-            args.adapter or config.daclip_adapter)
+            args.adapter or config.daclip_adapter, args.crop or config.daclip_crop)
 
 
 def _degradation_paths(args: argparse.Namespace) -> None:
@@ -345,6 +346,8 @@ def _degradation_paths(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"{args.input} does not exist; pass an image file or a folder of images")
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
+    if args.crop is not None and args.crop < 16:
+        raise ValueError(f"--crop must be at least 16 pixels, got {args.crop}")
 
 
 def _cmd_degradation(args: argparse.Namespace) -> int:
@@ -352,12 +355,12 @@ def _cmd_degradation(args: argparse.Namespace) -> int:
 
     _degradation_paths(args)
     files = [args.input] if args.input.is_file() else list_images(args.input, strict=False)[0]
-    name, pretrained, adapter = _degradation_model(args)
+    name, pretrained, adapter, crop = _degradation_model(args)
     import torch
 
     from ..clip.factory import get_tokenizer, load_daclip
     from ..clip.zero_shot import DegradationProbabilities
-    from ..data.datasets import clip_batch
+    from ..data.datasets import degradation_embeddings, view_side
     from ..data.degrade import DEGRADATION_FUNCTIONS
 
     model = load_daclip(name, pretrained, adapter).eval()
@@ -371,11 +374,12 @@ def _cmd_degradation(args: argparse.Namespace) -> int:
             failed += 1
             continue
         with torch.no_grad():
-            _, degra = model.encode_image(clip_batch(image, model.image_size), control=True)
+            degra = degradation_embeddings(model, image, crop)
         results[str(path)] = probs.as_dicts(probs.from_embeddings(degra))[0]
     print(_probability_table(results, args.top))
     print(f"DA-CLIP {name} ({pretrained or 'random weights'}{', adapter ' + str(adapter) if adapter else ''}); "
-          f"probabilities use the model's own logit scale ({probs.scale:.2f})")
+          f"probabilities use the model's own logit scale ({probs.scale:.2f}); images larger than "
+          f"{view_side(model.image_size, crop)} px are read as the mean of native-resolution crops of that size")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"model": name, "pretrained": pretrained, "adapter": adapter,
@@ -685,6 +689,9 @@ def _add_degradation(sub: Any) -> None:
     p.add_argument("--words", nargs="+", metavar="WORD", default=None,
                    help="degradation words (default: DA-CLIP's ten)")
     p.add_argument("--top", type=int, default=3, help="degradations shown per image (default: 3)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="read images larger than this as the mean of native-resolution crops of this side (default: "
+                        "the restorer's recorded training patch, else DA-CLIP's input size)")
     p.add_argument("--json", type=Path, default=None, help="also write every probability to this JSON file")
     p.set_defaults(func=_cmd_degradation, precheck=_degradation_paths)
 

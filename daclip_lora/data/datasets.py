@@ -15,7 +15,7 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from .images import ImageError, list_images, read_image
 logger = logging.getLogger(__name__)
 
 __all__ = ["DatasetError", "Pair", "Captioned", "RestorationDataset", "CaptionedDataset", "clip_tensor", "clip_batch",
+           "clip_crops", "degradation_embeddings", "view_side",
            "pair_lqgt", "pair_md", "read_daclip_csv", "read_caption_folder", "build_dataset"]
 
 OPENAI_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
@@ -165,6 +166,45 @@ def clip_batch(images: torch.Tensor, size: Union[int, Tuple[int, int]] = 224) ->
     mean = OPENAI_MEAN.to(device=x.device, dtype=x.dtype)
     std = OPENAI_STD.to(device=x.device, dtype=x.dtype)
     return (x - mean) / std
+
+
+def crop_grid(length: int, crop: int, max_crops: int) -> List[int]:
+    """Start offsets of ``min(max_crops, ceil(length / crop))`` crops of ``crop`` evenly spread over ``length``."""
+    n = min(max_crops, -(-length // crop))
+    return [0] if n <= 1 else [round(i * (length - crop) / (n - 1)) for i in range(n)]
+
+
+def view_side(size: Union[int, Tuple[int, int]], crop: Optional[int] = None) -> int:
+    """The crop side of DA-CLIP's view: ``crop``, else the short side of the model's input ``size``."""
+    return int(crop or (size if isinstance(size, int) else min(size)))
+
+
+def clip_crops(images: torch.Tensor, size: Union[int, Tuple[int, int]] = 224, crop: Optional[int] = None,
+               max_per_side: int = 3) -> Tuple[torch.Tensor, int]:
+    """DA-CLIP's view of an image at the scale it was trained on: ``crop``-pixel squares cut at native resolution,
+    up to ``max_per_side`` per side evenly spread over the image, each made CLIP-ready by :func:`clip_batch`.
+    Returns ``((B * K, 3, size, size), K)``, the K crops of each image together; an image whose short side is at
+    most ``crop`` gives one view, :func:`clip_batch` of the whole image."""
+    _, _, h, w = images.shape
+    crop = view_side(size, crop)
+    if min(h, w) <= crop:
+        return clip_batch(images, size), 1
+    tops, lefts = crop_grid(h, crop, max_per_side), crop_grid(w, crop, max_per_side)
+    views = torch.stack([images[:, :, t:t + crop, l:l + crop] for t in tops for l in lefts], dim=1)
+    k = views.shape[1]
+    return clip_batch(views.flatten(0, 1), size), k
+
+
+def degradation_embeddings(daclip: Any, images: torch.Tensor, crop: Optional[int] = None,
+                           max_per_side: int = 3) -> torch.Tensor:
+    """DA-CLIP's degradation embeddings ``(B, D)`` of images ``(B, 3, H, W)`` in ``[0, 1]`` at the scale it was trained
+    on: the mean over the :func:`clip_crops` views (``crop`` pixels at native resolution, default the model's input
+    size). A whole 4000-px photograph shrunk to 224 px shows DA-CLIP a thumbnail whose noise, blocks and streaks
+    are gone (docs/benchmarks.md#da-clips-view-of-large-images)."""
+    param = next(daclip.parameters())
+    views, k = clip_crops(images.to(param.device), daclip.image_size, crop, max_per_side)
+    _, degradation = daclip.encode_image(views.to(param.dtype), control=True)
+    return degradation.unflatten(0, (images.shape[0], k)).mean(dim=1)
 
 
 def clip_tensor(image: torch.Tensor, size: Union[int, Tuple[int, int]] = 224) -> torch.Tensor:

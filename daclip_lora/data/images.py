@@ -281,6 +281,17 @@ def write_image(path: Union[str, Path], img: np.ndarray, keep: Optional[SourcePr
     return path
 
 
+def _files(folder: Path, recursive: bool, exclude: Optional[Union[str, Path]]) -> List[Path]:
+    """The files under ``folder``, sorted, without hidden ones and those under ``exclude``."""
+    skip = Path(exclude).resolve() if exclude is not None else None
+    out = []
+    for p in folder.rglob("*") if recursive else folder.iterdir():
+        hidden = any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.is_file() and not hidden and not (skip is not None and p.resolve().is_relative_to(skip)):
+            out.append(p)
+    return sorted(out)
+
+
 def list_images(folder: Union[str, Path], strict: bool = True, recursive: bool = False,
                 exclude: Optional[Union[str, Path]] = None) -> Tuple[List[Path], List[Path]]:
     """``(images, others)`` in ``folder`` (sorted by path); hidden files and folders are skipped.
@@ -296,11 +307,7 @@ def list_images(folder: Union[str, Path], strict: bool = True, recursive: bool =
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    skip = Path(exclude).resolve() if exclude is not None else None
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in candidates if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-                   and not (skip is not None and p.resolve().is_relative_to(skip)))
+    files = _files(folder, recursive, exclude)
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     others = [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if not images:

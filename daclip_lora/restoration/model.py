@@ -74,6 +74,9 @@ class RestorationConfig:
     time_embedding: bool = False  # DA-CLIP's degradation embedding added to the UNet's time embedding
     modulated_lora: bool = False  # every LoRA layer's B·M(e)·A, M from the degradation embedding (modulation.py)
     output_norm: bool = False  # conv_norm_out scaled and shifted from that embedding and its input's statistics
+    #: DA-CLIP's degradation view of a large image: the mean over native-resolution crops of this side (training
+    #: records its patch size: the scale DA-CLIP's embeddings were learned at); None: DA-CLIP's input size
+    daclip_crop: Optional[int] = None
 
     @property
     def uses_time_labels(self) -> bool:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..data.datasets import clip_batch
+from ..data.datasets import clip_batch, degradation_embeddings, view_side
 from .backbone import SDBackbone, SDComponents, backbone_for, encode_prompt, load_sd_components
 from .color_fix import COLOR_FIXES, apply_color_fix
 from .diffusion import one_step_input, predicted_x0
@@ -224,10 +224,16 @@ class RestorationPipeline:
 
     @torch.no_grad()
     def daclip_embeddings(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """DA-CLIP ``(content, degradation)`` embeddings of whole images in ``[0, 1]`` (on the device)."""
+        """DA-CLIP ``(content, degradation)`` embeddings of images in ``[0, 1]`` (on the device): the content one of
+        the whole image, the degradation one from :func:`degradation_embeddings` (native-resolution crops of
+        ``config.daclip_crop`` pixels when the image is larger)."""
         p = next(self.daclip.parameters())
-        clip = clip_batch(images.to(p.device), self.daclip.image_size)
-        return self.daclip.encode_image(clip.to(p.dtype), control=True)
+        images = images.to(p.device)
+        content, degradation = self.daclip.encode_image(clip_batch(images, self.daclip.image_size).to(p.dtype),
+                                                        control=True)
+        if min(images.shape[-2:]) > view_side(self.daclip.image_size, self.config.daclip_crop):
+            degradation = degradation_embeddings(self.daclip, images, self.config.daclip_crop)
+        return content, degradation
 
     @torch.no_grad()
     def text_hidden(self, prompt: str, batch: int) -> torch.Tensor:

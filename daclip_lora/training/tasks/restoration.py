@@ -74,6 +74,12 @@ def _check_objective(s, c, steps: int) -> None:
                          "sd.objective: diffusion")
 
 
+def _train_patch(opt) -> Optional[int]:
+    """The training patch side (DA-CLIP saw patches of that size), recorded as the restorer's ``daclip_crop``."""
+    blocks = [d for d in opt.datasets.values() if d.phase == "train"]
+    return blocks[0].patch_size if blocks and blocks[0].patch_size else None
+
+
 def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
     """The trainable model for ``opt`` on the loaded SD components (LoRA initialised from ``seed``)."""
     s, c = opt.sd, opt.sd.conditioning
@@ -88,7 +94,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
         fusion=s.fusion, fusion_decoded_lq=s.fusion_decoded_lq, text_encoder_lora=None, time_embedding=c.time_embedding,
-        modulated_lora=c.modulated_lora, output_norm=c.output_norm)
+        modulated_lora=c.modulated_lora, output_norm=c.output_norm, daclip_crop=_train_patch(opt))
     _check_objective(s, c, int(sd.scheduler.config.num_train_timesteps))
     if config.context_slots >= sd.tokenizer.model_max_length - 2:
         raise ValueError(f"{config.context_slots} DA-CLIP tokens leave no room for the prompt in "
