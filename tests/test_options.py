@@ -46,7 +46,7 @@ def test_unused_keys_are_reported_in_one_info_line(tmp_path, caplog):
         opt = load_options(DATA / "uir_train.yml", is_train=True, root=tmp_path, check_paths=False)
     lines = [r.getMessage() for r in caplog.records if "not used by daclip_lora" in r.getMessage()]
     assert len(lines) == 1
-    for key in ("use_tb_logger", "sde", "network_G", "train.is_weighted", "path.strict_load"):
+    for key in ("model", "sde", "network_G", "train.is_weighted", "path.strict_load"):
         assert key in lines[0]
     assert "train.is_weighted" in opt.ignored
 

@@ -21,7 +21,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
                PermissionError, CheckpointWriteError, DependencyError)
 
 # Commands that train or restore: the installed dependency versions are checked before they start.
-CHECKED_COMMANDS = {"train", "test", "demo", "restore", "degradation", "evaluate", "app", "make-tiny-base"}
+CHECKED_COMMANDS = {"train", "test", "demo", "restore", "degradation", "evaluate", "app", "make-tiny-base", "export"}
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -162,7 +162,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
         return 0
     from ..training.tasks.restoration import format_restoration_table
 
-    report = evaluate(opt, folder=args.weights)
+    report = evaluate(opt, folder=_weights_folder(args) if args.weights else None)
     print(format_restoration_table(report))
     print(f"results: {results} (metrics.json, metrics.csv, restored images and LQ|restored|GT grids)\nlog: {log_file}")
     return 0
@@ -232,7 +232,22 @@ def _restore_paths(args: argparse.Namespace) -> None:
         scheduler_name(args.scheduler)  # an unknown name fails before the models load
     if args.weights is None:
         print(demonstration_notice("--weights experiments/<name>/models/restoration"), file=sys.stderr)
-    args.folder = embedded_restorer() if args.weights is None else find_restoration_folder(args.weights)
+    args.folder = embedded_restorer() if args.weights is None else _weights_folder(args)
+
+
+def _weights_folder(args: argparse.Namespace) -> Path:
+    """``--weights``: a restoration folder (or one above it), or a ``training_state/<step>`` checkpoint, exported
+    into a temporary folder kept for the command's lifetime."""
+    from ..restoration.locate import find_restoration_folder
+
+    if (Path(args.weights) / "state.json").is_file():
+        from ..training.export import export_to_temporary
+
+        result, args.export_handle = export_to_temporary(args.weights)
+        print(f"note: --weights {args.weights} is a training checkpoint: restoring with its step-{result.step} "
+              f"{result.weights} weights" + (f" ({result.note})" if result.note else ""), file=sys.stderr)
+        return result.folder
+    return find_restoration_folder(args.weights)
 
 
 #: ``restore``'s multi-step sampling flags and their defaults (``None`` on the command line: not given)
@@ -794,6 +809,41 @@ def _add_make_tiny_base(sub: Any) -> None:
     p.set_defaults(func=_cmd_make_tiny_base)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..training.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.output, options=args.options, raw=args.raw)
+    print(f"exported step {result.step} ({result.weights} weights) of a {result.task} run -> {result.folder}")
+    if result.note:
+        print(f"note: {result.note}")
+    return 0
+
+
+def _export_paths(args: argparse.Namespace) -> None:
+    from ..training.export import is_training_state
+
+    if not is_training_state(args.checkpoint):
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint} is not a training-state folder (no state.json and "
+                                f"trainable.safetensors); pass experiments/<name>/training_state/<step> or .../best")
+    if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--output {args.output} is not empty; pass --overwrite to replace it")
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="turn a training checkpoint into a folder restore/test/from_pretrained load",
+                       description="Write the weights of a training_state/<step> (or training_state/best) folder as "
+                                   "the task's folder: a restoration folder, a controller-LoRA folder or a "
+                                   "diffusers LoRA. The model is rebuilt from the run's options.yml; no dataset is "
+                                   "read. EMA weights are used when the run kept them.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="experiments/<name>/training_state/<step>")
+    p.add_argument("--output", type=Path, required=True, help="the folder to write")
+    p.add_argument("--options", type=Path, default=None,
+                   help="the run's training options (default: experiments/<name>/options.yml beside the checkpoints)")
+    p.add_argument("--raw", action="store_true", help="the raw weights, not their EMA")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    p.set_defaults(func=_cmd_export, precheck=_export_paths)
+
+
 def _add_check_options(sub: Any) -> None:
     p = sub.add_parser("check-options", help="load and validate an options file, print the resolved options",
                        description="Load a UIR-style options file exactly as train/test would and print the "
@@ -812,7 +862,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_list_models, _add_env, _add_convert, _add_train, _add_test, _add_make_dataset, _add_demo,
-                _add_restore, _add_degradation, _add_evaluate, _add_app, _add_make_tiny_base, _add_check_options):
+                _add_restore, _add_degradation, _add_evaluate, _add_app, _add_make_tiny_base, _add_check_options,
+                _add_export):
         add(sub)
     return parser
 

@@ -2,7 +2,7 @@
 
 A trainer (see ``daclip_lora.training.tasks``) only provides its model, dataset, step and batch logic as a
 :class:`TrainTask`. The engine does the rest: device placement and mixed precision (accelerate),
-gradient accumulation, AdamW with weight-decay exclusions, warm-up + cosine/multi-step schedules,
+gradient accumulation, the ``train.optimizer`` (``optimizers.py``) with weight-decay exclusions, warm-up + cosine/multi-step schedules,
 gradient clipping, optional EMA of the trainable weights, deterministic sharded sampling, periodic
 validation, atomic checkpoints and exact resume (weights, optimizer, scheduler, RNG, step), tqdm.
 
@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .._utils.io import CheckpointWriteError, atomic_file, remove_tree, replace_path, tmp_sibling
+from .optimizers import create_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ def latest_checkpoint(training_state: Any) -> Optional[Path]:
     done = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and (p / "state.json").is_file()]
     return max(done, key=lambda p: int(p.name)) if done else None
 
+#: validation names where lower is better (for ``train.best_metric``)
+LOWER_IS_BETTER = ("loss", "lpips", "dists", "niqe", "fid", "mse", "piqe")
+
 NO_DECAY_KEYS = ("bias", "ln_", "norm", "logit_scale", "embedding", "positional_embedding", "class_embedding")
 
 
@@ -80,6 +84,10 @@ class TrainTask:
     model: nn.Module
     step: int = 0
     seed: int = 0
+    #: the validation value ``train.best_metric`` defaults to (``training_state/best`` keeps its best step)
+    best_metric: Optional[str] = None
+    #: images of the last validation, ``name -> (H, W, 3)`` floats in [0, 1], for the trackers
+    validation_images: Optional[Dict[str, Any]] = None
 
     def setup(self, accelerator) -> None:
         """Move frozen parts to ``accelerator.device``, build caches, ... (optional)."""
@@ -104,6 +112,10 @@ class TrainTask:
 
     def save_outputs(self, out_dir: Path) -> None:
         """Write the final artefacts (adapters, configs) to ``out_dir``."""
+
+    def export(self, out_dir: Path) -> Path:
+        """Write the current weights as the task's loadable folder (``daclip-lora export``); returns it."""
+        raise ValueError(f"{type(self).__name__} has no exportable output")
 
     def trainable_state(self) -> Dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -272,8 +284,9 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 class Engine:
     """Runs a :class:`TrainTask` with the options' ``train``, ``runtime``, ``logger`` and ``path`` blocks."""
 
-    def __init__(self, opt, task: TrainTask, keep_checkpoints: int = 2):
-        self.opt, self.task, self.keep = opt, task, keep_checkpoints
+    def __init__(self, opt, task: TrainTask, keep_checkpoints: Optional[int] = None):
+        self.opt, self.task = opt, task
+        self.keep = keep_checkpoints or opt.logger.keep_checkpoints
         train_ds = next((d for d in opt.datasets.values() if d.phase == "train"), None)
         if train_ds is None:
             raise ValueError("training needs a dataset whose key starts with 'train'")
@@ -291,16 +304,32 @@ class Engine:
         AcceleratorState._reset_state(reset_partial_state=False)
         rt = self.opt.runtime
         cpu = rt.device == "cpu" or (rt.device is None and not torch.cuda.is_available())
-        return Accelerator(mixed_precision=rt.mixed_precision, cpu=cpu,
+        return Accelerator(mixed_precision=rt.mixed_precision, cpu=cpu, log_with=self._trackers() or None,
                            gradient_accumulation_steps=rt.gradient_accumulation_steps)
+
+    def _trackers(self) -> List[Any]:
+        """accelerate's trackers the ``logger`` block asks for: TensorBoard in ``<experiments_root>/tb_logger``
+        (UIR's folder name), W&B with BasicSR's ``logger.wandb: {project, resume_id}``."""
+        from accelerate.tracking import TensorBoardTracker, WandBTracker
+
+        lg, trackers = self.opt.logger, []
+        if lg.use_tb_logger:
+            trackers.append(TensorBoardTracker("tb_logger", str(self.paths.experiments_root)))
+        if lg.wandb is not None:
+            resume = {"id": lg.wandb["resume_id"], "resume": "allow"} if lg.wandb.get("resume_id") else {}
+            trackers.append(WandBTracker(lg.wandb.get("project") or self.opt.name, name=self.opt.name, **resume))
+        return trackers
 
     def _checkpoint_dir(self, step: int) -> Path:
         return Path(self.paths.training_state) / f"{step:08d}"
 
-    def _save_checkpoint(self, accelerator, optimizer, scheduler, step: int, ema: Optional[Dict]) -> Path:
+    def _save_checkpoint(self, accelerator, optimizer, scheduler, step: int, ema: Optional[Dict],
+                         folder: Optional[Path] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
+        """A complete checkpoint of ``step`` in ``training_state/<step>`` (or ``folder``, e.g. ``best``);
+        ``extra`` goes into its ``state.json``."""
         from safetensors.torch import save_file
 
-        final = self._checkpoint_dir(step)
+        final = folder or self._checkpoint_dir(step)
         tmp = final.with_name(final.name + ".tmp")  # every process writes its RNG state here
         try:
             if accelerator.is_main_process:
@@ -316,7 +345,8 @@ class Engine:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:  # state.json last: its presence marks a complete folder
                 (tmp / "state.json").write_text(json.dumps({"step": step, "name": self.opt.name,
-                                                            "world": accelerator.num_processes}))
+                                                            "world": accelerator.num_processes,
+                                                            "global_batch": self._global_batch(), **(extra or {})}))
                 replace_path(tmp, final)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -324,14 +354,22 @@ class Engine:
                                        f"free disk space or make the folder writable, then continue with --resume "
                                        f"(the last complete checkpoint is {latest_checkpoint(final.parent)})") from None
         if accelerator.is_main_process:
-            older = sorted(p for p in final.parent.iterdir() if p.is_dir() and p.name.isdigit())[:-self.keep]
-            for p in older:
-                remove_tree(p)  # renamed first: a kill mid-delete leaves no incomplete step folder
-            for p in final.parent.glob("*.old"):  # what a kill left of an earlier deletion
-                shutil.rmtree(p, ignore_errors=True)
+            self._prune_checkpoints(final.parent)
             logger.info("checkpoint: %s", final)
         accelerator.wait_for_everyone()
         return final
+
+    def _prune_checkpoints(self, folder: Path) -> None:
+        """Keep the newest ``logger.keep_checkpoints`` step folders (``best`` is not a step folder)."""
+        older = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit())[:-self.keep]
+        for p in older:
+            remove_tree(p)  # renamed first: a kill mid-delete leaves no incomplete step folder
+        for p in folder.glob("*.old"):  # what a kill left of an earlier deletion
+            shutil.rmtree(p, ignore_errors=True)
+
+    def _global_batch(self) -> int:
+        """Samples per optimizer step: ``batch_size`` (global, as in UIR) x gradient accumulation."""
+        return self.train_opt.batch_size * self.opt.runtime.gradient_accumulation_steps
 
     def _load_checkpoint(self, path: Path, accelerator, optimizer, scheduler) -> Tuple[int, Optional[Dict]]:
         from safetensors.torch import load_file
@@ -341,17 +379,30 @@ class Engine:
             raise FileNotFoundError(f"resume_state {path} is not a training-state folder (no state.json); pass "
                                     f"experiments/<name>/training_state/<step>")
         meta = json.loads((path / "state.json").read_text())
-        if meta["world"] != accelerator.num_processes:
-            raise ValueError(f"{path} was written by {meta['world']} processes; resume with the same number "
-                             f"(got {accelerator.num_processes}) to continue the same trajectory")
+        self._check_resume_batch(path, meta, accelerator.num_processes)
         self.task.load_trainable_state(load_file(str(path / "trainable.safetensors")))
         optim = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(optim["optimizer"])
         scheduler.load_state_dict(optim["scheduler"])
-        _set_rng_state(torch.load(path / f"rng_{accelerator.process_index}.pt", weights_only=True))
+        rng = path / f"rng_{accelerator.process_index}.pt"
+        _set_rng_state(torch.load(rng if rng.is_file() else path / "rng_0.pt", weights_only=True))
         ema = load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").is_file() else None
         logger.info("resumed from %s at step %d", path, meta["step"])
         return int(meta["step"]), ema
+
+    def _check_resume_batch(self, path: Path, meta: Dict[str, Any], world: int) -> None:
+        """Another process count is fine when the global batch is the same: batches, per-sample noise and
+        augmentation do not depend on it (a process that did not exist takes process 0's RNG state, which only
+        the task's global-RNG draws could notice)."""
+        saved, now = meta.get("global_batch"), self._global_batch()
+        if saved is not None and saved != now:
+            raise ValueError(f"{path} was trained with a global batch of {saved} samples per step (batch_size x "
+                             f"gradient_accumulation_steps), this run has {now}; set datasets.train.batch_size "
+                             f"and runtime.gradient_accumulation_steps so that they multiply to {saved}")
+        if meta["world"] != world:
+            logger.warning("resuming %s on %d processes (written by %d); the global batch of %d samples per step "
+                           "is unchanged, so the run continues the same trajectory", path, world, meta["world"],
+                           now)
 
     # --------------------------------------------------------------------- main
     def fit(self, resume: Optional[str] = None) -> TrainResult:
@@ -365,18 +416,22 @@ class Engine:
         accelerator = self._accelerator()
         set_seed(self.opt.train.manual_seed)
         self.task.setup(accelerator)
+        self.device = accelerator.device
         named = self._trainable()
         optimizer, scheduler = self._optimizer(named)
         model, optimizer = accelerator.prepare(self.task.model, optimizer)
         ema = {n: p.detach().clone() for n, p in self.task.trainable_state().items()} \
             if self.opt.runtime.ema_decay else None
         step, ema = self._resume(resume, accelerator, optimizer, scheduler, ema)
+        accelerator.init_trackers("tb_logger")  # the trackers are built in _trackers(); this starts them
         run = _Run(accelerator, model, optimizer, scheduler, iter(self._loader(accelerator, step)), named, ema,
                    TrainResult(step=step), Path(self.paths.experiments_root),
-                   self._open_loss_log(step) if accelerator.is_main_process else None)
+                   self._open_loss_log(step) if accelerator.is_main_process else None,
+                   best=self._best_so_far())
         step = self._run_loop(run, step)
         self._write_outputs(accelerator, ema)
         accelerator.wait_for_everyone()
+        accelerator.end_training()
         run.result.step = step
         run.result.seconds = time.perf_counter() - start_time
         self.accelerator = accelerator
@@ -395,7 +450,7 @@ class Engine:
         groups = self.task.param_groups() or [{"params": named}]
         optim_groups = [g for grp in groups
                         for g in param_groups(grp["params"], rt.weight_decay, grp.get("lr"))]
-        optimizer = torch.optim.AdamW(optim_groups, lr=tr.lr_G, betas=(tr.beta1, tr.beta2))
+        optimizer = create_optimizer(tr.optimizer, optim_groups, tr.lr_G, (tr.beta1, tr.beta2), self.device)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
             build_lr_lambda(tr.lr_scheme, tr.niter, tr.warmup_iter, g.get("lr", tr.lr_G), tr.eta_min, tr.lr_steps,
                             tr.lr_gamma) for g in optim_groups])
@@ -501,8 +556,9 @@ class Engine:
                 with accelerator.autocast():
                     out = task.training_step(run.model, batch)
                 accelerator.backward(out["loss"])
-                if accelerator.sync_gradients and rt.max_grad_norm:
-                    accelerator.clip_grad_norm_([p for _, p in run.named], rt.max_grad_norm)
+                if accelerator.sync_gradients and (rt.max_grad_norm or accelerator.trackers):
+                    norm = accelerator.clip_grad_norm_([p for _, p in run.named], rt.max_grad_norm or math.inf)
+                    run.grad_norm = float(norm)
                 run.optimizer.step()
                 run.optimizer.zero_grad(set_to_none=True)
             for k, v in out.items():
@@ -523,8 +579,11 @@ class Engine:
         run.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}")
         if step % opt.logger.print_freq == 0 or step == tr.niter:
             logger.info("step %d/%d lr %.3e %s", step, tr.niter, lr, " ".join(f"{k} {v:.5f}" for k, v in logs.items()))
+        if run.accelerator.trackers:
+            run.accelerator.log(self._step_scalars(run, logs, lr), step=step)
         if tr.val_freq and (step % tr.val_freq == 0 or step == tr.niter):
-            run.result.validations[step] = self._validate(run.accelerator, run.model, step, run.out_dir)
+            run.result.validations[step] = self._validate(run, step)
+            self._keep_best(run, step, run.result.validations[step])
         if run.loss_log is not None:
             self._log_losses(run.loss_log, step, logs)
         stop = run.interrupt.is_set(run.accelerator)
@@ -533,17 +592,84 @@ class Engine:
             if stop and step < tr.niter:
                 raise TrainingInterrupted(step, saved)
 
-    def _validate(self, accelerator, model: nn.Module, step: int, out_dir: Path) -> Dict[str, float]:
-        metrics: Dict[str, float] = {}
+    def _step_scalars(self, run: "_Run", logs: Dict[str, float], lr: float) -> Dict[str, float]:
+        """What the trackers get every step: each loss term, lr, gradient norm, samples/s, peak memory."""
+        import time
+
+        now = time.perf_counter()
+        seconds, run.last_time = now - (run.last_time or now), now
+        device = run.accelerator.device
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        scalars = {f"train/{k}": v for k, v in logs.items()}
+        scalars.update({"train/lr": lr, "train/peak_memory_mb": peak})
+        if run.grad_norm is not None:
+            scalars["train/grad_norm"] = run.grad_norm
+        if seconds > 0:
+            scalars["train/samples_per_s"] = self._global_batch() / seconds
+        return scalars
+
+    def _validate(self, run: "_Run", step: int) -> Dict[str, float]:
+        """The task's validation (main process), with the EMA weights when EMA is on (the raw weights' values
+        then come too, as ``raw/<name>``); logged to the console and the trackers, with the task's images."""
+        accelerator, metrics = run.accelerator, {}
         if accelerator.is_main_process:
-            model.eval()
+            run.model.eval()
             with torch.no_grad():
-                metrics = self.task.validate(step, out_dir) or {}
-            model.train()
+                if run.ema is not None:
+                    raw = {n: p.detach().clone() for n, p in self.task.trainable_state().items()}
+                    metrics = {f"raw/{k}": v for k, v in (self.task.validate(step, run.out_dir) or {}).items()}
+                    _swap_in(self.task, run.ema)
+                    metrics = {**(self.task.validate(step, run.out_dir) or {}), **metrics}
+                    _swap_in(self.task, raw)
+                else:
+                    metrics = self.task.validate(step, run.out_dir) or {}
+            run.model.train()
             if metrics:
                 logger.info("validation @ %d: %s", step, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            self._log_validation(accelerator, step, metrics)
         accelerator.wait_for_everyone()
         return metrics
+
+    def _log_validation(self, accelerator, step: int, metrics: Dict[str, float]) -> None:
+        if not accelerator.trackers:
+            return
+        accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        images = getattr(self.task, "validation_images", None) or {}
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard" and images:
+                tracker.log_images({f"val/{k}": v[None] for k, v in images.items()}, step=step, dataformats="NHWC")
+
+    def _best_so_far(self) -> Optional[float]:
+        """The best ``train.best_metric`` of an earlier part of this run (``training_state/best``), if any."""
+        meta = Path(self.paths.training_state) / "best" / "state.json"
+        return json.loads(meta.read_text()).get("best_value") if meta.is_file() else None
+
+    def _keep_best(self, run: "_Run", step: int, metrics: Dict[str, float]) -> None:
+        """Save ``training_state/best`` when ``train.best_metric`` improved (lower is better for losses and
+        perceptual distances, higher for the rest)."""
+        name = self.opt.train.best_metric or self.task.best_metric
+        if name is None:
+            return
+        flag = torch.tensor([0.0], device=run.accelerator.device)
+        if run.accelerator.is_main_process and metrics:
+            if name not in metrics:
+                raise ValueError(f"train.best_metric {name!r} is not a validation value of this task; use one of "
+                                 f"{', '.join(sorted(metrics))}")
+            value = metrics[name]
+            lower = any(k in name.lower() for k in LOWER_IS_BETTER)
+            if run.best is None or (value < run.best if lower else value > run.best):
+                run.best, flag[0] = value, 1.0
+        if run.accelerator.num_processes > 1:
+            flag = run.accelerator.reduce(flag, "sum")
+        if flag.item() > 0:
+            self._save_checkpoint(run.accelerator, run.optimizer, run.scheduler, step, run.ema,
+                                  folder=Path(self.paths.training_state) / "best",
+                                  extra={"best_metric": name, "best_value": run.best})
 
 
 @dataclass
@@ -560,7 +686,10 @@ class _Run:
     result: "TrainResult"
     out_dir: Path
     loss_log: Any
+    best: Optional[float] = None  # the best train.best_metric so far
     bar: Any = None
+    grad_norm: Optional[float] = None  # of the last optimizer step (when clipping or logging)
+    last_time: Optional[float] = None
     interrupt: "_SigintFlag" = field(default_factory=lambda: _SigintFlag())
 
 

@@ -29,6 +29,7 @@ from .._utils.suggest import suggest
 from ..data.degrade import DEGRADATIONS
 from ..restoration.schedulers import SCHEDULERS, scheduler_name
 from ._coerce import Context, OptionsError, build, parse_override_value, resolve_field
+from .optimizers import optimizer_name
 from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class DatasetOptions:
     use_rot: bool = False
     color: Optional[str] = "RGB"
     small_images: Literal["pad", "reject"] = "pad"
+    n_per_degradation: int = 2  # validation during training: the first N images of each degradation
     on_corrupt: Literal["error", "skip"] = "error"
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -102,7 +104,7 @@ class PathOptions:
 class TrainOptions:
     """The UIR ``train`` block keys we use (others are kept in ``extra`` and ignored)."""
 
-    optimizer: str = "AdamW"
+    optimizer: str = "AdamW"  # AdamW, Adam, AdamW8bit (CUDA), Lion (bitsandbytes): training/optimizers.py
     lr_G: float = 1e-4
     lr_scheme: str = "cosine"
     beta1: float = 0.9
@@ -114,6 +116,9 @@ class TrainOptions:
     eta_min: float = 0.0
     manual_seed: int = 0
     val_freq: int = 500
+    #: the validation value whose best keeps ``training_state/best``; None: the task's own (restoration: ``psnr``,
+    #: the mean over degradations; controller: ``accuracy``; text2image: ``clip_score``)
+    best_metric: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,6 +126,9 @@ class TrainOptions:
 class LoggerOptions:
     print_freq: int = 100
     save_checkpoint_freq: int = 5000
+    use_tb_logger: bool = False  # TensorBoard under <experiments_root>/tb_logger (UIR also has it at the top level)
+    wandb: Optional[Dict[str, Any]] = None  # BasicSR's {project: ..., resume_id: ...}; needs wandb installed
+    keep_checkpoints: int = 2  # the newest complete step checkpoints kept (besides training_state/best)
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -255,6 +263,7 @@ class Options:
 
     name: str
     is_train: bool = False
+    use_tb_logger: Optional[bool] = None  # UIR's top-level switch; same as logger.use_tb_logger
     task: Literal[tuple(TASKS)] = "restoration"  # type: ignore[valid-type]  # the registered task names
     suffix: Optional[str] = None
     model: Optional[str] = None
@@ -380,7 +389,7 @@ def parse_options(
     _derive_paths(opt, Path(root).expanduser())
     _expand_user(opt)
     _check_semantics(opt, ctx, check_paths)
-    opt.ignored = ctx.ignored
+    opt.ignored = ctx.ignored + _typed_but_unused(data, datasets_raw)
     opt.source = source
     return opt, ctx.warnings
 
@@ -412,7 +421,7 @@ def load_options(
     for w in warnings:
         logger.warning("%s: %s", path, w)
     if opt.ignored:
-        logger.info("%s: keys not used by daclip_lora (kept, ignored): %s", path, ", ".join(opt.ignored))
+        logger.warning("%s: keys read but not used by daclip_lora (kept, ignored): %s", path, ", ".join(opt.ignored))
     return opt
 
 
@@ -515,6 +524,35 @@ def _check_paths_exist(opt: Options, ctx: Context) -> None:
             raise ctx.error(dotted, f"path {value} does not exist (relative paths are taken from the current folder)")
 
 
+#: UIR keys that are typed (and checked) but that nothing here reads: listed with the ignored ones at start
+TYPED_BUT_UNUSED = ("model", "gpu_ids", "suffix")
+TYPED_BUT_UNUSED_IN_DATASETS = ("name", "color")
+
+
+def _typed_but_unused(data: Dict[str, Any], datasets: Dict[str, Any]) -> List[str]:
+    keys = [k for k in TYPED_BUT_UNUSED if data.get(k) is not None]
+    for name, block in datasets.items():
+        if isinstance(block, dict):
+            keys += [f"datasets.{name}.{k}" for k in TYPED_BUT_UNUSED_IN_DATASETS if block.get(k) is not None]
+    return keys
+
+
+def _check_logger(opt: Options, ctx: Context) -> None:
+    if opt.use_tb_logger is not None:  # UIR's top-level switch
+        opt.logger.use_tb_logger = opt.logger.use_tb_logger or opt.use_tb_logger
+    if opt.logger.keep_checkpoints < 1:
+        raise ctx.error("logger.keep_checkpoints", f"must be at least 1, got {opt.logger.keep_checkpoints}")
+    if opt.logger.wandb is not None and opt.is_train:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ctx.error("logger.wandb", "needs wandb, which is not installed: pip install wandb, or remove "
+                                            "logger.wandb (logger.use_tb_logger: true logs to TensorBoard)")
+    for key, ds in opt.datasets.items():
+        if ds.n_per_degradation < 1:
+            raise ctx.error(f"datasets.{key}.n_per_degradation", f"must be at least 1, got {ds.n_per_degradation}")
+
+
 def _check_semantics(opt: Options, ctx: Context, check_paths: bool) -> None:
     unknown = [d for d in opt.distortion if d not in DEGRADATIONS]
     if unknown and opt.task != "text2image":
@@ -522,8 +560,14 @@ def _check_semantics(opt: Options, ctx: Context, check_paths: bool) -> None:
     _check_datasets(opt, ctx)
     if opt.train is not None and opt.train.niter < 1:
         raise ctx.error("train.niter", f"must be at least 1 (training steps), got {opt.train.niter}")
+    if opt.train is not None:
+        try:
+            opt.train.optimizer = optimizer_name(opt.train.optimizer)
+        except ValueError as e:
+            raise ctx.error("train.optimizer", str(e)) from None
     _check_splits(opt, ctx)
     _check_sampling(opt, ctx)
+    _check_logger(opt, ctx)
     if opt.daclip.pretrained is None and opt.path.daclip is not None:
         opt.daclip.pretrained = opt.path.daclip
     if check_paths:

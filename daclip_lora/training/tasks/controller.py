@@ -84,7 +84,8 @@ def _daclip(opt, adapter: Optional[str] = None):
 class ControllerTrainer(TrainTask):
     """``task: controller``: LoRA on the DA-CLIP controller."""
 
-    def __init__(self, opt):
+    def __init__(self, opt, data: bool = True):
+        """``data=False`` builds the model only (``export``: no dataset is read)."""
         self.opt = opt
         c = opt.controller
         with torch.random.fork_rng():  # LoRA initialisation draws from the RNG: make it a function of the seed
@@ -95,6 +96,10 @@ class ControllerTrainer(TrainTask):
         if opt.runtime.gradient_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.tokenizer = get_tokenizer(opt.daclip.model)
+        if data:
+            self._build_datasets(opt)
+
+    def _build_datasets(self, opt) -> None:
         self.train_block = next(d for d in opt.datasets.values() if d.phase == "train")
         self.val_blocks = [d for d in opt.datasets.values() if d.phase == "val"]
         self.classes = list(opt.distortion) or sorted({it.degradation for it in _items(self.train_block, ())})
@@ -130,15 +135,23 @@ class ControllerTrainer(TrainTask):
         return daclip_loss(out, kind, labels=batch["label"], class_text=self.class_text,
                            caption_weight=self.opt.controller.caption_weight)
 
+    best_metric = "accuracy"  # the mean over the validation sets
+
     def validate(self, step: int, out_dir: Path) -> Dict[str, float]:
         metrics = {}
         for block, ds in zip(self.val_blocks, self._val):
             report = degradation_accuracy(self.model, self.tokenizer, ds, self.classes)
             metrics[f"acc_{block.name or block.phase}"] = report["overall"]
+        if metrics:
+            metrics["accuracy"] = float(sum(metrics.values()) / len(metrics))
         return metrics
 
+    def export(self, out_dir: Path) -> Path:
+        """The controller-LoRA folder of the current weights."""
+        return save_controller_lora(self.model, Path(out_dir), model_name=self.opt.daclip.model)
+
     def save_outputs(self, out_dir: Path) -> None:
-        path = save_controller_lora(self.model, Path(out_dir) / "controller_lora", model_name=self.opt.daclip.model)
+        path = self.export(Path(out_dir) / "controller_lora")
         logger.info("controller LoRA saved to %s", path)
 
 

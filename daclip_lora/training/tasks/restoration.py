@@ -132,7 +132,8 @@ class _Cached(Dataset):
 class RestorationTrainer(TrainTask):
     """``task: restoration``."""
 
-    def __init__(self, opt):
+    def __init__(self, opt, data: bool = True):
+        """``data=False`` builds the model only (``export``: no dataset is read)."""
         self.opt = opt
         if opt.sd.base is None:
             raise ValueError("sd.base is required: the path of a Stable Diffusion folder in diffusers format "
@@ -147,8 +148,9 @@ class RestorationTrainer(TrainTask):
         self.perceptual = _perceptual_loss(opt.sd.loss)  # before any data: a missing weight fails at start-up
         if opt.runtime.gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
-        self._build_datasets(opt)
         self.cached: Optional[_Cached] = None
+        if data:
+            self._build_datasets(opt)
 
     def _build_datasets(self, opt) -> None:
         """The train split (centre-cropped once when cached), the val split and the fusion head's calib split."""
@@ -300,19 +302,42 @@ class RestorationTrainer(TrainTask):
         return RestorationPipeline(self.backbone, self.model, self.daclip,
                                    precision=getattr(self, "precision", "fp32"))
 
-    def validate(self, step: int, out_dir: Path, max_images: int = 4) -> Dict[str, float]:
+    best_metric = "psnr"  # the mean over degradations
+
+    def validation_indices(self) -> List[int]:
+        """The first ``datasets.val.n_per_degradation`` images of each degradation (the same every time), in
+        the val set's order of degradations."""
+        per = self.val_block.n_per_degradation
+        taken: Dict[str, List[int]] = {}
+        for i, pair in enumerate(self._val.pairs):
+            chosen = taken.setdefault(pair.degradation, [])
+            if len(chosen) < per:
+                chosen.append(i)
+        return [i for indices in taken.values() for i in indices]
+
+    def validate(self, step: int, out_dir: Path) -> Dict[str, float]:
+        """PSNR/SSIM per degradation (``psnr/<degradation>``) and their means over degradations (``psnr``,
+        ``ssim``); the LQ | restored | GT grid goes to ``val_images/<step>.png`` and the trackers."""
         if self._val is None:
             return {}
         pipe, s = self.pipeline(), self.opt.sampling
-        rows, scores = [], []
-        for i in range(min(max_images, len(self._val))):
+        rows: List[np.ndarray] = []
+        per: Dict[str, List[Dict[str, float]]] = {}
+        for i in self.validation_indices():
             sample = self._val[i]
             lq, r, gt = restore_sample(pipe, sample, s)
-            scores.append(image_metrics(r, gt, s.crop_border))
+            per.setdefault(self._val.pairs[i].degradation or "all", []).append(image_metrics(r, gt, s.crop_border))
             rows.append(np.concatenate([lq, r, gt], axis=1))
-        grid = np.concatenate(rows, axis=0)
+        grid = np.concatenate(_same_width(rows), axis=0)
         write_image(Path(self.opt.path.val_images) / f"{step:08d}.png", grid)
-        return {k: float(np.mean([m[k] for m in scores])) for k in ("psnr", "ssim")}
+        self.validation_images = {"grid": np.clip(grid, 0, 1)}
+        metrics: Dict[str, float] = {}
+        for deg, scores in per.items():
+            for k in ("psnr", "ssim"):
+                metrics[f"{k}/{deg}"] = float(np.mean([m[k] for m in scores]))
+        for k in ("psnr", "ssim"):
+            metrics[k] = float(np.mean([metrics[f"{k}/{deg}"] for deg in per]))
+        return metrics
 
     @torch.no_grad()
     def _fusion_data(self) -> Dict[str, torch.Tensor]:
@@ -382,11 +407,21 @@ class RestorationTrainer(TrainTask):
         self.fusion_report = report
         return report
 
+    def export(self, out_dir: Path) -> Path:
+        """The restoration folder of the current weights (the fusion head as it is: fitted or not)."""
+        return save_restoration(self.model, Path(out_dir), backbone=self.backbone)
+
     def save_outputs(self, out_dir: Path) -> None:
         if self.model.fusion is not None:
             self.fit_fusion()
-        path = save_restoration(self.model, Path(out_dir) / "restoration", backbone=self.backbone)
+        path = self.export(Path(out_dir) / "restoration")
         logger.info("restoration LoRA and extras saved to %s", path)
+
+
+def _same_width(rows: List[np.ndarray]) -> List[np.ndarray]:
+    """Grid rows padded (black, right) to the widest one, for validation images of several sizes."""
+    width = max(r.shape[1] for r in rows)
+    return [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
 
 
 # --------------------------------------------------------------------------- evaluation

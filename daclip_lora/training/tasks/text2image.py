@@ -95,7 +95,8 @@ def clip_score(images: List[np.ndarray], prompts: List[str], model_name: str, pr
 class Text2ImageTrainer(TrainTask):
     """``task: text2image``."""
 
-    def __init__(self, opt):
+    def __init__(self, opt, data: bool = True):
+        """``data=False`` builds the model only (``export``: no dataset is read)."""
         self.opt = opt
         s = opt.sd
         if s.base is None:
@@ -117,8 +118,9 @@ class Text2ImageTrainer(TrainTask):
         self.model = Text2ImageModel(self.sd.unet, self.sd.text_encoder)
         if opt.runtime.gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
-        self._train = CaptionImages(self.train_block.dataroot, self.sd.tokenizer, s.resolution,
-                                    self.train_block.use_flip)
+        if data:
+            self._train = CaptionImages(self.train_block.dataroot, self.sd.tokenizer, s.resolution,
+                                        self.train_block.use_flip)
         self.prompts = read_prompts(s.validation_prompts) if s.validation_prompts else []
 
     def param_groups(self) -> Optional[List[Dict[str, Any]]]:
@@ -146,6 +148,8 @@ class Text2ImageTrainer(TrainTask):
         target = diffusion_target(sched, latents, noise, t)
         pred = model(sched.add_noise(latents, noise, t), t, batch["input_ids"])
         return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma)}
+
+    best_metric = "clip_score"
 
     def validate(self, step: int, out_dir: Path) -> Dict[str, float]:
         if not self.prompts:
@@ -176,8 +180,12 @@ class Text2ImageTrainer(TrainTask):
             metrics["clip_score"] = float(np.mean(scores))
         return metrics
 
+    def export(self, out_dir: Path) -> Path:
+        """The diffusers LoRA folder of the current weights."""
+        self.backbone.save_lora(Path(out_dir), self.sd.unet, self.sd.text_encoder)
+        return Path(out_dir)
+
     def save_outputs(self, out_dir: Path) -> None:
-        out = Path(out_dir) / "text2image_lora"
-        self.backbone.save_lora(out, self.sd.unet, self.sd.text_encoder)
+        out = self.export(Path(out_dir) / "text2image_lora")
         logger.info("text-to-image LoRA saved to %s", out)
 
