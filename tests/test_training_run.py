@@ -256,3 +256,39 @@ def test_resume_with_another_global_batch_names_the_value_to_set(sd_assets, tmp_
                  f"path.resume_state={state}", "--opt", "datasets.train.batch_size=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "global batch of 4" in err and "multiply to 4" in err
+
+
+# ------------------------------------------------------------------------------------------------ dry run
+def test_dry_run_prints_the_plan_and_writes_nothing(sd_assets, tmp_path, capsys):
+    yml = _options(tmp_path, sd_assets)
+    assert main(["train", "-opt", str(yml), "--root", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 8 (noisy 4, hazy 4)" in out and "val: 4 (noisy 2, hazy 2)" in out
+    assert "UNet (LoRA, DA-CLIP paths, head)" in out and "DA-CLIP" in out
+    assert "steps: 4 x 4 samples = 16 samples, 2.0 epochs of 8 training samples" in out
+    assert "estimated peak memory per device" in out and "activations" in out
+    assert not (tmp_path / "experiments").exists()
+
+
+@pytest.mark.parametrize("overrides,smaller", [
+    (["runtime.gradient_checkpointing=true"], "activations"),
+    (["runtime.mixed_precision=bf16"], "activations"),
+    (["train.optimizer=Lion"], "optimizer"),
+])
+def test_dry_run_estimate_moves_with_the_settings(sd_assets, tmp_path, overrides, smaller):
+    from daclip_lora.training.dry_run import dry_run
+
+    yml = _options(tmp_path, sd_assets)
+    base = dry_run(load_options(yml, is_train=True, root=tmp_path)).memory
+    changed = dry_run(load_options(yml, is_train=True, root=tmp_path, overrides=overrides)).memory
+    assert 0 < changed[smaller] < base[smaller]
+
+
+def test_dry_run_activations_grow_with_the_batch(sd_assets, tmp_path):
+    from daclip_lora.training.dry_run import dry_run
+
+    yml = _options(tmp_path, sd_assets)
+    two, four = (dry_run(load_options(yml, is_train=True, root=tmp_path,
+                                      overrides=[f"datasets.train.batch_size={b}"])).memory["activations"]
+                 for b in (2, 4))
+    assert four == pytest.approx(2 * two, rel=0.05)

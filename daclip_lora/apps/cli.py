@@ -125,6 +125,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..training.engine import Engine
 
     opt = _load_cli_options(args, is_train=True)
+    if args.dry_run:
+        from ..training.dry_run import dry_run, format_dry_run
+
+        print(format_dry_run(dry_run(opt)))
+        return 0
     exp = Path(opt.path.experiments_root)
     log_file = _start_run(exp, resume=bool(opt.path.resume_state), log_name="train")
     if _is_main_process():
@@ -565,6 +570,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the run's newest complete checkpoint (path.resume_state: auto); starts "
                         "from step 0 when there is none")
+    p.add_argument("--dry-run", action="store_true",
+                   help="train nothing, write nothing: print the datasets per degradation, the trainable and frozen "
+                        "parameters per part, the steps and an estimate of one device's peak memory")
     short = p.add_argument_group("short flags (text-to-image LoRA style; same as --opt overrides)")
     short.add_argument("-d", dest="dataset", metavar="DIR", help="training folder (datasets.train.dataroot)")
     short.add_argument("-gp", dest="prompts", metavar="FILE", help="validation prompts file (sd.validation_prompts)")

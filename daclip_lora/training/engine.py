@@ -117,6 +117,28 @@ class TrainTask:
         """Write the current weights as the task's loadable folder (``daclip-lora export``); returns it."""
         raise ValueError(f"{type(self).__name__} has no exportable output")
 
+    # ------------------------------------------------------------------ train --dry-run (training/dry_run.py)
+    def parts(self, half: torch.dtype) -> Dict[str, Tuple[nn.Module, torch.dtype]]:
+        """The modules a run holds, each with the dtype its frozen weights are kept in (``half``: the mixed
+        precision's); trainable weights are always fp32."""
+        return {"model": (self.model, torch.float32)}
+
+    def composition(self) -> Dict[str, Dict[str, int]]:
+        """Samples per label (degradation) of each dataset, from the index (no image decoded)."""
+        return {}
+
+    def memory_probe(self, batch_size: int) -> Optional[Callable[[], Any]]:
+        """Move the modules to the meta device and return a function running one training step's forward at
+        ``batch_size`` there (``None``: the task does not estimate its activations)."""
+        return None
+
+    def checkpointed_blocks(self) -> List[nn.Module]:
+        """The blocks ``runtime.gradient_checkpointing`` recomputes in the backward pass."""
+        return []
+
+    def gradient_checkpointing(self, on: bool) -> None:
+        """Turn gradient checkpointing of :meth:`checkpointed_blocks` on or off."""
+
     def trainable_state(self) -> Dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 

@@ -113,6 +113,12 @@ class ControllerTrainer(TrainTask):
                      for d in self.val_blocks]
         self.class_text: Optional[torch.Tensor] = None
 
+    def composition(self) -> Dict[str, Dict[str, int]]:
+        from collections import Counter
+
+        sets = {"train": self._train, **{b.name or b.phase: d for b, d in zip(self.val_blocks, self._val)}}
+        return {k: dict(Counter(it.degradation for it in d.items)) for k, d in sets.items()}
+
     def setup(self, accelerator) -> None:
         self.model.to(accelerator.device)
         with torch.no_grad():  # CLIP is locked: the vocabulary's text features are constants

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..._utils.image_metrics import image_metrics, psnr
@@ -223,6 +224,47 @@ class RestorationTrainer(TrainTask):
 
     def train_dataset(self) -> Dataset:
         return self.cached if self.cached is not None else self._train
+
+    # ---------------------------------------------------------------------------- dry run
+    def parts(self, half: torch.dtype) -> Dict[str, Tuple[nn.Module, torch.dtype]]:
+        out = {"UNet (LoRA, DA-CLIP paths, head)": (self.model, torch.float32), "VAE": (self.sd.vae, torch.float32),
+               "text encoder": (self.sd.text_encoder, half), "DA-CLIP": (self.daclip, half)}  # as setup() keeps them
+        if self.perceptual is not None:
+            out["perceptual loss"] = (self.perceptual, torch.float32)
+        return out
+
+    def composition(self) -> Dict[str, Dict[str, int]]:
+        from collections import Counter
+
+        sets = {"train": self._train, "val": self._val, "calib": self._calib}
+        return {k: dict(Counter(p.degradation or "all" for p in d.pairs)) for k, d in sets.items() if d is not None}
+
+    def checkpointed_blocks(self) -> List[nn.Module]:
+        unet = self.sd.unet
+        return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+
+    def gradient_checkpointing(self, on: bool) -> None:
+        (self.sd.unet.enable_gradient_checkpointing if on else self.sd.unet.disable_gradient_checkpointing)()
+
+    def memory_probe(self, batch_size: int):
+        """One training step's forward on the meta device, from cached-latent inputs (the frozen models' encodes
+        run without gradients: they save nothing for the backward pass)."""
+        meta, p, f = torch.device("meta"), self.train_block.patch_size, self.backbone.vae_factor
+        with torch.no_grad():
+            hidden = self.backbone.encode_prompt([self.config.prompt], self.config.context_slots).float()
+        for module, _ in self.parts(torch.float32).values():
+            module.to(meta)
+        self.prompt_hidden = self.empty_hidden = hidden.to(meta)
+        self.device, self.dtype, self.step, self.seed = meta, torch.float32, 0, 0
+        z = (batch_size, self.config.latent_channels, p // f, p // f)
+        batch = {"z_gt": torch.empty(z, device=meta), "z_lq": torch.empty(z, device=meta),
+                 "image_emb": torch.empty(batch_size, self.config.embed_dim, device=meta),
+                 "degra_emb": torch.empty(batch_size, self.config.embed_dim, device=meta),
+                 "_index": torch.arange(batch_size)}
+        if self._decodes:
+            batch["gt"] = torch.empty(batch_size, 3, p, p, device=meta)
+        self.model.train()
+        return lambda: self.training_step(self.model, batch)
 
     # ------------------------------------------------------------------------------- step
     def training_step(self, model, batch) -> Dict[str, torch.Tensor]:

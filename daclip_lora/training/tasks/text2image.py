@@ -151,6 +151,9 @@ class Text2ImageTrainer(TrainTask):
 
     best_metric = "clip_score"
 
+    def composition(self) -> Dict[str, Dict[str, int]]:
+        return {"train": {"captioned images": len(self._train)}}
+
     def validate(self, step: int, out_dir: Path) -> Dict[str, float]:
         if not self.prompts:
             return {}
