@@ -356,3 +356,119 @@ def test_make_dataset_from_folder_then_build_from_options(tmp_path):
     assert isinstance(val, CaptionedDataset) and len(val) == 4
     captions = {val[i]["caption"] for i in range(4)}
     assert captions == {"a test scene", "scene 1"}
+
+
+# ------------------------------------------------------------------------- UIR pairing, draws and CSV paths
+def _tree(root, names):
+    """``root/{LQ,GT}`` with the (lq, gt) file names given, tiny images."""
+    for sub in ("LQ", "GT"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i, (lq, gt) in enumerate(names):
+        write_image(root / "LQ" / lq, np.full((4, 4, 3), i / 10, np.float32))
+        write_image(root / "GT" / gt, np.full((4, 4, 3), i / 10, np.float32))
+
+
+NAMING = {  # the source datasets' own pair names
+    "rain100h": [(f"rain-{i:03d}.png", f"norain-{i:03d}.png") for i in (1, 2, 10)],
+    "raindrop": [(f"{i}_rain.png", f"{i}_clean.png") for i in (0, 1, 2)],
+    "reside": [("0048_0.9_0.2.jpg", "0048.png"), ("0049_0.8_0.1.jpg", "0049.png")],
+    "srd": [("a.jpg", "a_free.jpg"), ("b.jpg", "b_free.jpg")],
+}
+
+
+@pytest.mark.parametrize("dataset", NAMING)
+def test_sorted_pairing_takes_the_source_datasets_names(tmp_path, dataset, caplog):
+    from daclip_lora.data.datasets import pair_lqgt
+
+    _tree(tmp_path, NAMING[dataset])
+    with caplog.at_level("WARNING"):
+        pairs = pair_lqgt(tmp_path / "LQ", tmp_path / "GT")
+    expected = list(zip(sorted(lq for lq, _ in NAMING[dataset]), sorted(gt for _, gt in NAMING[dataset])))
+    assert [(p.lq.name, p.gt.name) for p in pairs] == expected
+    warnings = [r.getMessage() for r in caplog.records if "paired by sorted order" in r.getMessage()]
+    assert len(warnings) == 1 and f"{expected[0][0]} ~ {expected[0][1]}" in warnings[0]
+
+
+@pytest.mark.parametrize("pairing,message", [
+    ("name", r"paired by file name \(pairing: name\).*use pairing: sorted"),
+    ("auto", r"has 3 LQ images and .* has 2 GT images"),
+    ("sorted", r"has 3 LQ images and .* has 2 GT images"),
+])
+def test_pairing_errors_are_one_line(tmp_path, pairing, message):
+    from daclip_lora.data.datasets import pair_lqgt
+
+    _tree(tmp_path, [("a_rain.png", "a.png"), ("b_rain.png", "b.png")])
+    write_image(tmp_path / "LQ" / "c_rain.png", np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(DatasetError, match=message) as info:
+        pair_lqgt(tmp_path / "LQ", tmp_path / "GT", pairing=pairing)
+    assert "\n" not in str(info.value)
+
+
+def test_matching_names_pair_by_name_even_when_sorting_differs(tmp_path):
+    from daclip_lora.data.datasets import pair_lqgt
+
+    _tree(tmp_path, [("b.png", "b.jpg"), ("a.jpg", "a.png")])
+    assert [(p.lq.name, p.gt.name) for p in pair_lqgt(tmp_path / "LQ", tmp_path / "GT")] == \
+        [("a.jpg", "a.png"), ("b.png", "b.jpg")]
+
+
+@pytest.mark.parametrize("groups,sizes", [(True, (40, 4)), (False, (40, 4)), (True, (10, 10, 1))])
+def test_balanced_draws_mix_degradations_like_uir(groups, sizes):
+    """UIR's MDDataset: each degradation equally often, whatever its size; proportional: as the sizes."""
+    from daclip_lora.training.engine import ShardedBatchSampler
+
+    members, start = [], 0
+    for n in sizes:
+        members.append(list(range(start, start + n)))
+        start += n
+    sampler = ShardedBatchSampler(start, 4, seed=0, groups=members if groups else None)
+    it = iter(sampler)
+    drawn = np.array([i for _ in range(500) for i in next(it)])
+    share = np.array([np.isin(drawn, m).mean() for m in members])
+    expected = np.full(len(sizes), 1 / len(sizes)) if groups else np.array(sizes) / start
+    assert np.abs(share - expected).max() < 0.03  # 2,000 draws: a few standard errors
+
+
+def test_balanced_draws_resume_exactly_and_split_over_processes():
+    from daclip_lora.training.engine import ShardedBatchSampler
+
+    groups = [list(range(0, 30)), list(range(30, 33))]
+    whole = ShardedBatchSampler(33, 4, seed=5, groups=groups)
+    first = [b for _, b in zip(range(20), iter(whole))]
+    resumed = [b for _, b in zip(range(10), iter(ShardedBatchSampler(33, 4, seed=5, groups=groups, start=10)))]
+    assert resumed == first[10:]
+    halves = [[b for _, b in zip(range(20), iter(ShardedBatchSampler(33, 4, r, 2, seed=5, groups=groups)))]
+              for r in (0, 1)]
+    assert [sorted(a + b) for a, b in zip(*halves)] == [sorted(b) for b in first]
+
+
+@pytest.mark.parametrize("where", ["csv_folder", "cwd", "root", "absolute"])
+def test_daclip_csv_paths_resolve_as_written(tmp_path, monkeypatch, where):
+    """generate_captions.py writes paths relative to where it ran and saves the CSV in datasets/universal/;
+    the released CSVs hold absolute paths."""
+    from daclip_lora.data.datasets import read_daclip_csv
+
+    image = tmp_path / "datasets" / "universal" / "train" / "noisy" / "LQ" / "x.png"
+    write_image(image, np.zeros((4, 4, 3), np.float32))
+    csv_path = tmp_path / "datasets" / "universal" / "daclip_train.csv"
+    listed = {"csv_folder": "train/noisy/LQ/x.png", "cwd": "datasets/universal/train/noisy/LQ/x.png",
+              "root": "noisy/LQ/x.png", "absolute": str(image)}[where]
+    csv_path.write_text(f"filepath\ttitle\n{listed}\ta photo: noisy\n")
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "datasets" / "universal" / "train" if where == "root" else None
+    (item,) = read_daclip_csv(csv_path, root=root)
+    assert item.image.resolve() == image.resolve() and item.degradation == "noisy"
+
+
+def test_a_missing_csv_image_names_every_location_tried(tmp_path, monkeypatch):
+    from daclip_lora.data.datasets import read_daclip_csv
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "c.csv").write_text("filepath\ttitle\nsub/x.png\ta photo: noisy\n")
+    with pytest.raises(DatasetError) as info:
+        read_daclip_csv(tmp_path / "d" / "c.csv", root=tmp_path / "r")
+    message = str(info.value)
+    assert "sub/x.png" in message and "\n" not in message
+    for base in (tmp_path / "r", tmp_path / "d", tmp_path):
+        assert str(base / "sub" / "x.png") in message

@@ -121,8 +121,10 @@ def restoration_options(out: Path, name: str, distortion: List[str], daclip: Dic
               "sampling": {"steps": p["sample_steps"], "scheduler": "ddim", **p["sampling"], **(sampling or {})}}
     train = _write_yaml(out / "options" / f"{name}_train.yml", {
         "name": name, **common,
+        # every degradation has the same patches here, so the proportional draw (a permutation per epoch) is
+        # already balanced; it keeps the shipped restorer reproducible from its recipe
         "datasets": {"train": {"mode": "MD", "dataroot": str(data / "train"), "batch_size": p["sd_batch"],
-                               "patch_size": p["patch"]},
+                               "patch_size": p["patch"], "sampling": "proportional"},
                      "val": {"mode": "MD", "dataroot": str(data / "val")},
                      # the fusion head is also fitted on these (see sd.fusion_images)
                      **({"calib": {"mode": "MD", "dataroot": str(data / "calib")}}

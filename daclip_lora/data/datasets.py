@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DatasetError", "Pair", "Captioned", "RestorationDataset", "CaptionedDataset", "clip_tensor", "clip_batch",
            "clip_crops", "degradation_embeddings", "view_side",
-           "pair_lqgt", "pair_md", "read_daclip_csv", "read_caption_folder", "build_dataset"]
+           "PAIRINGS", "pair_lqgt", "pair_md", "read_daclip_csv", "read_caption_folder", "build_dataset",
+           "block_pairs", "block_items", "degradation_groups"]
 
 OPENAI_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
 OPENAI_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
@@ -58,20 +59,56 @@ def _names(paths: Sequence[Union[str, Path]], n: int = 5) -> str:
 
 
 # ------------------------------------------------------------------------------ indexing
-def pair_lqgt(dataroot_lq: Union[str, Path], dataroot_gt: Union[str, Path], degradation: str = "") -> List[Pair]:
-    """Pair ``LQ`` and ``GT`` images by file name (the stem, so ``a.jpg`` pairs with ``a.png``)."""
+#: how LQ and GT images are paired: by file stem, by sorted order (UIR: "the pair is ensured by 'sorted'"), or
+#: by name when every stem matches and by sorted order otherwise
+PAIRINGS = ("auto", "name", "sorted")
+
+
+def pair_lqgt(dataroot_lq: Union[str, Path], dataroot_gt: Union[str, Path], degradation: str = "",
+              pairing: str = "auto") -> List[Pair]:
+    """Pair ``LQ`` and ``GT`` images.
+
+    ``name`` pairs by file stem (``a.jpg`` with ``a.png``). ``sorted`` pairs the n-th LQ with the n-th GT in sorted
+    path order, as UIR's datasets and DA-CLIP's ``generate_captions.py`` do (Rain100H ``rain-001.png`` /
+    ``norain-001.png``, RainDrop ``0_rain.png`` / ``0_clean.png``, RESIDE ``0048_0.9_0.2.jpg`` / ``0048.png``).
+    ``auto`` pairs by name when every stem matches, else by sorted order when the counts match (one warning shows
+    the first pairs whose names differ).
+
+    Raises:
+        DatasetError: unequal counts (both folders and counts named), or ``name`` pairing with unmatched stems.
+    """
+    if pairing not in PAIRINGS:
+        raise DatasetError(f"pairing {pairing!r} is not one of {', '.join(PAIRINGS)}")
     lq_images, _ = list_images(dataroot_lq)
     gt_images, _ = list_images(dataroot_gt)
     lq, gt = _by_stem(lq_images, dataroot_lq), _by_stem(gt_images, dataroot_gt)
+    if set(lq) == set(gt) and pairing != "sorted":
+        return [Pair(lq[s], gt[s], degradation) for s in sorted(lq)]
+    unmatched = "; ".join(_unmatched(lq, gt, dataroot_lq, dataroot_gt))
+    if pairing == "name":
+        raise DatasetError(f"LQ/GT images are paired by file name (pairing: name); {unmatched}; use pairing: sorted "
+                           f"(UIR's convention) to pair them by sorted order")
+    if len(lq_images) != len(gt_images):
+        by_name = f"; by name, {unmatched}" if set(lq) & set(gt) else ""
+        raise DatasetError(f"{dataroot_lq} has {len(lq_images)} LQ images and {dataroot_gt} has {len(gt_images)} GT "
+                           f"images; pairing needs the same number in both{by_name}")
+    pairs = [Pair(a, b, degradation) for a, b in zip(sorted(lq_images), sorted(gt_images))]
+    if pairing == "auto":
+        differ = [f"{p.lq.name} ~ {p.gt.name}" for p in pairs if p.lq.stem != p.gt.stem]
+        logger.warning("%s: LQ and GT names differ, so they are paired by sorted order as UIR does (pairing: "
+                       "sorted); check the first pairs: %s", Path(dataroot_lq).parent, ", ".join(differ[:3]))
+    return pairs
+
+
+def _unmatched(lq: Dict[str, Path], gt: Dict[str, Path], dataroot_lq: Any, dataroot_gt: Any) -> List[str]:
+    """What pairing by name leaves without a partner, on each side."""
     no_gt, no_lq = sorted(set(lq) - set(gt)), sorted(set(gt) - set(lq))
-    if no_gt or no_lq:
-        parts = []
-        if no_gt:
-            parts.append(f"{len(no_gt)} LQ images without a GT partner in {dataroot_gt}: {_names([lq[s] for s in no_gt])}")
-        if no_lq:
-            parts.append(f"{len(no_lq)} GT images without an LQ partner in {dataroot_lq}: {_names([gt[s] for s in no_lq])}")
-        raise DatasetError("LQ/GT images are paired by file name; " + "; ".join(parts))
-    return [Pair(lq[s], gt[s], degradation) for s in sorted(lq)]
+    parts = []
+    if no_gt:
+        parts.append(f"{len(no_gt)} LQ images without a GT partner in {dataroot_gt}: {_names([lq[s] for s in no_gt])}")
+    if no_lq:
+        parts.append(f"{len(no_lq)} GT images without an LQ partner in {dataroot_lq}: {_names([gt[s] for s in no_lq])}")
+    return parts
 
 
 def _by_stem(images: List[Path], folder: Union[str, Path]) -> Dict[str, Path]:
@@ -83,7 +120,7 @@ def _by_stem(images: List[Path], folder: Union[str, Path]) -> Dict[str, Path]:
     return out
 
 
-def pair_md(dataroot: Union[str, Path], distortions: Sequence[str]) -> List[Pair]:
+def pair_md(dataroot: Union[str, Path], distortions: Sequence[str], pairing: str = "auto") -> List[Pair]:
     """UIR multi-degradation tree ``dataroot/<degradation>/{LQ,GT}/``; samples carry their degradation."""
     root = Path(dataroot)
     if not root.is_dir():
@@ -97,19 +134,33 @@ def pair_md(dataroot: Union[str, Path], distortions: Sequence[str]) -> List[Pair
         )
     pairs: List[Pair] = []
     for d in distortions:
-        pairs.extend(pair_lqgt(root / d / "LQ", root / d / "GT", degradation=d))
+        pairs.extend(pair_lqgt(root / d / "LQ", root / d / "GT", degradation=d, pairing=pairing))
     return pairs
 
 
-def read_daclip_csv(path: Union[str, Path]) -> List[Captioned]:
+def _csv_image(path: Path, filepath: str, root: Optional[Path]) -> Tuple[Path, List[Path]]:
+    """Where a CSV row's image is: absolute as it is; else relative to ``root`` (the block's ``root:``), the CSV's
+    folder, then the working directory (DA-CLIP's ``generate_captions.py`` writes paths relative to where it ran
+    and saves the CSV in ``datasets/universal/``). Returns the first that exists (else the first tried) and every
+    location tried."""
+    image = Path(filepath)
+    if image.is_absolute():
+        return image, [image]
+    tried = [base / image for base in ([root] if root is not None else []) + [path.parent, Path.cwd()]]
+    return next((p for p in tried if p.is_file()), tried[0]), tried
+
+
+def read_daclip_csv(path: Union[str, Path], root: Optional[Union[str, Path]] = None) -> List[Captioned]:
     """DA-CLIP CSV: tab-separated ``filepath`` and ``title`` = ``"<caption>: <degradation>"``.
 
-    Relative file paths resolve against the CSV's folder.
+    Relative file paths resolve against ``root`` when given, else the CSV's folder, else the working directory
+    (:func:`_csv_image`; docs/data.md).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"DA-CLIP CSV {path} does not exist")
     rows: List[Captioned] = []
+    missing: List[Tuple[str, List[Path]]] = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t")
         if reader.fieldnames is None or not {"filepath", "title"} <= set(reader.fieldnames):
@@ -122,14 +173,17 @@ def read_daclip_csv(path: Union[str, Path]) -> List[Captioned]:
                     f"caption and degradation (e.g. 'a cat on a sofa: noisy')"
                 )
             caption, degradation = title.split(": ")
-            image = Path(row["filepath"])
-            image = image if image.is_absolute() else path.parent / image
+            image, tried = _csv_image(path, row["filepath"], Path(root) if root is not None else None)
+            if not image.is_file():
+                missing.append((row["filepath"], tried))
             rows.append(Captioned(image, caption.strip(), degradation.strip()))
     if not rows:
         raise DatasetError(f"{path}: the CSV has a header but no rows")
-    missing = [r.image for r in rows if not r.image.is_file()]
     if missing:
-        raise DatasetError(f"{path}: {len(missing)} listed images do not exist: {_names(missing)}")
+        first, tried = missing[0]
+        raise DatasetError(f"{path}: {len(missing)} listed images do not exist; the first, {first}, was looked for "
+                           f"at {', '.join(str(p) for p in tried)}; set root: in the dataset block to the folder the "
+                           f"paths are relative to")
     return rows
 
 
@@ -325,15 +379,38 @@ class CaptionedDataset(_SkippingDataset):
                 "degradation": item.degradation, "path": str(item.image)}
 
 
+def block_pairs(ds, distortion: Optional[Sequence[str]] = None) -> Optional[List[Pair]]:
+    """The LQ/GT pairs of an ``LQGT`` or ``MD`` dataset block (with its ``pairing``); ``None`` for other modes."""
+    pairing = getattr(ds, "pairing", "auto")
+    if ds.mode == "LQGT":
+        return pair_lqgt(ds.dataroot_LQ, ds.dataroot_GT, pairing=pairing)
+    if ds.mode == "MD":
+        return pair_md(ds.dataroot, ds.distortion or distortion or (), pairing=pairing)
+    return None
+
+
+def block_items(ds) -> List[Captioned]:
+    """The images of a ``CSV`` (relative paths resolved with the block's ``root``) or ``captions`` block."""
+    return read_daclip_csv(ds.csv, getattr(ds, "root", None)) if ds.mode == "CSV" else read_caption_folder(ds.dataroot)
+
+
+def degradation_groups(ds, labels: Sequence[str]) -> Optional[List[List[int]]]:
+    """The indices of each degradation in ``labels`` for an ``MD`` block drawn ``sampling: balanced`` (UIR's
+    round-robin over degradations); ``None`` for proportional draws, other modes or a single degradation."""
+    if ds.mode != "MD" or getattr(ds, "sampling", "balanced") != "balanced":
+        return None
+    groups: Dict[str, List[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    return list(groups.values()) if len(groups) > 1 else None
+
+
 def build_dataset(ds, distortion: Optional[Sequence[str]] = None) -> Dataset:
     """A dataset from a :class:`~daclip_lora.training.options.DatasetOptions` block."""
     train = ds.phase == "train"
     patch = ds.patch_size if train else None
-    if ds.mode == "LQGT":
-        return RestorationDataset(pair_lqgt(ds.dataroot_LQ, ds.dataroot_GT), patch, ds.use_flip and train,
-                                  ds.use_rot and train, ds.small_images, ds.on_corrupt)
-    if ds.mode == "MD":
-        return RestorationDataset(pair_md(ds.dataroot, ds.distortion or distortion or ()), patch,
-                                  ds.use_flip and train, ds.use_rot and train, ds.small_images, ds.on_corrupt)
-    items = read_daclip_csv(ds.csv) if ds.mode == "CSV" else read_caption_folder(ds.dataroot)
-    return CaptionedDataset(items, patch, ds.use_flip and train, ds.small_images, ds.on_corrupt)
+    pairs = block_pairs(ds, distortion)
+    if pairs is not None:
+        return RestorationDataset(pairs, patch, ds.use_flip and train, ds.use_rot and train, ds.small_images,
+                                  ds.on_corrupt)
+    return CaptionedDataset(block_items(ds), patch, ds.use_flip and train, ds.small_images, ds.on_corrupt)

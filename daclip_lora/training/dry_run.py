@@ -183,5 +183,6 @@ def format_dry_run(r: DryRun) -> str:
     parts = " + ".join(f"{k} {_bytes(v)}" for k, v in r.memory.items())
     missing = "" if "activations" in r.memory else " (activations not estimated for this task)"
     lines.append(f"estimated peak memory per device: {_bytes(r.peak)} = {parts}{missing}")
-    lines.append(f"  ({r.setting}; leaves out transient peaks and the CUDA context)")
+    lines.append(f"  ({r.setting}; leaves out transient peaks and the CUDA context: measured runs needed up to 1.5x "
+                 f"the estimate's activation part, docs/benchmarks.md#dry-run-memory-estimate)")
     return "\n".join(lines)

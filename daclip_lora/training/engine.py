@@ -127,6 +127,11 @@ class TrainTask:
         """Samples per label (degradation) of each dataset, from the index (no image decoded)."""
         return {}
 
+    def sampling_groups(self) -> Optional[List[List[int]]]:
+        """The training set's indices per degradation when its draws are balanced over degradations
+        (``datasets.train.sampling: balanced``, UIR's MD default); ``None``: plain shuffling."""
+        return None
+
     def memory_probe(self, batch_size: int) -> Optional[Callable[[], Any]]:
         """Move the modules to the meta device and return a function running one training step's forward at
         ``batch_size`` there (``None``: the task does not estimate its activations)."""
@@ -167,12 +172,13 @@ class ShardedBatchSampler(Sampler):
     """Deterministic epoch-seeded global batches, sharded over processes, resumable at any batch.
 
     Epoch ``e`` shuffles with ``torch.Generator().manual_seed(seed + e)``; process ``rank`` of ``world``
-    takes positions ``rank::world`` of each global batch. ``start`` skips that many global batches
+    takes positions ``rank::world`` of each global batch. With ``groups`` (the dataset indices of each
+    degradation) an epoch draws the groups round-robin and a random member of each, as UIR's ``MDDataset`` does. ``start`` skips that many global batches
     without loading them (used on resume).
     """
 
     def __init__(self, n: int, global_batch: int, rank: int = 0, world: int = 1, seed: int = 0,
-                 shuffle: bool = True, start: int = 0):
+                 shuffle: bool = True, start: int = 0, groups: Optional[Sequence[Sequence[int]]] = None):
         if global_batch % world:
             raise ValueError(f"batch_size {global_batch} must be divisible by the number of processes {world}")
         if n < global_batch:
@@ -180,12 +186,23 @@ class ShardedBatchSampler(Sampler):
                              f"lower datasets.train.batch_size or add data")
         self.n, self.batch, self.rank, self.world = n, global_batch, rank, world
         self.seed, self.shuffle, self.start = seed, shuffle, start
+        self.groups = [torch.as_tensor(list(g), dtype=torch.long) for g in groups] if groups else None
         self.per_epoch = n // global_batch
 
     def _order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.n)
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        if self.groups is None:
+            return torch.randperm(self.n, generator=generator)
+        # UIR's MDDataset draw: position k of an epoch is degradation k % G, and a random image of it; the
+        # positions are shuffled, so every global batch mixes the degradations evenly whatever their sizes
+        kinds = (torch.arange(self.n) % len(self.groups))[torch.randperm(self.n, generator=generator)]
+        order = torch.empty(self.n, dtype=torch.long)
+        for kind, members in enumerate(self.groups):
+            slots = kinds == kind
+            order[slots] = members[torch.randint(len(members), (int(slots.sum()),), generator=generator)]
+        return order
 
     def __iter__(self) -> Iterator[List[int]]:
         index = self.start
@@ -497,7 +514,8 @@ class Engine:
         dataset = self.task.train_dataset()
         sampler = ShardedBatchSampler(len(dataset), self.train_opt.batch_size, accelerator.process_index,
                                       accelerator.num_processes, seed=tr.manual_seed,
-                                      shuffle=self.train_opt.use_shuffle, start=step * accum)
+                                      shuffle=self.train_opt.use_shuffle, start=step * accum,
+                                      groups=self.task.sampling_groups())
         self.task.seed = tr.manual_seed
         # a private generator: creating the loader's iterator draws a worker base seed, which must not advance
         # the global RNG (a resumed run creates its iterator after restoring that RNG, the original did not)

@@ -72,6 +72,9 @@ class DatasetOptions:
     dataroot_GT: Optional[str] = _path()
     dataroot_LQ: Optional[str] = _path()
     csv: Optional[str] = _path()  # DA-CLIP CSV (tab-separated filepath, title)
+    root: Optional[str] = _path()  # CSV: the folder its relative paths start from (else the CSV's folder, then cwd)
+    pairing: Literal["auto", "name", "sorted"] = "auto"  # LQ/GT: by name, by sorted order (UIR), or auto
+    sampling: Literal["balanced", "proportional"] = "balanced"  # MD training draws: UIR's round-robin, or by size
     distortion: Optional[List[str]] = None  # MD: defaults to the top-level `distortion`
     use_shuffle: bool = True
     n_workers: int = 0

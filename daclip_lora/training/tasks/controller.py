@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from ...clip.factory import get_tokenizer, load_daclip
 from ...clip.lora import add_controller_lora, save_controller_lora
 from ...clip.loss import daclip_loss
-from ...data.datasets import Captioned, pair_md, read_daclip_csv
+from ...data.datasets import Captioned, block_items, block_pairs, degradation_groups
 from ...data.images import read_image, to_uint8
 from ..engine import TrainTask
 from ..evaluation import degradation_accuracy, write_degradation_report
@@ -56,9 +56,9 @@ class DegradationImages(Dataset):
 
 def _items(ds, distortion: Sequence[str]) -> List[Captioned]:
     if ds.mode == "CSV":
-        return read_daclip_csv(ds.csv)
+        return block_items(ds)
     if ds.mode == "MD":
-        return [Captioned(p.lq, "", p.degradation) for p in pair_md(ds.dataroot, ds.distortion or distortion)]
+        return [Captioned(p.lq, "", p.degradation) for p in block_pairs(ds, distortion)]
     raise ValueError(f"controller training reads CSV or MD datasets, got mode {ds.mode!r} "
                      f"(datasets.{ds.phase}); use the DA-CLIP CSV or a UIR MD tree")
 
@@ -112,6 +112,9 @@ class ControllerTrainer(TrainTask):
         self._val = [build_classification_set(d, self.classes, opt.distortion, image_size=size)
                      for d in self.val_blocks]
         self.class_text: Optional[torch.Tensor] = None
+
+    def sampling_groups(self) -> Optional[List[List[int]]]:
+        return degradation_groups(self.train_block, [it.degradation for it in self._train.items])
 
     def composition(self) -> Dict[str, Dict[str, int]]:
         from collections import Counter

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..._utils.image_metrics import image_metrics, psnr
 from ...clip.factory import load_daclip
-from ...data.datasets import RestorationDataset, pair_lqgt, pair_md
+from ...data.datasets import RestorationDataset, block_pairs, degradation_groups
 from ...data.images import write_image
 from ...restoration.backbone import SDBackbone
 from ...restoration.diffusion import alpha_bar, diffusion_loss, diffusion_target, one_step_input, predicted_x0
@@ -45,8 +45,7 @@ __all__ = ["RestorationTrainer", "evaluate_restoration", "build_restoration_mode
 
 def restoration_dataset(block, distortion, train: bool, crop: str = "random",
                         clip_size: Union[int, Tuple[int, int]] = 224) -> RestorationDataset:
-    pairs = pair_lqgt(block.dataroot_LQ, block.dataroot_GT) if block.mode == "LQGT" else \
-        pair_md(block.dataroot, block.distortion or distortion) if block.mode == "MD" else None
+    pairs = block_pairs(block, distortion)
     if pairs is None:
         raise ValueError(f"restoration reads LQGT or MD datasets, got mode {block.mode!r} (datasets.{block.phase})")
     augment = train and crop == "random"
@@ -232,6 +231,9 @@ class RestorationTrainer(TrainTask):
         if self.perceptual is not None:
             out["perceptual loss"] = (self.perceptual, torch.float32)
         return out
+
+    def sampling_groups(self) -> Optional[List[List[int]]]:
+        return degradation_groups(self.train_block, [p.degradation for p in self._train.pairs])
 
     def composition(self) -> Dict[str, Dict[str, int]]:
         from collections import Counter
