@@ -472,3 +472,54 @@ def test_a_missing_csv_image_names_every_location_tried(tmp_path, monkeypatch):
     assert "sub/x.png" in message and "\n" not in message
     for base in (tmp_path / "r", tmp_path / "d", tmp_path):
         assert str(base / "sub" / "x.png") in message
+
+
+# --------------------------------------------------------------- super-resolution pairs and GT-only folders
+def _sr_pair(tmp_path, lq_size, gt_size=(32, 24)):
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "GT" / "a.png", rng.random((*gt_size, 3)).astype(np.float32))
+    write_image(tmp_path / "LQ" / "a.png", rng.random((*lq_size, 3)).astype(np.float32))
+    return pair_lqgt(tmp_path / "LQ", tmp_path / "GT")
+
+
+def test_super_resolution_pairs_are_upsampled_to_the_gt_and_cropped_together(tmp_path):
+    pairs = _sr_pair(tmp_path, (8, 6))
+    torch.manual_seed(0)
+    sample = RestorationDataset(pairs, patch_size=16, scale=4)[0]
+    assert sample["LQ"].shape == sample["GT"].shape == (3, 16, 16)
+    whole = RestorationDataset(pairs, scale=4)[0]
+    lq = torch.from_numpy(read_image(tmp_path / "LQ" / "a.png").transpose(2, 0, 1).copy())[None]
+    up = torch.nn.functional.interpolate(lq, size=(32, 24), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    assert torch.allclose(whole["LQ"], up, atol=1e-6)
+
+
+@pytest.mark.parametrize("lq_size,scale,message", [
+    ((8, 6), None, r"LQ .* is 6x8 but GT .* is 24x32; for super-resolution pairs set scale: N"),
+    ((8, 6), 2, r"with scale: 2 it must be 12x16"),
+])
+def test_size_mismatches_name_both_sizes(tmp_path, lq_size, scale, message):
+    pairs = _sr_pair(tmp_path, lq_size)
+    with pytest.raises(DatasetError, match=message):
+        RestorationDataset(pairs, scale=scale)[0]
+
+
+def test_gt_only_folders_are_degraded_on_the_fly_seeded_per_sample(tmp_path):
+    from types import SimpleNamespace
+
+    from daclip_lora.data.datasets import block_pairs
+    from daclip_lora.data.degrade import degrade
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        write_image(tmp_path / "clean" / f"{name}.png", rng.random((20, 20, 3)).astype(np.float32))
+    block = SimpleNamespace(mode="GT", dataroot_GT=str(tmp_path / "clean"), distortion=["noisy", "hazy"])
+    pairs = block_pairs(block)
+    assert [(p.lq, p.gt.name, p.degradation) for p in pairs] == [
+        (None, "a.png", "noisy"), (None, "b.png", "noisy"), (None, "a.png", "hazy"), (None, "b.png", "hazy")]
+    dataset = RestorationDataset(pairs, seed=7)
+    first, again = dataset[3], dataset[3]
+    assert first["degradation"] == "hazy" and torch.equal(first["LQ"], again["LQ"])
+    gt = read_image(tmp_path / "clean" / "b.png")
+    expected = degrade(gt, "hazy", seed=[7, 3]).astype(np.float32)
+    assert torch.allclose(first["LQ"], torch.from_numpy(expected.transpose(2, 0, 1).copy()), atol=1e-6)
+    assert not torch.equal(RestorationDataset(pairs, seed=8)[3]["LQ"], first["LQ"])

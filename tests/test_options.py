@@ -82,7 +82,7 @@ def _load(tmp_path, text, is_train=False, **kw):
     ("suffix: a\n", r"name: required key is missing"),
     ("name: x\ndatasets:\n  test:\n    mode: LQGT\n    dataroot_GT: g\n", r"datasets.test.dataroot_LQ: required for mode LQGT"),
     ("name: x\ndatasets:\n  trian:\n    mode: MD\n    dataroot: d\n", r"datasets.trian: a dataset key must start with train, val, test or calib"),
-    ("name: x\ndatasets:\n  test:\n    mode: LQG\n", r"datasets.test.mode: expected one of LQGT, MD, CSV, captions, got 'LQG'. Did you mean: LQGT"),
+    ("name: x\ndatasets:\n  test:\n    mode: LQG\n", r"datasets.test.mode: expected one of LQGT, MD, GT, CSV, captions, got 'LQG'. Did you mean: LQGT"),
     ("name: x\ntask: controler\n", r"task: expected one of restoration, controller, text2image.*Did you mean: controller"),
     ("name: x\ndatasets:\n  val:\n    mode: MD\n    dataroot: d\n", r"datasets.val: mode MD needs degradation names"),
 ])

@@ -41,7 +41,7 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Pair:
-    lq: Path
+    lq: Optional[Path]  # None: made from the GT on the fly (``mode: GT``)
     gt: Path
     degradation: str = ""
 
@@ -333,14 +333,21 @@ class _SkippingDataset(Dataset):
 
 
 class RestorationDataset(_SkippingDataset):
-    """Paired LQ/GT samples with identical augmentation, plus the CLIP-ready LQ."""
+    """Paired LQ/GT samples with identical augmentation, plus the CLIP-ready LQ.
+
+    ``scale``: super-resolution pairs, the LQ ``scale`` times smaller than its GT; it is upsampled (bicubic) to the
+    GT's size before the aligned crop, as SD restorers feed their UNet. A pair whose ``lq`` is ``None`` is made
+    from its GT: the GT (cropped first) degraded by :func:`~daclip_lora.data.degrade.degrade` with the pair's
+    degradation, seeded by ``(seed, index)``."""
 
     def __init__(self, pairs: List[Pair], patch_size: Optional[int] = None, use_flip: bool = False,
                  use_rot: bool = False, small_images: str = "pad", on_corrupt: str = "error",
-                 clip_size: Union[int, Tuple[int, int]] = 224, crop: str = "random"):
+                 clip_size: Union[int, Tuple[int, int]] = 224, crop: str = "random", scale: Optional[int] = None,
+                 seed: int = 0):
         if not pairs:
             raise DatasetError("the restoration dataset is empty")
         self.pairs, self.on_corrupt, self.clip_size = pairs, on_corrupt, clip_size
+        self.scale, self.seed = scale, seed
         self.augment = _Augment(patch_size, use_flip, use_rot, small_images, crop)
 
     def __len__(self) -> int:
@@ -348,14 +355,29 @@ class RestorationDataset(_SkippingDataset):
 
     def _load(self, index: int) -> Dict[str, object]:
         pair = self.pairs[index]
-        lq, gt = read_image(pair.lq), read_image(pair.gt)
-        if lq.shape != gt.shape:
-            raise DatasetError(f"LQ {pair.lq} is {lq.shape[1]}x{lq.shape[0]} but GT {pair.gt} is "
-                               f"{gt.shape[1]}x{gt.shape[0]}; LQ and GT must have the same size")
-        lq, gt = self.augment([lq, gt], str(pair.lq))
+        gt = read_image(pair.gt)
+        if pair.lq is None:
+            from .degrade import degrade
+
+            (gt,) = self.augment([gt], str(pair.gt))
+            lq = degrade(np.ascontiguousarray(gt), pair.degradation, seed=[self.seed, index]).astype(np.float32)
+        else:
+            lq, gt = self.augment([self._at_gt_size(read_image(pair.lq), gt, pair), gt], str(pair.lq))
         lq_t = _to_tensor(lq)
         return {"LQ": lq_t, "GT": _to_tensor(gt), "LQ_clip": clip_tensor(lq_t, self.clip_size),
-                "degradation": pair.degradation, "LQ_path": str(pair.lq), "GT_path": str(pair.gt)}
+                "degradation": pair.degradation, "LQ_path": str(pair.lq or pair.gt), "GT_path": str(pair.gt)}
+
+    def _at_gt_size(self, lq: np.ndarray, gt: np.ndarray, pair: Pair) -> np.ndarray:
+        """The LQ at its GT's size: as it is, or upsampled ``scale`` times (super-resolution pairs)."""
+        (h, w), (gh, gw) = lq.shape[:2], gt.shape[:2]
+        if (h, w) == (gh, gw):
+            return lq
+        if self.scale and (h * self.scale, w * self.scale) == (gh, gw):
+            up = F.interpolate(_to_tensor(lq)[None], size=(gh, gw), mode="bicubic", align_corners=False)
+            return up[0].clamp(0, 1).permute(1, 2, 0).numpy()
+        fix = (f"with scale: {self.scale} it must be {gw // self.scale}x{gh // self.scale}" if self.scale else
+               "for super-resolution pairs set scale: N in the dataset block (the LQ is upsampled to the GT's size)")
+        raise DatasetError(f"LQ {pair.lq} is {w}x{h} but GT {pair.gt} is {gw}x{gh}; {fix}")
 
 
 class CaptionedDataset(_SkippingDataset):
@@ -380,10 +402,14 @@ class CaptionedDataset(_SkippingDataset):
 
 
 def block_pairs(ds, distortion: Optional[Sequence[str]] = None) -> Optional[List[Pair]]:
-    """The LQ/GT pairs of an ``LQGT`` or ``MD`` dataset block (with its ``pairing``); ``None`` for other modes."""
+    """The LQ/GT pairs of an ``LQGT``, ``MD`` or ``GT`` dataset block (with its ``pairing``); ``None`` for other
+    modes."""
     pairing = getattr(ds, "pairing", "auto")
     if ds.mode == "LQGT":
         return pair_lqgt(ds.dataroot_LQ, ds.dataroot_GT, pairing=pairing)
+    if ds.mode == "GT":  # clean images only: each under every degradation, degraded when loaded
+        images, _ = list_images(ds.dataroot_GT)
+        return [Pair(None, p, d) for d in ds.distortion or distortion or () for p in images]
     if ds.mode == "MD":
         return pair_md(ds.dataroot, ds.distortion or distortion or (), pairing=pairing)
     return None
@@ -397,7 +423,7 @@ def block_items(ds) -> List[Captioned]:
 def degradation_groups(ds, labels: Sequence[str]) -> Optional[List[List[int]]]:
     """The indices of each degradation in ``labels`` for an ``MD`` block drawn ``sampling: balanced`` (UIR's
     round-robin over degradations); ``None`` for proportional draws, other modes or a single degradation."""
-    if ds.mode != "MD" or getattr(ds, "sampling", "balanced") != "balanced":
+    if ds.mode not in ("MD", "GT") or getattr(ds, "sampling", "balanced") != "balanced":
         return None
     groups: Dict[str, List[int]] = {}
     for i, label in enumerate(labels):
@@ -412,5 +438,5 @@ def build_dataset(ds, distortion: Optional[Sequence[str]] = None) -> Dataset:
     pairs = block_pairs(ds, distortion)
     if pairs is not None:
         return RestorationDataset(pairs, patch, ds.use_flip and train, ds.use_rot and train, ds.small_images,
-                                  ds.on_corrupt)
+                                  ds.on_corrupt, scale=getattr(ds, "scale", None))
     return CaptionedDataset(block_items(ds), patch, ds.use_flip and train, ds.small_images, ds.on_corrupt)

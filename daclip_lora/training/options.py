@@ -65,7 +65,7 @@ LoraOptions = LoraSpec
 class DatasetOptions:
     """One entry of ``datasets``; its ``phase`` comes from the key (``train``, ``val_2``, ``test1``)."""
 
-    mode: Literal["LQGT", "MD", "CSV", "captions"] = "LQGT"
+    mode: Literal["LQGT", "MD", "GT", "CSV", "captions"] = "LQGT"
     name: str = ""
     phase: str = ""
     dataroot: Optional[str] = _path()  # MD root, or caption folder
@@ -74,6 +74,7 @@ class DatasetOptions:
     csv: Optional[str] = _path()  # DA-CLIP CSV (tab-separated filepath, title)
     root: Optional[str] = _path()  # CSV: the folder its relative paths start from (else the CSV's folder, then cwd)
     pairing: Literal["auto", "name", "sorted"] = "auto"  # LQ/GT: by name, by sorted order (UIR), or auto
+    scale: Optional[int] = None  # super-resolution pairs: the LQ is this many times smaller (upsampled to the GT)
     sampling: Literal["balanced", "proportional"] = "balanced"  # MD training draws: UIR's round-robin, or by size
     distortion: Optional[List[str]] = None  # MD: defaults to the top-level `distortion`
     use_shuffle: bool = True
@@ -385,7 +386,7 @@ def parse_options(
     for key, block in datasets_raw.items():
         ds: DatasetOptions = build(DatasetOptions, block, f"datasets.{key}", ctx)
         ds.phase = _phase(str(key), source)
-        if ds.distortion is None and ds.mode == "MD":
+        if ds.distortion is None and ds.mode in ("MD", "GT"):
             ds.distortion = list(opt.distortion)
         opt.datasets[str(key)] = ds
     _check_task_keys(opt, ctx)
@@ -479,7 +480,7 @@ def _expand_user(opt: Options) -> None:
             setattr(obj, name, str(Path(value).expanduser()))
 
 
-_REQUIRED_BY_MODE = {"LQGT": ("dataroot_LQ", "dataroot_GT"), "MD": ("dataroot",), "CSV": ("csv",),
+_REQUIRED_BY_MODE = {"LQGT": ("dataroot_LQ", "dataroot_GT"), "MD": ("dataroot",), "GT": ("dataroot_GT",), "CSV": ("csv",),
                      "captions": ("dataroot",)}
 
 
@@ -488,8 +489,11 @@ def _check_datasets(opt: Options, ctx: Context) -> None:
         for name in _REQUIRED_BY_MODE[ds.mode]:
             if getattr(ds, name) is None:
                 raise ctx.error(f"datasets.{key}.{name}", f"required for mode {ds.mode} but missing")
-        if ds.mode == "MD" and not ds.distortion:
-            raise ctx.error(f"datasets.{key}", "mode MD needs degradation names: set top-level `distortion: [...]`")
+        if ds.mode in ("MD", "GT") and not ds.distortion:
+            raise ctx.error(f"datasets.{key}", f"mode {ds.mode} needs degradation names: set top-level "
+                                               f"`distortion: [...]`")
+        if ds.scale is not None and ds.scale < 1:
+            raise ctx.error(f"datasets.{key}.scale", f"must be at least 1, got {ds.scale}")
         if ds.batch_size < 1:
             raise ctx.error(f"datasets.{key}.batch_size", f"must be at least 1, got {ds.batch_size}")
 

@@ -44,14 +44,15 @@ __all__ = ["RestorationTrainer", "evaluate_restoration", "build_restoration_mode
 
 
 def restoration_dataset(block, distortion, train: bool, crop: str = "random",
-                        clip_size: Union[int, Tuple[int, int]] = 224) -> RestorationDataset:
+                        clip_size: Union[int, Tuple[int, int]] = 224, seed: int = 0) -> RestorationDataset:
     pairs = block_pairs(block, distortion)
     if pairs is None:
-        raise ValueError(f"restoration reads LQGT or MD datasets, got mode {block.mode!r} (datasets.{block.phase})")
+        raise ValueError(f"restoration reads LQGT, MD or GT datasets, got mode {block.mode!r} "
+                         f"(datasets.{block.phase})")
     augment = train and crop == "random"
     return RestorationDataset(pairs, block.patch_size if train else None, block.use_flip and augment,
                               block.use_rot and augment, block.small_images, block.on_corrupt, crop=crop,
-                              clip_size=clip_size)
+                              clip_size=clip_size, scale=block.scale, seed=seed)
 
 
 def _check_objective(s, c, steps: int) -> None:
@@ -163,12 +164,12 @@ class RestorationTrainer(TrainTask):
         if opt.runtime.cache and (self.train_block.use_flip or self.train_block.use_rot):
             logger.warning("runtime.cache: random crops, flips and rotations are off; each image is centre-cropped "
                            "to %d once", patch)
-        clip_size = self.daclip.image_size
-        self._train = restoration_dataset(self.train_block, opt.distortion, train=True,
+        clip_size, seed = self.daclip.image_size, opt.train.manual_seed  # seed: GT-only blocks' degradations
+        self._train = restoration_dataset(self.train_block, opt.distortion, train=True, seed=seed,
                                           crop="center" if opt.runtime.cache else "random", clip_size=clip_size)
         self.val_block = next((d for d in opt.datasets.values() if d.phase == "val"), None)
-        self._val = restoration_dataset(self.val_block, opt.distortion, train=False,
-                                        clip_size=clip_size) if self.val_block else None
+        self._val = restoration_dataset(self.val_block, opt.distortion, train=False, clip_size=clip_size,
+                                        seed=seed) if self.val_block else None
         self._calib = self._calib_dataset(opt, patch)
 
     def _calib_dataset(self, opt, patch: int):
@@ -177,18 +178,22 @@ class RestorationTrainer(TrainTask):
         if block is None:
             return None
         return restoration_dataset(dataclasses.replace(block, patch_size=block.patch_size or patch), opt.distortion,
-                                   train=True, crop="center", clip_size=self.daclip.image_size)
+                                   train=True, crop="center", clip_size=self.daclip.image_size,
+                                   seed=opt.train.manual_seed)
 
     # ------------------------------------------------------------------------------ setup
     def setup(self, accelerator) -> None:
         device = accelerator.device
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-        self.sd.vae.to(device)  # the VAE stays in fp32: it is cheap and fp16 VAEs overflow
+        # frozen weights in the mixed precision's dtype, trainable ones in fp32 (diffusers' LoRA scripts); the
+        # VAE only under bf16 (SD's VAE overflows in fp16) and the fusion head never (it is fitted in fp32)
+        self.sd.vae.to(device, dtype=dtype if dtype == torch.bfloat16 else torch.float32)
         if self.perceptual is not None:
             self.perceptual.to(device)
         for m in (self.sd.text_encoder, self.daclip):
             m.to(device, dtype=dtype)
         self.model.to(device)
+        _cast_frozen(self.model, dtype, keep=self.model.fusion)
         self.device, self.dtype = device, dtype
         self.precision = {"fp16": "fp16", "bf16": "bf16"}.get(accelerator.mixed_precision, "fp32")
         reserved = self.config.context_slots
@@ -226,7 +231,8 @@ class RestorationTrainer(TrainTask):
 
     # ---------------------------------------------------------------------------- dry run
     def parts(self, half: torch.dtype) -> Dict[str, Tuple[nn.Module, torch.dtype]]:
-        out = {"UNet (LoRA, DA-CLIP paths, head)": (self.model, torch.float32), "VAE": (self.sd.vae, torch.float32),
+        vae = half if half == torch.bfloat16 else torch.float32
+        out = {"UNet (LoRA, DA-CLIP paths, head)": (self.model, half), "VAE": (self.sd.vae, vae),
                "text encoder": (self.sd.text_encoder, half), "DA-CLIP": (self.daclip, half)}  # as setup() keeps them
         if self.perceptual is not None:
             out["perceptual loss"] = (self.perceptual, torch.float32)
@@ -460,6 +466,20 @@ class RestorationTrainer(TrainTask):
             self.fit_fusion()
         path = self.export(Path(out_dir) / "restoration")
         logger.info("restoration LoRA and extras saved to %s", path)
+
+
+def _cast_frozen(model: nn.Module, dtype: torch.dtype, keep: Optional[nn.Module] = None) -> None:
+    """Frozen parameters to ``dtype``, but those of ``keep`` and of norm layers (tiny; CPU kernels want fp32
+    norm parameters whatever the input's dtype, and diffusers keeps them fp32 too)."""
+    if dtype == torch.float32:
+        return
+    skip = {id(p) for p in keep.parameters()} if keep is not None else set()
+    for module in model.modules():
+        if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
+            skip.update(id(p) for p in module.parameters(recurse=False))
+    for p in model.parameters():
+        if not p.requires_grad and id(p) not in skip:
+            p.data = p.data.to(dtype)
 
 
 def _same_width(rows: List[np.ndarray]) -> List[np.ndarray]:
