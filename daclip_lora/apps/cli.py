@@ -638,7 +638,8 @@ def _add_demo(sub: Any) -> None:
 def _add_restore(sub: Any) -> None:
     p = sub.add_parser("restore", help="restore an image or a folder of images with a trained restoration LoRA",
                        description="Restore every image of INPUT (a folder, with its sub-folders, or one file) "
-                                   "into OUTPUT, keeping relative paths, file names and formats. Images larger than the base's native size are restored in "
+                                   "into OUTPUT, keeping relative paths, file names and formats. Images larger "
+                                   "than the base's native size are restored in "
                                    "blended tiles. Unreadable files are listed, never skipped silently "
                                    "(exit code 1 if any failed).")
     p.add_argument("--weights", type=Path, default=None,

@@ -129,8 +129,8 @@ def _orient(samples: np.ndarray, orientation: int) -> np.ndarray:
     Written here rather than with ``ImageOps.exif_transpose`` because the samples may be 16-bit RGB, which no
     Pillow image can hold; the eight cases are those of the EXIF standard (and of ``exif_transpose``)."""
     flips = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-             5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
-             8: lambda a: np.rot90(a, 1)}
+             5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+             7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
     fn = flips.get(orientation)
     return np.ascontiguousarray(fn(samples)) if fn else samples
 

@@ -13,8 +13,8 @@ _EXPORTS = {
     "folders": ("EvaluationReport", "ImagePair", "evaluate_folders", "format_evaluation", "pair_folders",
                 "write_evaluation"),
     "iqa": ("FolderFid", "Metric", "create_metrics", "fid_folders", "pyiqa_version"),
-    "protocol": ("DEFAULT_METRICS", "DEMO_METRICS", "METRICS", "OWN_METRICS", "MetricSpec", "default_metrics", "resolve_metrics",
-                 "split_metric_names"),
+    "protocol": ("DEFAULT_METRICS", "DEMO_METRICS", "METRICS", "OWN_METRICS", "MetricSpec", "default_metrics",
+                 "resolve_metrics", "split_metric_names"),
     "weights": ("MissingMetricWeights", "downloads_disabled", "hub_dir", "no_downloads", "weights_guard"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

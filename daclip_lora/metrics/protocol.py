@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from .._utils.suggest import suggest
 
-__all__ = ["MetricSpec", "METRICS", "DEFAULT_METRICS", "DEMO_METRICS", "OWN_METRICS", "default_metrics", "resolve_metrics",
-           "split_metric_names"]
+__all__ = ["MetricSpec", "METRICS", "DEFAULT_METRICS", "DEMO_METRICS", "OWN_METRICS", "default_metrics",
+           "resolve_metrics", "split_metric_names"]
 
 MODES = ("FR", "NR", "FID")
 

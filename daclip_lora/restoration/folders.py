@@ -110,8 +110,9 @@ def _restore_chunk(pipe: Any, chunk: List[Path], images: Dict[Path, Tuple[np.nda
                    where: Callable[[Path], Path], output: Path, grid: bool, report: FolderReport,
                    sampling: Dict[str, Any], quality: Optional[int], submit: Callable[..., Any]) -> List[Any]:
     """Restore one batch of same-size images and hand each write to ``submit``: ``(future, input)`` pairs (grids
-    have ``None``); ``where`` gives each output's path relative to ``output``. A failure inside the model (out of memory, a numerical error) is reported for these files
-    and the run goes on; argument errors (``ValueError``) stop it."""
+    have ``None``); ``where`` gives each output's path relative to ``output``. A failure inside the model (out
+    of memory, a numerical error) is reported for these files and the run goes on; argument errors
+    (``ValueError``) stop it."""
     lq = torch.stack([torch.from_numpy(images[p][0].transpose(2, 0, 1).copy()) for p in chunk])
     sampling = dict(sampling)
     word = sampling.pop("degradation", None)

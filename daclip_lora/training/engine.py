@@ -2,9 +2,9 @@
 
 A trainer (see ``daclip_lora.training.tasks``) only provides its model, dataset, step and batch logic as a
 :class:`TrainTask`. The engine does the rest: device placement and mixed precision (accelerate),
-gradient accumulation, the ``train.optimizer`` (``optimizers.py``) with weight-decay exclusions, warm-up + cosine/multi-step schedules,
-gradient clipping, optional EMA of the trainable weights, deterministic sharded sampling, periodic
-validation, atomic checkpoints and exact resume (weights, optimizer, scheduler, RNG, step), tqdm.
+gradient accumulation, the ``train.optimizer`` (``optimizers.py``) with weight-decay exclusions, warm-up +
+cosine/multi-step schedules, gradient clipping, optional EMA of the trainable weights, deterministic sharded
+sampling, periodic validation, atomic checkpoints and exact resume (weights, optimizer, scheduler, RNG, step), tqdm.
 
 Crash consistency: a checkpoint is written to ``<step>.tmp`` and renamed to ``<step>`` only when complete,
 so a ``training_state/<step>`` folder is always whole (a kill, a full disk or a read-only folder leaves at
@@ -173,8 +173,8 @@ class ShardedBatchSampler(Sampler):
 
     Epoch ``e`` shuffles with ``torch.Generator().manual_seed(seed + e)``; process ``rank`` of ``world``
     takes positions ``rank::world`` of each global batch. With ``groups`` (the dataset indices of each
-    degradation) an epoch draws the groups round-robin and a random member of each, as UIR's ``MDDataset`` does. ``start`` skips that many global batches
-    without loading them (used on resume).
+    degradation) an epoch draws the groups round-robin and a random member of each, as UIR's ``MDDataset``
+    does. ``start`` skips that many global batches without loading them (used on resume).
     """
 
     def __init__(self, n: int, global_batch: int, rank: int = 0, world: int = 1, seed: int = 0,

@@ -480,7 +480,8 @@ def _expand_user(opt: Options) -> None:
             setattr(obj, name, str(Path(value).expanduser()))
 
 
-_REQUIRED_BY_MODE = {"LQGT": ("dataroot_LQ", "dataroot_GT"), "MD": ("dataroot",), "GT": ("dataroot_GT",), "CSV": ("csv",),
+_REQUIRED_BY_MODE = {"LQGT": ("dataroot_LQ", "dataroot_GT"), "MD": ("dataroot",), "GT": ("dataroot_GT",),
+                     "CSV": ("csv",),
                      "captions": ("dataroot",)}
 
 
