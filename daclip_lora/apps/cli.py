@@ -635,6 +635,20 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _add_restore_output_args(p: Any) -> None:
+    """``restore``'s output files: grids, quality, format, resume."""
+    p.add_argument("--grid", action="store_true", help="also write OUTPUT/grids/<name>.png (LQ | restored)")
+    p.add_argument("--quality", "--jpeg-quality", dest="quality", type=int, default=None,
+                   help="quality (1-100) of restored JPEGs, or of lossy WebPs (default: each JPEG input's own "
+                        "quantisation tables, i.e. its quality; WebP lossless)")
+    p.add_argument("--format", choices=["png", "jpg", "tif", "webp"], default=None,
+                   help="write every output in this format (default: each input's own format and bit depth; "
+                        "ICC profile, EXIF with the orientation applied, grayscale and alpha are kept)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume an interrupted run: leave inputs whose output exists and decodes (outputs are "
+                        "written atomically, so a killed run leaves no half-written file)")
+
+
 def _add_restore(sub: Any) -> None:
     p = sub.add_parser("restore", help="restore an image or a folder of images with a trained restoration LoRA",
                        description="Restore every image of INPUT (a folder, with its sub-folders, or one file) "
@@ -674,16 +688,7 @@ def _add_restore(sub: Any) -> None:
                    help="tile side in pixels (default: the base's native size; 0 disables tiling)")
     p.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: tile/4)")
     p.add_argument("--batch-size", type=int, default=4, help="images of the same size restored together")
-    p.add_argument("--grid", action="store_true", help="also write OUTPUT/grids/<name>.png (LQ | restored)")
-    p.add_argument("--quality", "--jpeg-quality", dest="quality", type=int, default=None,
-                   help="quality (1-100) of restored JPEGs, or of lossy WebPs (default: each JPEG input's own "
-                        "quantisation tables, i.e. its quality; WebP lossless)")
-    p.add_argument("--format", choices=["png", "jpg", "tif", "webp"], default=None,
-                   help="write every output in this format (default: each input's own format and bit depth; "
-                        "ICC profile, EXIF with the orientation applied, grayscale and alpha are kept)")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="resume an interrupted run: leave inputs whose output exists and decodes (outputs are "
-                        "written atomically, so a killed run leaves no half-written file)")
+    _add_restore_output_args(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast dtype of the UNet and DA-CLIP (default: fp32; bf16 on recent GPUs)")
