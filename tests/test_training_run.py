@@ -320,3 +320,63 @@ def test_bf16_keeps_frozen_weights_in_bf16_and_trainable_ones_in_fp32(sd_assets,
     state = made[-1][0].state_dict()["state"]
     assert state and all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.ndim > 0)
     assert np.allclose(runs["bf16"][0], runs["no"][0], rtol=0.02), (runs["bf16"][0], runs["no"][0])
+
+
+# ------------------------------------------------------------------------------------------ latent cache
+def _cache_files(tmp_path, n=4):
+    files = []
+    for i in range(n):
+        f = tmp_path / "img" / f"{i}.png"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(bytes([i]) * 10)
+        files.append(f)
+    return files
+
+
+def test_latent_cache_is_built_once_and_recomputes_only_a_changed_file(tmp_path):
+    import os
+
+    from daclip_lora.training.latent_cache import LatentCache, sample_key
+
+    files = _cache_files(tmp_path)
+    computed = []
+
+    def compute(indices):
+        computed.extend(indices)
+        return {"z": torch.stack([torch.full((2, 2), float(i) + 10 * len(computed)) for i in indices])}
+
+    keys = [sample_key([f], 32, "center") for f in files]
+    assert LatentCache.build(tmp_path / "c", keys, compute, batch=3, progress=False) == 4
+    first = LatentCache(tmp_path / "c", keys, ["a", "b", "a", "b"])
+    assert first[2]["degradation"] == "a" and first[2]["z"].shape == (2, 2)
+    assert LatentCache.build(tmp_path / "c", keys, compute, batch=3, progress=False) == 0  # a later run
+    os.utime(files[1], ns=(0, 10 ** 18))  # the file changed: a new key
+    keys = [sample_key([f], 32, "center") for f in files]
+    computed.clear()
+    assert LatentCache.build(tmp_path / "c", keys, compute, batch=3, progress=False) == 1 and computed == [1]
+    again = LatentCache(tmp_path / "c", keys, ["a"] * 4)
+    assert torch.equal(again[0]["z"], first[0]["z"]) and not torch.equal(again[1]["z"], first[1]["z"])
+    assert sorted(again.take([3, 0], ["z"])["z"][:, 0, 0].tolist()) == sorted([first[3]["z"][0, 0].item(),
+                                                                                first[0]["z"][0, 0].item()])
+
+
+def test_a_crop_change_is_another_key(tmp_path):
+    from daclip_lora.training.latent_cache import sample_key
+
+    (f,) = _cache_files(tmp_path, 1)
+    assert sample_key([f], 32, "center") != sample_key([f], 64, "center")
+
+
+def test_training_runs_share_the_cache_on_disk(sd_assets, tmp_path, caplog):
+    import logging
+
+    runs = []
+    with caplog.at_level(logging.INFO, logger="daclip_lora.training.latent_cache"):
+        for name in ("a", "b"):
+            opt = load_options(_options(tmp_path / name, sd_assets, niter=1), is_train=True, root=tmp_path / name,
+                               overrides=[f"runtime.cache_dir={tmp_path / 'cache'}", "train.val_freq=0",
+                                          "use_tb_logger=false"])
+            runs.append(Engine(opt, RestorationTrainer(opt)).fit().losses)
+    built = [r.getMessage() for r in caplog.records if "latent cache" in r.getMessage()]
+    assert "8 samples computed, 0 reused" in built[0] and "0 samples computed, 8 reused" in built[1]
+    assert runs[0] == runs[1]

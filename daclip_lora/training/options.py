@@ -235,7 +235,8 @@ class RuntimeOptions:
     gradient_checkpointing: bool = False
     max_grad_norm: Optional[float] = 1.0
     weight_decay: float = 1e-2
-    cache: bool = False
+    cache: bool = False  # the frozen models' work on centre crops, once, on disk (training/latent_cache.py)
+    cache_dir: Optional[str] = None  # where the latent cache lives (default <root>/cache/latents; shared by runs)
     ema_decay: Optional[float] = None
     snr_gamma: Optional[float] = None
     noise_offset: float = 0.0

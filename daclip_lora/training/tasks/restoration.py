@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..._utils.image_metrics import image_metrics, psnr
 from ...clip.factory import load_daclip
@@ -34,6 +34,7 @@ from ...restoration.fusion import fit_fusion_head
 from ...restoration.lora import add_restoration_lora, lora_spec
 from ...restoration.model import RestorationConfig, RestorationUNet
 from ...restoration.pipeline import RestorationPipeline
+from ..latent_cache import LatentCache, fingerprint, sample_key
 from ...restoration.serialization import save_restoration
 from ..engine import TrainTask, per_sample_generators, per_sample_noise, per_sample_rand, per_sample_randint
 
@@ -119,17 +120,6 @@ def _perceptual_loss(loss) -> Optional["PerceptualLoss"]:
     return PerceptualLoss(weights, loss.weights_dir) if weights.any else None
 
 
-class _Cached(Dataset):
-    def __init__(self, tensors: Dict[str, torch.Tensor], degradations: List[str]):
-        self.tensors, self.degradations = tensors, degradations
-
-    def __len__(self) -> int:
-        return len(self.degradations)
-
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        return {**{k: v[i] for k, v in self.tensors.items()}, "degradation": self.degradations[i]}
-
-
 class RestorationTrainer(TrainTask):
     """``task: restoration``."""
 
@@ -149,7 +139,7 @@ class RestorationTrainer(TrainTask):
         self.perceptual = _perceptual_loss(opt.sd.loss)  # before any data: a missing weight fails at start-up
         if opt.runtime.gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
-        self.cached: Optional[_Cached] = None
+        self.cached: Optional[LatentCache] = None
         if data:
             self._build_datasets(opt)
 
@@ -201,7 +191,7 @@ class RestorationTrainer(TrainTask):
             self.prompt_hidden = self.backbone.encode_prompt([self.config.prompt], reserved).float()
             self.empty_hidden = self.backbone.encode_prompt([""], reserved).float()
         if self.opt.runtime.cache:
-            self.cached = self._build_cache()
+            self.cached = self._build_cache(accelerator)
 
     @torch.no_grad()
     def frozen_features(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -213,18 +203,21 @@ class RestorationTrainer(TrainTask):
                 "z_lq": self.backbone.encode_latents(batch["LQ"].to(self.device, torch.float32)).float(),
                 "image_emb": image_emb.float(), "degra_emb": degra_emb.float()}
 
-    def _build_cache(self) -> _Cached:
-        from tqdm import tqdm
-
-        loader = DataLoader(self._train, batch_size=16, shuffle=False, num_workers=self.train_block.n_workers)
-        parts: Dict[str, List[torch.Tensor]] = {}
-        degradations: List[str] = []
-        for batch in tqdm(loader, desc="cache latents", unit="batch", disable=None):
-            for k, v in self.frozen_features(batch).items():
-                parts.setdefault(k, []).append(v.cpu())
-            degradations.extend(batch["degradation"])
-        logger.info("cached VAE latents and DA-CLIP embeddings of %d training images", len(degradations))
-        return _Cached({k: torch.cat(v) for k, v in parts.items()}, degradations)
+    def _build_cache(self, accelerator) -> LatentCache:
+        """The frozen models' work on every (centre-cropped) training sample, on disk (``runtime.cache_dir``):
+        built by the main process for the samples it lacks, read by every process, reused by later runs."""
+        block, rt = self.train_block, self.opt.runtime
+        vae_dtype = next(self.sd.vae.parameters()).dtype
+        folder = Path(rt.cache_dir or Path(self.opt.path.root) / "cache" / "latents").expanduser() / fingerprint(
+            Path(self.opt.sd.base).resolve(), self.opt.daclip.model, self.opt.daclip.pretrained,
+            self.opt.daclip.adapter, self.daclip.image_size, self.dtype, vae_dtype, self._decodes)
+        keys = [sample_key([p.gt] + ([p.lq] if p.lq is not None else []), block.patch_size, "center",
+                           self._train.seed if p.lq is None else None) for p in self._train.pairs]
+        if accelerator.is_main_process:
+            LatentCache.build(folder, keys, lambda idx: self.frozen_features(
+                torch.utils.data.default_collate([self._train[i] for i in idx])))
+        accelerator.wait_for_everyone()
+        return LatentCache(folder, keys, [p.degradation for p in self._train.pairs])
 
     def train_dataset(self) -> Dataset:
         return self.cached if self.cached is not None else self._train
@@ -407,8 +400,8 @@ class RestorationTrainer(TrainTask):
                 lq = torch.stack([s["LQ"] for s in batch]).to(self.device)
                 gt = torch.stack([s["GT"] for s in batch])
                 if cached is not None:  # the frozen models' work on training images is in the latent cache
-                    z_lq, image_emb, degra_emb = (cached.tensors[k][index].to(self.device)
-                                                  for k in ("z_lq", "image_emb", "degra_emb"))
+                    z_lq, image_emb, degra_emb = (t.to(self.device) for t in cached.take(
+                        index, ("z_lq", "image_emb", "degra_emb")).values())
                 else:
                     z_lq = self.backbone.encode_latents(lq)
                     with pipe.autocast():
