@@ -411,8 +411,9 @@ def test_fusion_data_reuses_the_latent_cache_without_changing_it(assets, tmp_pat
     trainer.cached = None
     computed = trainer._fusion_data()
     assert from_cache.keys() == computed.keys() and from_cache["lq"].shape[0] == 5
-    for key in computed:
-        assert (from_cache[key] - computed[key]).abs().max().item() < 1e-5, key
+    for key in computed:  # the cache encoded the LQ in batches of 16, the direct path in one of 5: the VAE's float
+        # rounding differs with the batch, and the decoder passes it on (measured 4e-5 on decoded pixels)
+        assert (from_cache[key] - computed[key]).abs().max().item() < (1e-4 if key == "decoded" else 1e-5), key
 
 
 def test_one_decode_head_is_fitted_without_decoding_the_lq_latents(assets, tmp_path):
