@@ -31,6 +31,7 @@ setup(
         "Pillow",
         "pypng",  # 16-bit PNGs, which Pillow decodes to 8 bits (data/deep_files.py)
         "tifffile",  # 16-bit TIFFs (also scikit-image's TIFF codec)
+        "tensorboard",  # logger.use_tb_logger (through accelerate's trackers)
         "scikit-image>=0.21",
         "numpy",
         "packaging",
