@@ -138,16 +138,15 @@ def pair_md(dataroot: Union[str, Path], distortions: Sequence[str], pairing: str
     return pairs
 
 
-def _csv_image(path: Path, filepath: str, root: Optional[Path]) -> Tuple[Path, List[Path]]:
+def _csv_image(path: Path, filepath: str, root: Optional[Path]) -> Tuple[Optional[Path], List[Path]]:
     """Where a CSV row's image is: absolute as it is; else relative to ``root`` (the block's ``root:``), the CSV's
     folder, then the working directory (DA-CLIP's ``generate_captions.py`` writes paths relative to where it ran
-    and saves the CSV in ``datasets/universal/``). Returns the first that exists (else the first tried) and every
+    and saves the CSV in ``datasets/universal/``). Returns the first that exists (``None`` if none does) and every
     location tried."""
     image = Path(filepath)
-    if image.is_absolute():
-        return image, [image]
-    tried = [base / image for base in ([root] if root is not None else []) + [path.parent, Path.cwd()]]
-    return next((p for p in tried if p.is_file()), tried[0]), tried
+    tried = [image] if image.is_absolute() else \
+        [base / image for base in ([root] if root is not None else []) + [path.parent, Path.cwd()]]
+    return next((p for p in tried if p.is_file()), None), tried
 
 
 def read_daclip_csv(path: Union[str, Path], root: Optional[Union[str, Path]] = None) -> List[Captioned]:
@@ -174,9 +173,9 @@ def read_daclip_csv(path: Union[str, Path], root: Optional[Union[str, Path]] = N
                 )
             caption, degradation = title.split(": ")
             image, tried = _csv_image(path, row["filepath"], Path(root) if root is not None else None)
-            if not image.is_file():
+            if image is None:
                 missing.append((row["filepath"], tried))
-            rows.append(Captioned(image, caption.strip(), degradation.strip()))
+            rows.append(Captioned(image or tried[0], caption.strip(), degradation.strip()))
     if not rows:
         raise DatasetError(f"{path}: the CSV has a header but no rows")
     if missing:
