@@ -1,7 +1,10 @@
 """Data at scale: indexing a universal tree of many small files, building the latent cache, and an epoch's time
 with and without it. Each measurement runs in a fresh process (peak RSS is the process's own)::
 
-    python bench/bench_data_scale.py --files 100000 --cache-images 2000 --threads 2
+    python bench/bench_data_scale.py --files 100000 --cache-images 2000 8000 --threads 2
+
+The first ``--cache-images`` size gets the three epoch rows; each further size builds and reuses its own cache
+for the same number of steps, so the peak RSS of the sizes can be compared (the shards are memory-mapped).
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ runtime: {{device: cpu}}
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=100_000, help="files of the indexed tree (LQ + GT)")
-    p.add_argument("--cache-images", type=int, default=2000, help="training pairs for the cache and epoch rows")
+    p.add_argument("--cache-images", type=int, nargs="+", default=[2000, 8000],
+                   help="training pairs for the cache and epoch rows (the first size); further sizes: RSS rows")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,17 +102,19 @@ def main() -> None:
         index = _run(INDEX, str(tmp / "big"), json.dumps(DEGS))
         print(f"| index {args.files:,} files ({index['pairs']:,} pairs, 10 degradations) | "
               f"{index['seconds']:.2f} s | peak RSS {index['peak_rss_mb']:.0f} MB | (writing them took {made:.0f} s)")
-        _tree(tmp / "small", args.cache_images // len(DEGS), 64)
-        steps = args.cache_images // 16  # one epoch at batch 16
-        yml = _options(tmp / "run.yml", tmp / "small", steps)
-        cache = ["runtime.cache=true", f"runtime.cache_dir={tmp / 'cache'}"]
-        rows = [("latent cache, first run (builds it)", cache), ("latent cache, second run (reuses it)", cache),
-                ("no cache (VAE and DA-CLIP every step)", ["runtime.cache=false"])]
-        for name, overrides in rows:
-            r = _run(EPOCH, str(yml), str(tmp / "root"), json.dumps(overrides), str(args.threads))
-            print(f"| {name}: {args.cache_images} pairs, one epoch ({steps} steps of 16) | setup "
-                  f"{r['setup_seconds']:.1f} s + epoch {r['train_seconds']:.1f} s | peak RSS "
-                  f"{r['peak_rss_mb']:.0f} MB |")
+        steps = args.cache_images[0] // 16  # one epoch of the first size at batch 16
+        for n, size in enumerate(args.cache_images):
+            data = tmp / f"small{size}"
+            _tree(data, size // len(DEGS), 64)
+            yml = _options(tmp / f"run{size}.yml", data, steps)
+            cache = ["runtime.cache=true", f"runtime.cache_dir={tmp / f'cache{size}'}"]
+            rows = [("latent cache, first run (builds it)", cache), ("latent cache, second run (reuses it)", cache)]
+            if n == 0:
+                rows.append(("no cache (VAE and DA-CLIP every step)", ["runtime.cache=false"]))
+            for name, overrides in rows:
+                r = _run(EPOCH, str(yml), str(tmp / "root"), json.dumps(overrides), str(args.threads))
+                print(f"| {name}: {size} pairs, {steps} steps of 16 | setup {r['setup_seconds']:.1f} s + "
+                      f"train {r['train_seconds']:.1f} s | peak RSS {r['peak_rss_mb']:.0f} MB |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Dict, List
 import torch
 
 from daclip_lora._utils.image_metrics import batch_psnr
-from daclip_lora.restoration.fusion import FusionHead, fit_fusion_head
+from daclip_lora.restoration.fusion import FusionHead, fit_fusion_head, fusion_fit_data
 from daclip_lora.restoration.serialization import load_restoration
 from daclip_lora.training.options import load_options
 from daclip_lora.training.tasks.restoration import RestorationTrainer, restoration_dataset
@@ -80,7 +80,7 @@ HEADS = {"version 2": (2, True), "version 3": (3, True), "version 3, one decode"
 def fit(version: int, decoded_lq: bool, seed: int, data: Dict[str, torch.Tensor], embed_dim: int) -> FusionHead:
     torch.manual_seed(seed)  # the head's initialisation; the fit's batch order follows ``seed`` too
     head = FusionHead(embed_dim, version=version, decoded_lq=decoded_lq)
-    fit_fusion_head(head, *(data[k] for k in KEYS), seed=seed)
+    fit_fusion_head(head, fusion_fit_data(head, *(data[k] for k in KEYS)), seed=seed)
     return head
 
 
@@ -107,7 +107,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     trainer = trained_demo(args.demo)
     trainer.seed, trainer.step = trainer.opt.train.manual_seed, 0
-    fit_data = trainer._fusion_data()
+    batches = list(trainer.fusion_batches())
+    fit_data = {k: torch.cat([b[k].float().cpu() for b in batches]) for k in batches[0]}
     splits = {split: split_decodes(trainer, args.demo, split) for split in ("val", "test")}
     embed_dim = fit_data["image_emb"].shape[1]
     results: Dict[str, Dict[int, Dict[str, Dict[str, float]]]] = {}

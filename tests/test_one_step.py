@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from daclip_lora.restoration.diffusion import diffusion_target, predicted_x0
-from daclip_lora.restoration.fusion import fit_fusion_head, FusionHead
+from daclip_lora.restoration.fusion import FusionHead, _log_mse, fit_fusion_head, fusion_fit_data
 from daclip_lora.restoration.lora import add_unet_lora
 from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
 from daclip_lora.restoration.serialization import (FORMAT_VERSION, load_restoration, read_restoration_config,
@@ -65,7 +65,8 @@ def test_fit_fusion_head_learns_a_degradation_dependent_correction():
     degra = torch.zeros(n, 8)
     degra[dark, 0], degra[~dark, 1] = 1.0, 1.0
     head = FusionHead(embed_dim=8)
-    report = fit_fusion_head(head, lq, decoded, lq.clone(), gt, torch.zeros(n, 8), degra, steps=300, lr=1e-2)
+    report = fit_fusion_head(head, fusion_fit_data(head, lq, decoded, lq.clone(), gt, torch.zeros(n, 8), degra),
+                             steps=300, lr=1e-2)
     assert head.fitted is True and not any(p.requires_grad for p in head.parameters())
     assert report["psnr_fused"] > report["psnr_lq"] + 10, report
 
@@ -84,9 +85,30 @@ def test_fusion_head_reads_how_far_the_decode_moved():
     fused = {}
     for version in (2, 3):
         torch.manual_seed(0)
-        fused[version] = fit_fusion_head(FusionHead(embed_dim=8, version=version), lq, decoded, lq.clone(), gt,
-                                         emb, emb, steps=300, lr=1e-2)["psnr_fused"]
+        head = FusionHead(embed_dim=8, version=version)
+        fused[version] = fit_fusion_head(head, fusion_fit_data(head, lq, decoded, lq.clone(), gt, emb, emb),
+                                         steps=300, lr=1e-2)["psnr_fused"]
     assert fused[3] > fused[2] + 3, fused
+
+
+@pytest.mark.parametrize("version, decoded_lq", [(3, True), (3, False), (2, True)])
+def test_fit_loss_from_moments_equals_the_loss_on_pixels(version, decoded_lq):
+    """The fit never holds the decodes: its per-image log-MSE from the moments is the pixels' one."""
+    g = torch.Generator().manual_seed(3)
+    gt = torch.rand(6, 3, 24, 20, generator=g)
+    lq, dec, dec_lq = (gt + 0.1 * torch.randn(6, 3, 24, 20, generator=g) for _ in range(3))
+    ie, de = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    head = FusionHead(embed_dim=8, version=version, decoded_lq=decoded_lq)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    data = fusion_fit_data(head, lq, dec, dec_lq, gt, ie, de)
+    stats, terms = head.inputs(lq, dec, dec_lq)
+    weights = head.blend_weights(stats, ie, de)
+    on_pixels = _log_mse(head.blend(lq, terms, weights), gt)
+    from_moments = head.moment_log_mse(weights, data["gram"], data["means"])
+    assert (on_pixels - from_moments).abs().max().item() < 1e-5
+    assert data["gram"].shape == (6, 3, head.n_terms + 2, head.n_terms + 2)
 
 
 def test_fusion_head_colour_gain_is_a_log_gain_about_the_mean():
@@ -397,8 +419,9 @@ def test_fusion_head_is_also_fitted_on_the_calibration_split(assets, tmp_path):
     Engine(opt, trainer).fit()
     n_calib = sum(len(list((calib / d / "LQ").glob("*.png"))) for d in DEGS)
     assert n_calib > 0 and trainer.fusion_counts == {"train": 3, "calib": n_calib}
-    data = trainer._fusion_data()
-    assert tuple(data["lq"].shape) == (3 + n_calib, 3, 32, 32)  # centre-cropped to the training patch size
+    shapes = [tuple(b["lq"].shape[1:]) for b in trainer.fusion_batches()]
+    assert set(shapes) == {(3, 32, 32)}  # centre-cropped to the training patch size
+    assert trainer._fusion_data()["stats"].shape[0] == 3 + n_calib
 
 
 def test_fusion_data_reuses_the_latent_cache_without_changing_it(assets, tmp_path):
@@ -407,9 +430,9 @@ def test_fusion_data_reuses_the_latent_cache_without_changing_it(assets, tmp_pat
     trainer = RestorationTrainer(opt)
     Engine(opt, trainer).fit()
     assert trainer.cached is not None
-    from_cache = trainer._fusion_data()
+    from_cache = next(trainer.fusion_batches())
     trainer.cached = None
-    computed = trainer._fusion_data()
+    computed = next(trainer.fusion_batches())
     assert from_cache.keys() == computed.keys() and from_cache["lq"].shape[0] == 5
     for key in computed:  # the cache encoded the LQ in batches of 16, the direct path in one of 5: the VAE's float
         # rounding differs with the batch, and the decoder passes it on (measured 4e-5 on decoded pixels)
@@ -423,9 +446,8 @@ def test_one_decode_head_is_fitted_without_decoding_the_lq_latents(assets, tmp_p
     Engine(opt, trainer).fit()
     calls = []
     trainer.backbone.vae.decoder.register_forward_hook(lambda *a: calls.append(1))
-    data = trainer._fusion_data()
-    assert trainer.model.fusion.uses_decoded_lq is False and "decoded_lq" not in data
-    assert len(calls) == 1  # the restored latents of the one batch only
+    assert "decoded_lq" not in next(trainer.fusion_batches())
+    assert trainer.model.fusion.uses_decoded_lq is False and len(calls) == 1  # the one batch's restored latents
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -439,3 +461,33 @@ def test_one_decode_head_is_fitted_without_decoding_the_lq_latents(assets, tmp_p
 def test_objective_option_errors(assets, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
         RestorationTrainer(_opt(tmp_path, assets, *overrides))
+
+
+@pytest.mark.parametrize("kind, t, factor", [("raw", 999, 1.0), ("raw", 50, 1.0), ("scaled", 0, None),
+                                             ("scaled", 999, None)])
+def test_one_step_input_kinds(kind, t, factor):
+    from diffusers import DDPMScheduler
+
+    from daclip_lora.restoration.diffusion import one_step_input
+
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    z = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    expected = factor if factor is not None else sched.alphas_cumprod[t].sqrt().item()
+    assert torch.allclose(one_step_input(sched, z, torch.tensor([t, t]), kind), z * expected, atol=1e-7)
+
+
+def test_raw_one_step_input_is_recorded_and_fed_to_the_unet_at_restore_time(assets, tmp_path):
+    """OSEDiff's input: the LQ latent unscaled at t = 999, in training and in the saved model's pipeline."""
+    opt = _opt(tmp_path, assets, "sd.objective=one_step", "sd.one_step_input=raw", "sd.one_step_t=999")
+    Engine(opt, RestorationTrainer(opt)).fit()
+    folder = tmp_path / "experiments" / "r" / "models" / "restoration"
+    assert read_restoration_config(folder).one_step_input == "raw"
+    pipe = RestorationPipeline.from_pretrained(folder, device="cpu", merge_lora=False)
+    seen = []
+    hook = pipe.model.unet.register_forward_pre_hook(lambda m, a: seen.append((a[0].clone(), a[1].clone())))
+    lq = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    pipe(lq)
+    hook.remove()
+    z_lq = pipe.encode_latents(pipe.prepare_image(lq))
+    (model_in, t), = seen
+    assert t.tolist() == [999] and torch.allclose(model_in[:, :4], z_lq, atol=1e-6)

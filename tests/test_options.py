@@ -78,6 +78,7 @@ def _load(tmp_path, text, is_train=False, **kw):
     ("name: x\nruntime:\n  mixed_precision: bf61\n", r"runtime.mixed_precision: expected one of no, fp16, bf16, got 'bf61'"),
     ("name: x\nsd:\n  lora:\n    rank: eight\n", r"sd.lora.rank: expected an integer, got the text 'eight'"),
     ("name: x\nruntime:\n  cache: maybe\n", r"runtime.cache: expected true or false, got 'maybe'"),
+    ("name: x\nruntime:\n  cache_crops: 0\n", r"runtime.cache_crops must be at least 1 .*got 0"),
     ("name: x\ndistortion: noisy\n", r"distortion: expected a list of text, got 'noisy'"),
     ("suffix: a\n", r"name: required key is missing"),
     ("name: x\ndatasets:\n  test:\n    mode: LQGT\n    dataroot_GT: g\n", r"datasets.test.dataroot_LQ: required for mode LQGT"),

@@ -185,6 +185,50 @@ def test_cached_and_uncached_training_match(assets, tmp_path):
     assert np.allclose(losses[0], losses[1], rtol=1e-4, atol=1e-6), losses
 
 
+CROPS = ("runtime.cache_crops=3", "datasets.train.patch_size=16")
+
+
+def test_cache_crops_cache_each_image_in_several_crops(assets, tmp_path):
+    """Sample i * 3 + j is crop j of image i: three different crops, each under its image's degradation."""
+    trainer = RestorationTrainer(o := _opt(tmp_path / "a", assets, *CROPS))
+    Engine(o, trainer).fit()
+    cache, images = trainer.cached, trainer._train.pairs
+    assert len(cache) == 3 * len(images) and cache.labels == [p.degradation for p in images for _ in range(3)]
+    z = cache.take([0, 1, 2], ["z_gt"])["z_gt"]
+    assert z.shape[-1] == 16 // trainer.backbone.vae_factor
+    assert all(not torch.equal(z[a], z[b]) for a, b in ((0, 1), (0, 2), (1, 2)))
+
+
+def test_cache_crops_are_the_same_whoever_builds_them(assets, tmp_path):
+    """The crops are seeded by (seed, image, crop), not by the global RNG: two caches built apart are equal."""
+    caches = []
+    for name in "ab":
+        trainer = RestorationTrainer(o := _opt(tmp_path / name, assets, *CROPS))
+        torch.manual_seed(len(caches))  # a different global RNG state for each build
+        Engine(o, trainer).fit()
+        caches.append(trainer.cached.take(range(len(trainer.cached)), ["z_gt", "z_lq", "degra_emb"]))
+    assert all(torch.equal(caches[0][k], caches[1][k]) for k in caches[0])
+
+
+def test_each_cached_crop_is_the_latent_of_its_own_pixels(assets, tmp_path):
+    """What the fusion head's fit pairs: sample s's pixels (re-cut with the same seeded crop) and its cached
+    latents."""
+    trainer = RestorationTrainer(o := _opt(tmp_path, assets, *CROPS))
+    Engine(o, trainer).fit()
+    for s in (0, 4, 8):
+        lq = trainer._cache_sample(s, 3, o.train.manual_seed)["LQ"][None]
+        z = trainer.backbone.encode_latents(lq)
+        assert (z[0] - trainer.cached[s]["z_lq"]).abs().max().item() < 1e-4, s
+
+
+def test_cache_crops_resume_reproduces_the_next_losses(assets, tmp_path):
+    full = Engine(o := _opt(tmp_path / "a", assets, *CROPS), RestorationTrainer(o)).fit()
+    state = tmp_path / "a" / "experiments" / "r" / "training_state" / "00000002"
+    resumed = Engine(o := _opt(tmp_path / "b", assets, *CROPS, f"path.resume_state={state}"),
+                     RestorationTrainer(o)).fit()
+    assert resumed.losses == full.losses[2:]
+
+
 def test_resume_reproduces_the_next_losses(assets, tmp_path):
     full = Engine(o := _opt(tmp_path / "a", assets), RestorationTrainer(o)).fit()
     state = tmp_path / "a" / "experiments" / "r" / "training_state" / "00000002"
@@ -262,7 +306,7 @@ def test_base_with_mismatched_cross_attention_dim(assets, tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     CLIPTextModel(CLIPTextConfig(**cfg)).save_pretrained(str(broken / "text_encoder"))
-    with pytest.raises(ValueError, match="cross_attention_dim is 32 but the text encoder's hidden size is 48"):
+    with pytest.raises(ValueError, match="cross_attention_dim is 32 but the text encoders give 48 features"):
         load_sd_components(broken)
 
 

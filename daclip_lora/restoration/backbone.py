@@ -3,13 +3,11 @@
 Trainers, the pipeline, the CLI and the demo never touch diffusers components directly for these jobs:
 they ask the backbone to load the components, encode prompts, move images in and out of latent space
 (whole or tiled), give the UNet its extra call arguments, and save LoRA weights. :class:`SDBackbone`
-covers SD 1.x and 2.x (one text encoder, 77 positions, no added conditions).
-
-Adding SDXL means one more subclass here: load the two text encoders and tokenizers, concatenate their
-hidden states in :meth:`encode_prompt` and return the pooled embedding with them, return
-``added_cond_kwargs`` (``text_embeds``, ``time_ids``) from :meth:`unet_kwargs`, and save with
-``StableDiffusionXLPipeline.save_lora_weights`` in :meth:`save_lora`; then register it in
-:func:`backbone_for`. The trainers and the pipeline do not change.
+covers SD 1.x and 2.x (SD-Turbo included: one text encoder, 77 positions, no added conditions);
+:class:`SDXLBackbone` covers SDXL (two text encoders side by side, the pooled text embedding and the size
+conditions ``time_ids`` as ``added_cond_kwargs``, built for each UNet call from the latents it is given, so
+every tile and both halves of a guided batch get theirs). :func:`backbone_for` picks one for loaded
+components; a folder of another architecture (an inpainting UNet, the SDXL refiner) is refused in one line.
 
 The diffusion maths shared by training and inference is in :mod:`daclip_lora.restoration.diffusion`.
 """
@@ -19,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -28,9 +26,11 @@ from .tiling import tiled_map
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SDComponents", "SDBackbone", "backbone_for", "load_sd_components", "encode_prompt", "SD_SUBFOLDERS"]
+__all__ = ["SDComponents", "SDBackbone", "SDXLBackbone", "backbone_for", "load_sd_components", "encode_prompt",
+           "SD_SUBFOLDERS", "SDXL_SUBFOLDERS"]
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_SUBFOLDERS = SD_SUBFOLDERS + ("text_encoder_2", "tokenizer_2")
 
 
 @dataclass
@@ -40,30 +40,29 @@ class SDComponents:
     vae: nn.Module
     unet: nn.Module
     scheduler: Any
+    tokenizer_2: Any = None  # SDXL's second text encoder (with projection) and its tokenizer
+    text_encoder_2: Optional[nn.Module] = None
+
+    @property
+    def text_encoders(self) -> List[nn.Module]:
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
 
 
 def load_sd_components(base: Union[str, Path], dtype: torch.dtype = torch.float32) -> SDComponents:
-    """Load a Stable Diffusion folder in diffusers format (weights cast to ``dtype``), frozen and in eval mode.
+    """Load a Stable Diffusion folder in diffusers format (SD 1.x/2.x/Turbo or SDXL; weights cast to ``dtype``),
+    frozen and in eval mode.
 
     Raises:
         FileNotFoundError: the folder or one of its sub-folders is missing (the message lists which).
-        ValueError: the folder is SDXL (two text encoders) or mixes components of different SD versions.
+        ValueError: the folder is of an architecture daclip_lora does not restore with (an inpainting or depth
+            UNet, the SDXL refiner) or mixes components of different SD versions.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     base = Path(base).expanduser()
-    if not base.is_dir():
-        raise FileNotFoundError(f"Stable Diffusion base folder {base} does not exist; set sd.base to a diffusers "
-                                f"folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
-    if (base / "text_encoder_2").is_dir():
-        raise ValueError(f"{base} is an SDXL folder (it has text_encoder_2/); only SD 1.x/2.x backbones are "
-                         f"implemented (see daclip_lora/backbone.py for what an SDXL adapter needs)")
-    missing = [s for s in SD_SUBFOLDERS if not (base / s).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"{base} is not a Stable Diffusion folder in diffusers format: missing "
-                                f"{', '.join(s + '/' for s in missing)} (convert single-file checkpoints with "
-                                f"diffusers' convert_original_stable_diffusion_to_diffusers.py)")
+    sdxl = (base / "text_encoder_2").is_dir()
+    _check_folder(base, SDXL_SUBFOLDERS if sdxl else SD_SUBFOLDERS)
     sd = SDComponents(
         tokenizer=CLIPTokenizer.from_pretrained(str(base / "tokenizer")),
         text_encoder=CLIPTextModel.from_pretrained(str(base / "text_encoder"), torch_dtype=dtype),
@@ -71,32 +70,77 @@ def load_sd_components(base: Union[str, Path], dtype: torch.dtype = torch.float3
         unet=UNet2DConditionModel.from_pretrained(str(base / "unet"), torch_dtype=dtype),
         scheduler=DDPMScheduler.from_pretrained(str(base / "scheduler")),
     )
-    cross, hidden = sd.unet.config.cross_attention_dim, sd.text_encoder.config.hidden_size
-    if cross != hidden:
-        raise ValueError(f"{base}: the UNet's cross_attention_dim is {cross} but the text encoder's hidden size is "
-                         f"{hidden}; the folder mixes components of different Stable Diffusion versions")
-    for module in (sd.text_encoder, sd.vae, sd.unet):
+    if sdxl:
+        sd.tokenizer_2 = CLIPTokenizer.from_pretrained(str(base / "tokenizer_2"))
+        sd.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(str(base / "text_encoder_2"),
+                                                                        torch_dtype=dtype)
+    _check_architecture(base, sd)
+    for module in (*sd.text_encoders, sd.vae, sd.unet):
         module.requires_grad_(False)
         module.eval()
     return sd
 
 
-def encode_prompt(tokenizer, text_encoder: nn.Module, prompts: Sequence[str], reserved: int = 0) -> torch.Tensor:
-    """Text hidden states ``(B, 77, D)``; prompts are truncated to leave ``reserved`` trailing slots free."""
+def _check_folder(base: Path, subfolders: Sequence[str]) -> None:
+    if not base.is_dir():
+        raise FileNotFoundError(f"Stable Diffusion base folder {base} does not exist; set sd.base to a diffusers "
+                                f"folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
+    missing = [s for s in subfolders if not (base / s).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{base} is not a Stable Diffusion folder in diffusers format: missing "
+                                f"{', '.join(s + '/' for s in missing)} (convert single-file checkpoints with "
+                                f"diffusers' convert_original_stable_diffusion_to_diffusers.py)")
+
+
+def _check_architecture(base: Path, sd: SDComponents) -> None:
+    """One line for a folder daclip_lora cannot restore with, before any shape error deep in a UNet call."""
+    cfg, latents = sd.unet.config, sd.vae.config.latent_channels
+    if cfg.in_channels != latents or cfg.out_channels != latents:
+        raise ValueError(f"{base}: its UNet takes {cfg.in_channels} channels and predicts {cfg.out_channels}, its VAE "
+                         f"has {latents} latent channels: an inpainting (9), depth (5) or upscaling (7) UNet is not a "
+                         f"text-to-image base; use the text-to-image model of that family (SD 1.5, SD 2.1, "
+                         f"SD-Turbo, SDXL base)")
+    added = cfg.addition_embed_type
+    if added != ("text_time" if sd.text_encoder_2 is not None else None):
+        raise ValueError(f"{base}: a UNet with addition_embed_type {added!r} and "
+                         f"{len(sd.text_encoders)} text encoder(s) is not a family daclip_lora knows; it reads "
+                         f"SD 1.x/2.x folders (no added conditions) and SDXL base folders ('text_time')")
+    hidden = sum(te.config.hidden_size for te in sd.text_encoders)
+    if cfg.cross_attention_dim != hidden:
+        raise ValueError(f"{base}: the UNet's cross_attention_dim is {cfg.cross_attention_dim} but the text "
+                         f"encoders give {hidden} features; the folder mixes components of different Stable "
+                         f"Diffusion versions")
+    if sd.text_encoder_2 is not None:
+        expected = 6 * cfg.addition_time_embed_dim + sd.text_encoder_2.config.projection_dim
+        if cfg.projection_class_embeddings_input_dim != expected:
+            raise ValueError(f"{base}: its UNet's added conditions take {cfg.projection_class_embeddings_input_dim} "
+                             f"features where SDXL base takes {expected} (6 size ids and the pooled text): the SDXL "
+                             f"refiner (aesthetic score ids) is not supported; use the SDXL base folder")
+
+
+def prompt_ids(tokenizer, prompts: Sequence[str], reserved: int = 0) -> torch.Tensor:
+    """Token ids ``(B, 77)``; prompts are truncated to leave ``reserved`` trailing (padding) slots free."""
     max_len = tokenizer.model_max_length
     ids = tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_len - reserved,
                     return_tensors="pt").input_ids
     if reserved:
         pad = torch.full((ids.shape[0], reserved), tokenizer.pad_token_id, dtype=ids.dtype)
         ids = torch.cat([ids, pad], dim=1)
+    return ids
+
+
+def encode_prompt(tokenizer, text_encoder: nn.Module, prompts: Sequence[str], reserved: int = 0) -> torch.Tensor:
+    """Text hidden states ``(B, 77, D)``; prompts are truncated to leave ``reserved`` trailing slots free."""
     device = next(text_encoder.parameters()).device
-    return text_encoder(ids.to(device))[0]
+    return text_encoder(prompt_ids(tokenizer, prompts, reserved).to(device))[0]
 
 
 class SDBackbone:
-    """Stable Diffusion 1.x / 2.x: one CLIP text encoder, 77 positions, AutoencoderKL, no added conditions."""
+    """Stable Diffusion 1.x / 2.x (and SD-Turbo): one CLIP text encoder, 77 positions, AutoencoderKL, no added
+    conditions."""
 
     family = "sd"
+    pipeline_class = "StableDiffusionPipeline"  # the diffusers pipeline whose load_lora_weights reads our LoRA
     unet_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     text_encoder_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -105,7 +149,8 @@ class SDBackbone:
 
     @classmethod
     def load(cls, base: Union[str, Path], dtype: torch.dtype = torch.float32) -> "SDBackbone":
-        return cls(load_sd_components(base, dtype))
+        """The backbone of the folder's family (:func:`backbone_for`)."""
+        return backbone_for(load_sd_components(base, dtype))
 
     # the components, by name
     @property
@@ -119,6 +164,11 @@ class SDBackbone:
     @property
     def text_encoder(self) -> nn.Module:
         return self.components.text_encoder
+
+    @property
+    def text_encoders(self) -> List[nn.Module]:
+        """Every text encoder (one; two for SDXL): what is frozen, cast and moved with the UNet."""
+        return self.components.text_encoders
 
     @property
     def tokenizer(self) -> Any:
@@ -150,10 +200,15 @@ class SDBackbone:
 
     # ------------------------------------------------------------------------------ text
     def encode_prompt(self, prompts: Sequence[str], reserved: int = 0) -> torch.Tensor:
-        return encode_prompt(self.tokenizer, self.text_encoder, prompts, reserved)
+        """The UNet's text context ``(B, 77, D)``."""
+        return self.encode_text(prompts, reserved)[0]
 
-    def unet_kwargs(self, batch: int, device: torch.device) -> Dict[str, Any]:
-        """Extra keyword arguments of every UNet call (SD 1.x/2.x: none; SDXL: ``added_cond_kwargs``)."""
+    def encode_text(self, prompts: Sequence[str], reserved: int = 0) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The text context and the pooled text embedding the UNet's added conditions take (``None`` here)."""
+        return encode_prompt(self.tokenizer, self.text_encoder, prompts, reserved), None
+
+    def unet_kwargs(self, latents: torch.Tensor, pooled: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+        """Extra keyword arguments of a UNet call on ``latents`` (SD 1.x/2.x: none; SDXL: ``added_cond_kwargs``)."""
         return {}
 
     # ---------------------------------------------------------------------------- latents
@@ -203,8 +258,9 @@ class SDBackbone:
     @classmethod
     def save_lora(cls, out_dir: Union[str, Path], unet: nn.Module, text_encoder: Optional[nn.Module] = None,
                   weight_name: str = "pytorch_lora_weights.safetensors") -> None:
-        """Write the LoRA of ``unet`` (and ``text_encoder``) in diffusers format, configs in the metadata."""
-        from diffusers import StableDiffusionPipeline
+        """Write the LoRA of ``unet`` (and ``text_encoder``) in diffusers format, configs in the metadata, with
+        the family's pipeline class (its ``load_lora_weights`` reads the file)."""
+        import diffusers
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
@@ -217,13 +273,50 @@ class SDBackbone:
         if text_encoder is not None and getattr(text_encoder, "peft_config", None):
             kwargs["text_encoder_lora_layers"] = layers(text_encoder)
             kwargs["text_encoder_lora_adapter_metadata"] = _lora_metadata(text_encoder)
-        StableDiffusionPipeline.save_lora_weights(str(out_dir), weight_name=weight_name, **kwargs)
+        getattr(diffusers, cls.pipeline_class).save_lora_weights(str(out_dir), weight_name=weight_name, **kwargs)
 
     # ----------------------------------------------------------------------------- device
     def to(self, device: Union[str, torch.device], dtype: Optional[torch.dtype] = None) -> "SDBackbone":
-        for m in (self.text_encoder, self.vae, self.unet):
+        for m in (*self.text_encoders, self.vae, self.unet):
             m.to(device=device, dtype=dtype) if dtype is not None else m.to(device)
         return self
+
+
+class SDXLBackbone(SDBackbone):
+    """SDXL base: two CLIP text encoders whose penultimate hidden states are concatenated (the UNet's context),
+    the second one's projected pooled output, and the size conditions ``time_ids``."""
+
+    family = "sdxl"
+    pipeline_class = "StableDiffusionXLPipeline"
+
+    @property
+    def text_encoder_2(self) -> nn.Module:
+        return self.components.text_encoder_2
+
+    def encode_text(self, prompts: Sequence[str], reserved: int = 0) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(B, 77, D1 + D2)`` context and ``(B, P)`` pooled embedding, as ``StableDiffusionXLPipeline`` builds
+        them (``hidden_states[-2]`` of each encoder, ``text_embeds`` of the second)."""
+        hidden = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder),
+                                   (self.components.tokenizer_2, self.text_encoder_2)):
+            ids = prompt_ids(tokenizer, prompts, reserved).to(next(encoder.parameters()).device)
+            out = encoder(ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+        return torch.cat(hidden, dim=-1), out[0]
+
+    def unet_kwargs(self, latents: torch.Tensor, pooled: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+        """``added_cond_kwargs`` for a UNet call on ``latents``: ``pooled`` (one row per latent, or one row for all)
+        and ``time_ids`` ``(original size, crop top-left, target size)`` = ``(H, W, 0, 0, H, W)`` in pixels of
+        those latents, so each tile is conditioned as the whole image it is to the UNet (training: the patch)."""
+        if pooled is None:
+            raise ValueError("an SDXL UNet call needs the pooled text embedding: pass pooled= from encode_text")
+        b, (h, w) = latents.shape[0], latents.shape[-2:]
+        if pooled.shape[0] not in (1, b):
+            raise ValueError(f"pooled text embeddings: expected 1 or {b} rows (one per latent), got {pooled.shape[0]}")
+        f = self.vae_factor
+        ids = torch.tensor([h * f, w * f, 0, 0, h * f, w * f], device=latents.device, dtype=pooled.dtype)
+        return {"added_cond_kwargs": {"text_embeds": pooled.to(latents.device).expand(b, -1),
+                                      "time_ids": ids.expand(b, -1)}}
 
 
 def _lora_metadata(module: nn.Module) -> Dict[str, Any]:
@@ -234,5 +327,5 @@ def _lora_metadata(module: nn.Module) -> Dict[str, Any]:
 
 
 def backbone_for(components: SDComponents) -> SDBackbone:
-    """The adapter for loaded components (SD 1.x/2.x today)."""
-    return SDBackbone(components)
+    """The adapter for loaded components: SDXL when they hold a second text encoder, else SD 1.x/2.x."""
+    return (SDXLBackbone if components.text_encoder_2 is not None else SDBackbone)(components)

@@ -34,8 +34,17 @@ def alpha_bar(scheduler: Any, timesteps: Union[int, torch.Tensor], device: torch
     return alpha.reshape(()) if t.ndim == 0 else alpha.view(-1, 1, 1, 1)
 
 
-def one_step_input(scheduler: Any, z_lq: torch.Tensor, timesteps: Union[int, torch.Tensor]) -> torch.Tensor:
-    """The one-step restorers' UNet input: the LQ latent read as ``x_t = sqrt(abar_t) z_LQ`` (fp32)."""
+ONE_STEP_INPUTS = ("scaled", "raw")
+
+
+def one_step_input(scheduler: Any, z_lq: torch.Tensor, timesteps: Union[int, torch.Tensor],
+                   kind: str = "scaled") -> torch.Tensor:
+    """The one-step restorers' UNet input (fp32): ``scaled``, the LQ latent read as ``x_t = sqrt(abar_t) z_LQ``;
+    ``raw``, the LQ latent as it is (OSEDiff's input at ``t = 999``, where the scaled one is nearly zero)."""
+    if kind not in ONE_STEP_INPUTS:
+        raise ValueError(f"one_step_input must be one of {', '.join(ONE_STEP_INPUTS)}, got {kind!r}")
+    if kind == "raw":
+        return z_lq.float()
     return alpha_bar(scheduler, timesteps, z_lq.device).sqrt() * z_lq.float()
 
 

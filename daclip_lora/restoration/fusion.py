@@ -7,7 +7,8 @@ degraded inputs, so the decoded output stays below them (the decoder itself coul
 itself, each with its own weight (the first two per frequency band), then applies a per-channel colour
 correction; weights and correction come from DA-CLIP's degradation embedding and global statistics of the LQ and
 of how far the decoded output moved from it (version 3 of the head; :class:`FusionHead`). It starts as the
-identity (output = LQ) and is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`).
+identity (output = LQ) and is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`),
+from per-image moments (:meth:`FusionHead.moments`): its memory does not grow with the images' count or size.
 
 ``D(z_LQ)`` costs a second VAE decode per image. A head built with ``decoded_lq=False`` (option
 ``sd.fusion_decoded_lq: false``) uses the LQ image in its place: the same blend with ``D(z_LQ) = LQ``, i.e. ``LQ`` and
@@ -25,7 +26,7 @@ import torch.nn as nn
 from .._utils.image_metrics import mse_to_psnr
 from .color_fix import wavelet_decompose
 
-__all__ = ["FusionHead", "fit_fusion_head"]
+__all__ = ["FusionHead", "fit_fusion_head", "fusion_fit_data"]
 
 
 class FusionHead(nn.Module):
@@ -138,6 +139,39 @@ class FusionHead(nn.Module):
         # (mixed - mean) * exp(g) + mean + b, written so that g = b = 0 gives mixed exactly
         return mixed + (mixed - mixed.mean((2, 3), keepdim=True)) * torch.expm1(gain) + offset
 
+    @torch.no_grad()
+    def moments(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: Optional[torch.Tensor],
+                gt: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """What the fit needs of each image, a few hundred numbers whatever its size: the :meth:`statistics`,
+        and per channel the means and the Gram matrix (mean products about the means, float64) of
+        ``[LQ, term_1 .. term_T, GT]``. The blend is linear in the terms and the colour correction is a gain
+        about the mean plus an offset, so every image's MSE for any head output is a quadratic form in them
+        (:meth:`moment_log_mse`)."""
+        stats, terms = self.inputs(lq, decoded, decoded_lq)
+        grams, means = [], []
+        for i in range(lq.shape[0]):  # one image at a time: the float64 copy stays one image's size
+            x = torch.cat([lq[i, None].float(), terms[i], gt[i, None].to(terms)], dim=0).double()  # (J, C, H, W)
+            mean = x.mean((2, 3), keepdim=True)
+            centred = (x - mean).flatten(2)
+            grams.append(torch.einsum("jcp,kcp->cjk", centred, centred) / centred.shape[-1])
+            means.append(mean[..., 0, 0].T)  # (C, J)
+        return {"stats": stats, "gram": torch.stack(grams), "means": torch.stack(means)}
+
+    def moment_log_mse(self, weights: torch.Tensor, gram: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """``log(MSE)`` per image of the head's output (before clamping) against the GT, from :meth:`moments`
+        and :meth:`blend_weights`: equal to the pixels' value up to float rounding."""
+        n, c = self.n_terms, self.channels
+        v = torch.cat([torch.ones_like(weights[:, :1]), weights[:, :n]], dim=1).double()  # LQ and each term
+        gain, offset = weights[:, n:n + c].double(), weights[:, n + c:].double()
+        mixed_mean = torch.einsum("bj,bcj->bc", v, means[..., :-1])
+        if self.version >= 3:  # (mixed - mean) * exp(g) + mean + b
+            scale, out_mean = gain.exp(), mixed_mean + offset
+        else:  # (1 + g) * mixed + b
+            scale, out_mean = gain, gain * mixed_mean + offset
+        u = torch.cat([scale[..., None] * v[:, None, :], -torch.ones_like(scale[..., None])], dim=-1)  # (B, C, J)
+        mse = torch.einsum("bcj,bcjk,bck->bc", u, gram, u) + (out_mean - means[..., -1]) ** 2
+        return torch.log(mse.mean(1).clamp(min=0) + 1e-8).float()
+
     @staticmethod
     def legacy_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Convert a version-1 state dict (plain blend outputs ``(c1 - 1, c2, c3)``) to version 2's residual
@@ -166,56 +200,54 @@ def _mean_psnr(log_mses: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _fit_inputs(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor,
-                batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The head's parameter-free inputs of every image, computed once (the fit's steps only re-weight them)."""
-    device = next(head.parameters()).device
-    parts = [head.inputs(*(t[i:i + batch].to(device, torch.float32) for t in (lq, decoded, decoded_lq)))
-             for i in range(0, lq.shape[0], batch)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-def fit_fusion_head(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: Optional[torch.Tensor],
-                    gt: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor, steps: int = 400,
-                    lr: float = 3e-3, batch: int = 128, seed: int = 0) -> Dict[str, float]:
-    """Fit ``head`` on training images (tensors ``(N, 3, H, W)`` in [0, 1] and ``(N, E)`` embeddings).
-
-    Loss: mean over images of ``log(MSE)`` (maximises mean PSNR). Deterministic for a given ``seed``.
-    Returns the training set's mean PSNR of the LQ, of ``LQ + D(z) - D(z_LQ)`` and of the head's output.
-    ``decoded_lq`` may be ``None`` for a head that does not read it (then ``D(z_LQ) = LQ`` in the residual).
-    """
+def fusion_fit_data(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: Optional[torch.Tensor],
+                    gt: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """What :func:`fit_fusion_head` needs of a batch of images (tensors ``(B, 3, H, W)`` in [0, 1] and ``(B, E)``
+    embeddings), on the CPU: the head's :meth:`~FusionHead.moments`, the embeddings and the log-MSEs of the LQ
+    and of ``LQ + D(z) - D(z_LQ)`` for the report. Batches are concatenated key by key, so the fit's memory
+    grows by a few kilobytes per image, not by its pixels."""
     if decoded_lq is None or not head.uses_decoded_lq:
         decoded_lq = lq
-    n = lq.shape[0]
+    p = next(head.parameters())
+    lq, decoded, decoded_lq, gt = (t.to(p.device, torch.float32) for t in (lq, decoded, decoded_lq, gt))
+    out = head.moments(lq, decoded, decoded_lq, gt)
+    out.update(image_emb=image_emb.float(), degra_emb=degra_emb.float(), log_mse_lq=_log_mse(lq, gt),
+               log_mse_residual=_log_mse((lq + decoded - decoded_lq).clamp(0, 1), gt))
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def fit_fusion_head(head: FusionHead, data: Dict[str, torch.Tensor], steps: int = 400, lr: float = 3e-3,
+                    batch: int = 128, seed: int = 0) -> Dict[str, float]:
+    """Fit ``head`` on training images' :func:`fusion_fit_data` (concatenated over batches).
+
+    Loss: mean over images of ``log(MSE)`` (maximises mean PSNR), computed from the moments, so memory does
+    not depend on the images' size or count beyond a few kilobytes each. Deterministic for a given ``seed``.
+    Returns the training set's mean PSNR of the LQ, of ``LQ + D(z) - D(z_LQ)`` and of the head's output (before
+    clamping to [0, 1]).
+    """
+    n = data["stats"].shape[0]
     if n == 0:
         raise ValueError("fit_fusion_head needs at least one training image")
     device = next(head.parameters()).device
-    stats, terms = _fit_inputs(head, lq, decoded, decoded_lq, batch)
     head.requires_grad_(True).train()
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
 
-    def take(idx: torch.Tensor):
-        return [t[idx].to(device, torch.float32) for t in (lq, gt, image_emb, degra_emb)] + [stats[idx], terms[idx]]
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        st, ie, de, gram, means = (data[k][idx].to(device) for k in ("stats", "image_emb", "degra_emb", "gram",
+                                                                        "means"))
+        return head.moment_log_mse(head.blend_weights(st, ie, de), gram, means)
 
     for step in range(steps):
-        x, y, ie, de, st, te = take(torch.randperm(n, generator=gen)[:batch])
         for group in opt.param_groups:  # cosine decay
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = _log_mse(head.blend(x, te, head.blend_weights(st, ie, de)), y).mean()
+        loss = loss_of(torch.randperm(n, generator=gen)[:batch]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     head.requires_grad_(False).eval()
     head.fitted = True
     with torch.no_grad():
-        lq_l, res_l, out_l = [], [], []
-        for i in range(0, n, batch):
-            index = torch.arange(i, min(n, i + batch))
-            x, y, ie, de, st, te = take(index)
-            lq_l.append(_log_mse(x, y))
-            residual = x + (decoded[index] - decoded_lq[index]).to(device, torch.float32)
-            res_l.append(_log_mse(residual.clamp(0, 1), y))
-            out_l.append(_log_mse(head.blend(x, te, head.blend_weights(st, ie, de)).clamp(0, 1), y))
-    return {"psnr_lq": _mean_psnr(torch.cat(lq_l)), "psnr_residual": _mean_psnr(torch.cat(res_l)),
-            "psnr_fused": _mean_psnr(torch.cat(out_l))}
+        fused = torch.cat([loss_of(torch.arange(i, min(n, i + batch))).cpu() for i in range(0, n, batch)])
+    return {"psnr_lq": _mean_psnr(data["log_mse_lq"]), "psnr_residual": _mean_psnr(data["log_mse_residual"]),
+            "psnr_fused": _mean_psnr(fused)}

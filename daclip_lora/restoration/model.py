@@ -67,6 +67,7 @@ class RestorationConfig:
     prediction_type: str = "epsilon"
     objective: str = "diffusion"  # or "one_step" (see the module docstring)
     one_step_t: int = 50
+    one_step_input: str = "scaled"  # or "raw": z_LQ unscaled at one_step_t (diffusion.one_step_input)
     fusion: bool = False
     fusion_decoded_lq: bool = True  # the head blends D(z_LQ) (a second decode); False: the LQ image instead
     lora: Dict[str, Any] = field(default_factory=dict)

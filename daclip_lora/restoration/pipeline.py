@@ -83,7 +83,7 @@ class RestorationPipeline:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
         self._probabilities: Any = None  # DA-CLIP's degradation words, built on first use (color_fix auto)
-        self._prompt_cache: Dict[str, torch.Tensor] = {}
+        self._prompt_cache: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
         self.lora_scale = 1.0  # the UNet LoRA's strength (set_lora_scale); baked in once merged
         # decode_pair: one decoder call for the restored and the LQ latents; off by default because on a CPU the
         # batched call measured slower than two (docs/benchmarks.md#pipeline-stages); GPUs not measured
@@ -134,7 +134,7 @@ class RestorationPipeline:
     def to(self, device: Union[str, torch.device]) -> "RestorationPipeline":
         self._prompt_cache.clear()
         self._probabilities = None
-        for m in (self.backbone.text_encoder, self.backbone.vae, self.model, self.daclip):
+        for m in (*self.backbone.text_encoders, self.backbone.vae, self.model, self.daclip):
             m.to(device)
         return self
 
@@ -239,13 +239,23 @@ class RestorationPipeline:
     def text_hidden(self, prompt: str, batch: int) -> torch.Tensor:
         """The text encoder's hidden states of ``prompt``, ``(batch, 77, D)``; cached per prompt (the text encoder
         is frozen at inference; :meth:`to` and :meth:`merge_lora` clear the cache)."""
-        hidden = self._prompt_cache.get(prompt)
-        if hidden is None:
-            hidden = self.backbone.encode_prompt([prompt], self.config.context_slots)
+        return self._encoded_prompt(prompt)[0].expand(batch, -1, -1)
+
+    @torch.no_grad()
+    def text_pooled(self, prompt: str, batch: int) -> Optional[torch.Tensor]:
+        """The pooled text embedding of ``prompt`` the UNet's added conditions take, ``(batch, P)`` (SDXL), or
+        ``None`` (SD 1.x/2.x)."""
+        pooled = self._encoded_prompt(prompt)[1]
+        return None if pooled is None else pooled.expand(batch, -1)
+
+    def _encoded_prompt(self, prompt: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        encoded = self._prompt_cache.get(prompt)
+        if encoded is None:
+            encoded = self.backbone.encode_text([prompt], self.config.context_slots)
             if len(self._prompt_cache) >= 16:
                 self._prompt_cache.clear()
-            self._prompt_cache[prompt] = hidden
-        return hidden.expand(batch, -1, -1)
+            self._prompt_cache[prompt] = encoded
+        return encoded
 
     #: smallest automatic tile side (pixels): a small base (the tiny ones: 64 px) is fully convolutional with
     #: attention at its lowest resolution only, so it restores 512 px at once; 64 px tiles would cut a photo
@@ -312,13 +322,17 @@ class RestorationPipeline:
         tiles = _TileProgress(progress and tile is not None)
         z_lq = self.encode_latents(x, tile, overlap, tiles.stage())
         image_emb, degra_emb, cond, uncond = self.encode_conditions(x, prompt, guidance_scale, embeddings)
+        b = x.shape[0]
         labels = self.model.time_labels(degra_emb)
         uncond_labels = None if labels is None or uncond is None else self.model.time_labels(
-            degra_emb, torch.zeros(x.shape[0], device=x.device))
+            degra_emb, torch.zeros(b, device=x.device))
+        pooled = self.text_pooled(self.config.prompt if prompt is None else prompt, b)
+        uncond_pooled = None if uncond is None else self.text_pooled("", b)
         # 3. the UNet call of every step (guided, tiled)
         one_step = self.config.objective == "one_step"
-        run = self._predictor(x.shape[0], z_lq.shape[1], (cond, labels), (uncond, uncond_labels), guidance_scale,
-                              tile, overlap, tiles.stage(repeats=1 if one_step else self.sampling_steps(steps, strength)))
+        run = self._predictor(b, z_lq.shape[1], (cond, labels, pooled), (uncond, uncond_labels, uncond_pooled),
+                              guidance_scale, tile, overlap,
+                              tiles.stage(repeats=1 if one_step else self.sampling_steps(steps, strength)))
         # 4. one UNet call (one_step objective) or the sampling loop
         if one_step:
             latents = self._one_step(z_lq, run, callback)
@@ -451,18 +465,19 @@ class RestorationPipeline:
                                         keep_daclip=torch.zeros(b, device=x.device)) if guidance_scale > 1 else None
         return image_emb, degra_emb, cond, uncond
 
-    def _predictor(self, b: int, c: int, cond: Tuple[torch.Tensor, Optional[torch.Tensor]],
-                   uncond: Tuple[Optional[torch.Tensor], Optional[torch.Tensor]], guidance_scale: float,
+    def _predictor(self, b: int, c: int, cond: Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]],
+                   uncond: Tuple[Optional[torch.Tensor], ...], guidance_scale: float,
                    tile: Optional[int], overlap: int, on_tile: Optional[Callable[[int, int], None]] = None
                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``run(model_in, t)``: the (guided, tiled) UNet prediction for ``[latents, LQ latent]`` at ``t``;
-        ``cond`` and ``uncond`` are (context, time labels) pairs (``uncond`` ``(None, None)`` without guidance)."""
+        ``cond`` and ``uncond`` are (context, time labels, pooled text) triples (``uncond`` all ``None`` without
+        guidance). The backbone's extra UNet arguments are built for each call's own latents: ``k`` tiles of the
+        ``b`` images, twice that under guidance."""
         device, f = self.device, self.vae_factor
-        (cond, labels), (uncond, uncond_labels) = cond, uncond
+        (cond, labels, pooled), (uncond, uncond_labels, uncond_pooled) = cond, uncond
 
         def repeat(v: Optional[torch.Tensor], k: int) -> Optional[torch.Tensor]:
             return None if v is None else v.repeat(k, *([1] * (v.ndim - 1)))
-        unet_kwargs = self.backbone.unet_kwargs(b, device)
         latent_tile, latent_overlap = (tile // f, overlap // f) if tile else (0, 0)
 
         def predict(model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -471,12 +486,14 @@ class RestorationPipeline:
             noisy, lq_in = model_in[:, :c], (model_in[:, c:] if self.config.lq_latent else None)
             ctx, lab = cond.repeat(k, 1, 1), repeat(labels, k)
             if uncond is None:
-                return self.model.denoise(noisy, tt, ctx, lq_in, time_labels=lab, **unet_kwargs)
-            both = self.model.denoise(torch.cat([noisy, noisy]), torch.cat([tt, tt]),
-                                      torch.cat([uncond.repeat(k, 1, 1), ctx]),
+                return self.model.denoise(noisy, tt, ctx, lq_in, time_labels=lab,
+                                          **self.backbone.unet_kwargs(noisy, repeat(pooled, k)))
+            both_pooled = None if pooled is None else torch.cat([repeat(uncond_pooled, k), repeat(pooled, k)])
+            both_noisy = torch.cat([noisy, noisy])
+            both = self.model.denoise(both_noisy, torch.cat([tt, tt]), torch.cat([uncond.repeat(k, 1, 1), ctx]),
                                       None if lq_in is None else torch.cat([lq_in, lq_in]),
                                       time_labels=None if lab is None else torch.cat([repeat(uncond_labels, k), lab]),
-                                      **unet_kwargs)
+                                      **self.backbone.unet_kwargs(both_noisy, both_pooled))
             u, cnd = both.float().chunk(2)
             return u + guidance_scale * (cnd - u)
 
@@ -493,7 +510,7 @@ class RestorationPipeline:
         """The one-step objective: the LQ latent read as x_t at ``one_step_t``, mapped to x0 in one UNet call."""
         train_sched = self.backbone.scheduler
         t = torch.tensor(self.config.one_step_t)
-        noisy = one_step_input(train_sched, z_lq, t)
+        noisy = one_step_input(train_sched, z_lq, t, self.config.one_step_input)
         model_in = torch.cat([noisy, z_lq.to(noisy.dtype)], dim=1) if self.config.lq_latent else noisy
         latents = predicted_x0(train_sched, run(model_in, t), noisy, t.to(self.device).expand(z_lq.shape[0]))
         if callback is not None:

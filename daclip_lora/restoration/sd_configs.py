@@ -1,6 +1,6 @@
-"""The Stable Diffusion architectures the package knows, in one table (diffusers configs): SD 1.5 and 2.1 (for
-counting and benchmarking without weights) and the tiny ones (``tiny``: the random test base of
-:func:`daclip_lora.tiny.sd.build_tiny_sd`; ``tiny_pretrained``: the shipped base of
+"""The Stable Diffusion architectures the package knows, in one table (diffusers configs): SD 1.5, 2.1 and SDXL (for
+counting and benchmarking without weights) and the tiny ones (``tiny``, ``tiny_sd2``, ``tiny_sdxl``: the random
+test bases of :func:`daclip_lora.tiny.sd.build_tiny_sd`, one per family; ``tiny_pretrained``: the shipped base of
 :func:`daclip_lora.tiny.recipes.train_tiny_sd`)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Dict
 
 import torch
 
-__all__ = ["SD_SCHEDULER", "TEXT_ENCODER_CONFIGS", "UNET_CONFIGS", "VAE_CONFIGS", "count_restoration_parameters"]
+__all__ = ["SD_SCHEDULER", "TEXT_ENCODER_CONFIGS", "TINY_FAMILIES", "UNET_CONFIGS", "VAE_CONFIGS",
+           "count_restoration_parameters"]
 
 _SD_COMMON = dict(in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -22,6 +23,25 @@ UNET_CONFIGS: Dict[str, dict] = {
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
             norm_num_groups=32),
+    "sdxl": dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+                 cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816, norm_num_groups=32),
+    # SDXL's structure (two text encoders, pooled text and size conditions) at toy widths: the hidden states of
+    # both tiny text encoders side by side (32 + 32), 6 time ids of 8 features plus the pooled 32
+    "tiny_sdxl": dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=8,
+                      use_linear_projection=True, cross_attention_dim=64, addition_embed_type="text_time",
+                      addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+                      norm_num_groups=32),
+    # SD 2.x's structure (linear projections, per-level heads) at toy widths; v-prediction in its scheduler
+    "tiny_sd2": dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                     attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32),
     "tiny_pretrained": dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
             block_out_channels=(32, 64, 64),
             down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
@@ -47,6 +67,14 @@ TEXT_ENCODER_CONFIGS: Dict[str, dict] = {
     "tiny": dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4,
             num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, bos_token_id=49406,
             eos_token_id=49407, pad_token_id=49407),
+}
+#: the architectures :func:`daclip_lora.tiny.sd.build_tiny_sd` writes: (UNet config, scheduler class, prediction
+#: type, timestep spacing); ``sdxl`` adds a second text encoder with projection
+TINY_FAMILIES: Dict[str, tuple] = {
+    "sd1": ("tiny", "DDPMScheduler", "epsilon", "leading"),
+    "sd2-v": ("tiny_sd2", "DDPMScheduler", "v_prediction", "leading"),
+    "sd-turbo": ("tiny_sd2", "EulerDiscreteScheduler", "epsilon", "trailing"),
+    "sdxl": ("tiny_sdxl", "EulerDiscreteScheduler", "epsilon", "leading"),
 }
 #: SD 1.x's training scheduler (DDPMScheduler config).
 SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

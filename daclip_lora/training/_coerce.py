@@ -183,7 +183,12 @@ def build(cls: type, data: Any, where: str, ctx: Context) -> Any:
         raise ctx.error(f"{where}.{missing[0]}" if where else missing[0], "required key is missing")
     if "extra" in fields:
         kwargs["extra"] = extra
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except OptionsError:
+        raise
+    except ValueError as e:  # a __post_init__ check: its message names the key
+        raise OptionsError(f"{ctx.source}: {e}") from None
 
 
 def _build_key(cls: type, key: Any, value: Any, where: str, hints: Dict[str, Any], fields: Dict[str, Any],

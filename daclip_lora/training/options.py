@@ -205,6 +205,9 @@ class SDOptions:
     #: the LQ latent to the restored latent in one call at timestep one_step_t, trained on a per-image log-MSE)
     objective: Literal["diffusion", "one_step"] = "diffusion"
     one_step_t: int = 50
+    #: restoration, one_step: the UNet's input at one_step_t: "scaled" (the LQ latent read as x_t,
+    #: sqrt(abar_t) z_LQ) or "raw" (z_LQ as it is, as OSEDiff feeds it at t = 999)
+    one_step_input: Literal["scaled", "raw"] = "scaled"
     #: restoration, one_step: the per-image loss, averaged over the batch: "log_mse" (mean PSNR: mild and severe
     #: degradations weigh alike), "rmse" (between log-MSE and MSE) or "mse"
     one_step_loss: Literal["log_mse", "rmse", "mse"] = "log_mse"
@@ -235,12 +238,20 @@ class RuntimeOptions:
     gradient_checkpointing: bool = False
     max_grad_norm: Optional[float] = 1.0
     weight_decay: float = 1e-2
-    cache: bool = False  # the frozen models' work on centre crops, once, on disk (training/latent_cache.py)
+    cache: bool = False  # the frozen models' work on the training crops, once, on disk (training/latent_cache.py)
+    #: cached crops per training image: 1 the centre crop; N > 1 N seeded random crops (with the block's flips and
+    #: rotations), each a sample of its own, so an epoch sees every image N times in different crops
+    cache_crops: int = 1
     cache_dir: Optional[str] = None  # where the latent cache lives (default <root>/cache/latents; shared by runs)
     ema_decay: Optional[float] = None
     snr_gamma: Optional[float] = None
     noise_offset: float = 0.0
     device: Optional[str] = None  # None: accelerate's choice (GPU if available)
+
+    def __post_init__(self) -> None:
+        if self.cache_crops < 1:
+            raise ValueError(f"runtime.cache_crops must be at least 1 (1: the centre crop; N: N random crops per "
+                             f"image), got {self.cache_crops}")
 
 
 @dataclass
@@ -295,8 +306,8 @@ _RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_ste
 TASK_KEYS: Dict[str, Tuple[str, ...]] = {
     "controller": ("daclip", "controller", *_RUNTIME_COMMON),
     "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective", "sd.one_step_t",
-                    "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion", "sd.fusion_images",
-                    "sd.fusion_decoded_lq", "runtime", "sampling"),
+                    "sd.one_step_input", "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion",
+                    "sd.fusion_images", "sd.fusion_decoded_lq", "runtime", "sampling"),
     "text2image": ("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
                    "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score", *_RUNTIME_COMMON,
                    "runtime.snr_gamma", "runtime.noise_offset", "sampling.scheduler", "sampling.steps",

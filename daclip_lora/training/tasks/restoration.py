@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from ...data.datasets import RestorationDataset, block_pairs, degradation_groups
 from ...data.images import write_image
 from ...restoration.backbone import SDBackbone
 from ...restoration.diffusion import alpha_bar, diffusion_loss, diffusion_target, one_step_input, predicted_x0
-from ...restoration.fusion import fit_fusion_head
+from ...restoration.fusion import fit_fusion_head, fusion_fit_data
 from ...restoration.lora import add_restoration_lora, lora_spec
 from ...restoration.model import RestorationConfig, RestorationUNet
 from ...restoration.pipeline import RestorationPipeline
@@ -95,6 +95,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
+        one_step_input=s.one_step_input,
         fusion=s.fusion, fusion_decoded_lq=s.fusion_decoded_lq, text_encoder_lora=None, time_embedding=c.time_embedding,
         modulated_lora=c.modulated_lora, output_norm=c.output_norm, daclip_crop=_train_patch(opt))
     _check_objective(s, c, int(sd.scheduler.config.num_train_timesteps))
@@ -151,12 +152,13 @@ class RestorationTrainer(TrainTask):
         if not patch or patch % vae_factor:
             raise ValueError(f"datasets.{self.train_block.phase}.patch_size must be set to a multiple of {vae_factor} "
                              f"(the VAE's downsampling factor), got {patch}")
-        if opt.runtime.cache and (self.train_block.use_flip or self.train_block.use_rot):
-            logger.warning("runtime.cache: random crops, flips and rotations are off; each image is centre-cropped "
-                           "to %d once", patch)
+        centre = opt.runtime.cache and opt.runtime.cache_crops == 1
+        if centre and (self.train_block.use_flip or self.train_block.use_rot):
+            logger.warning("runtime.cache with cache_crops: 1: flips and rotations are off; each image is "
+                           "centre-cropped to %d once (cache_crops: N caches N random crops)", patch)
         clip_size, seed = self.daclip.image_size, opt.train.manual_seed  # seed: GT-only blocks' degradations
         self._train = restoration_dataset(self.train_block, opt.distortion, train=True, seed=seed,
-                                          crop="center" if opt.runtime.cache else "random", clip_size=clip_size)
+                                          crop="center" if centre else "random", clip_size=clip_size)
         self.val_block = next((d for d in opt.datasets.values() if d.phase == "val"), None)
         self._val = restoration_dataset(self.val_block, opt.distortion, train=False, clip_size=clip_size,
                                         seed=seed) if self.val_block else None
@@ -180,16 +182,17 @@ class RestorationTrainer(TrainTask):
         self.sd.vae.to(device, dtype=dtype if dtype == torch.bfloat16 else torch.float32)
         if self.perceptual is not None:
             self.perceptual.to(device)
-        for m in (self.sd.text_encoder, self.daclip):
+        for m in (*self.backbone.text_encoders, self.daclip):
             m.to(device, dtype=dtype)
         self.model.to(device)
         _cast_frozen(self.model, dtype, keep=self.model.fusion)
         self.device, self.dtype = device, dtype
         self.precision = {"fp16": "fp16", "bf16": "bf16"}.get(accelerator.mixed_precision, "fp32")
         reserved = self.config.context_slots
-        with torch.no_grad():
-            self.prompt_hidden = self.backbone.encode_prompt([self.config.prompt], reserved).float()
-            self.empty_hidden = self.backbone.encode_prompt([""], reserved).float()
+        with torch.no_grad():  # the prompt's (and the empty prompt's) context, and pooled text for SDXL
+            (self.prompt_hidden, self.prompt_pooled), (self.empty_hidden, self.empty_pooled) = (
+                tuple(None if t is None else t.float() for t in self.backbone.encode_text([p], reserved))
+                for p in (self.config.prompt, ""))
         if self.opt.runtime.cache:
             self.cached = self._build_cache(accelerator)
 
@@ -204,20 +207,35 @@ class RestorationTrainer(TrainTask):
                 "image_emb": image_emb.float(), "degra_emb": degra_emb.float()}
 
     def _build_cache(self, accelerator) -> LatentCache:
-        """The frozen models' work on every (centre-cropped) training sample, on disk (``runtime.cache_dir``):
-        built by the main process for the samples it lacks, read by every process, reused by later runs."""
+        """The frozen models' work on every training sample, on disk (``runtime.cache_dir``): the centre crop of
+        each image, or ``runtime.cache_crops`` seeded random crops of it (sample ``i * N + j`` is crop ``j`` of
+        image ``i``). Built by the main process for the samples it lacks, read by every process, reused by later
+        runs."""
         block, rt = self.train_block, self.opt.runtime
+        n, seed = rt.cache_crops, self.opt.train.manual_seed
         vae_dtype = next(self.sd.vae.parameters()).dtype
         folder = Path(rt.cache_dir or Path(self.opt.path.root) / "cache" / "latents").expanduser() / fingerprint(
             Path(self.opt.sd.base).resolve(), self.opt.daclip.model, self.opt.daclip.pretrained,
             self.opt.daclip.adapter, self.daclip.image_size, self.dtype, vae_dtype, self._decodes)
-        keys = [sample_key([p.gt] + ([p.lq] if p.lq is not None else []), block.patch_size, "center",
-                           self._train.seed if p.lq is None else None) for p in self._train.pairs]
+        crops = ["center"] if n == 1 else [("random", seed, j, block.use_flip, block.use_rot) for j in range(n)]
+        keys = [sample_key([p.gt] + ([p.lq] if p.lq is not None else []), block.patch_size, crop,
+                           self._train.seed if p.lq is None else None) for p in self._train.pairs for crop in crops]
         if accelerator.is_main_process:
             LatentCache.build(folder, keys, lambda idx: self.frozen_features(
-                torch.utils.data.default_collate([self._train[i] for i in idx])))
+                torch.utils.data.default_collate([self._cache_sample(s, n, seed) for s in idx])))
         accelerator.wait_for_everyone()
-        return LatentCache(folder, keys, [p.degradation for p in self._train.pairs])
+        return LatentCache(folder, keys, [p.degradation for p in self._train.pairs for _ in crops])
+
+    def _cache_sample(self, sample: int, n: int, seed: int) -> Dict[str, Any]:
+        """Crop ``sample % n`` of image ``sample // n``: the centre crop of a centre-cropped dataset, else its
+        random crop, flips and rotation seeded by ``(seed, image, crop)``, so the cache (and the fusion head's
+        fit) holds the same crops whoever builds it."""
+        image, crop = divmod(sample, n)
+        if self._train.augment.crop == "center":
+            return self._train[image]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(per_sample_generators(seed, crop, [image])[0].initial_seed())
+            return self._train[image]
 
     def train_dataset(self) -> Dataset:
         return self.cached if self.cached is not None else self._train
@@ -226,13 +244,17 @@ class RestorationTrainer(TrainTask):
     def parts(self, half: torch.dtype) -> Dict[str, Tuple[nn.Module, torch.dtype]]:
         vae = half if half == torch.bfloat16 else torch.float32
         out = {"UNet (LoRA, DA-CLIP paths, head)": (self.model, half), "VAE": (self.sd.vae, vae),
-               "text encoder": (self.sd.text_encoder, half), "DA-CLIP": (self.daclip, half)}  # as setup() keeps them
+               **{f"text encoder{' ' + str(i + 1) if i else ''}": (m, half)
+                  for i, m in enumerate(self.backbone.text_encoders)},
+               "DA-CLIP": (self.daclip, half)}  # as setup() keeps them
         if self.perceptual is not None:
             out["perceptual loss"] = (self.perceptual, torch.float32)
         return out
 
     def sampling_groups(self) -> Optional[List[List[int]]]:
-        return degradation_groups(self.train_block, [p.degradation for p in self._train.pairs])
+        data = self.train_dataset()
+        labels = data.labels if isinstance(data, LatentCache) else [p.degradation for p in self._train.pairs]
+        return degradation_groups(self.train_block, labels)
 
     def composition(self) -> Dict[str, Dict[str, int]]:
         from collections import Counter
@@ -252,10 +274,11 @@ class RestorationTrainer(TrainTask):
         run without gradients: they save nothing for the backward pass)."""
         meta, p, f = torch.device("meta"), self.train_block.patch_size, self.backbone.vae_factor
         with torch.no_grad():
-            hidden = self.backbone.encode_prompt([self.config.prompt], self.config.context_slots).float()
+            hidden, pooled = self.backbone.encode_text([self.config.prompt], self.config.context_slots)
         for module, _ in self.parts(torch.float32).values():
             module.to(meta)
-        self.prompt_hidden = self.empty_hidden = hidden.to(meta)
+        self.prompt_hidden = self.empty_hidden = hidden.float().to(meta)
+        self.prompt_pooled = self.empty_pooled = None if pooled is None else pooled.float().to(meta)
         self.device, self.dtype, self.step, self.seed = meta, torch.float32, 0, 0
         z = (batch_size, self.config.latent_channels, p // f, p // f)
         batch = {"z_gt": torch.empty(z, device=meta), "z_lq": torch.empty(z, device=meta),
@@ -280,13 +303,16 @@ class RestorationTrainer(TrainTask):
         keep = lambda p: (per_sample_rand(gens, device) >= p).float()  # noqa: E731
         keep_text = keep(cond.drop_text).view(-1, 1, 1)
         text = keep_text * self.prompt_hidden + (1 - keep_text) * self.empty_hidden
+        pooled = None if self.prompt_pooled is None else \
+            keep_text[:, 0] * self.prompt_pooled + (1 - keep_text[:, 0]) * self.empty_pooled
         if self.config.objective == "one_step":
             # the LQ latent read as x_t at one_step_t; the UNet's x0 is the restored latent. Loss: per-image
             # log-MSE (mean PSNR in latent space), so mild degradations weigh as much as severe ones.
             t = torch.full((z_gt.shape[0],), self.config.one_step_t, device=device, dtype=torch.long)
-            noisy = one_step_input(sched, z_lq, t)
+            noisy = one_step_input(sched, z_lq, t, self.config.one_step_input)
             pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
-                         keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
+                         keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq),
+                         **self.backbone.unet_kwargs(noisy, pooled))
             x0 = predicted_x0(sched, pred, noisy, t)
             return self._one_step_loss(x0, z_gt, feats)
         noise = per_sample_noise(gens, z_gt.shape[1:], device, rt.noise_offset)
@@ -308,7 +334,8 @@ class RestorationTrainer(TrainTask):
             weights = None
         target = diffusion_target(sched, z_gt, noise, t)
         pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
-                     keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq))
+                     keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq),
+                     **self.backbone.unet_kwargs(noisy, pooled))
         return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma, weights)}
 
     @property
@@ -383,22 +410,24 @@ class RestorationTrainer(TrainTask):
         return metrics
 
     @torch.no_grad()
-    def _fusion_data(self) -> Dict[str, torch.Tensor]:
+    def fusion_batches(self, size: int = 32) -> Iterator[Dict[str, torch.Tensor]]:
         """LQ, GT, decodes and embeddings of up to ``sd.fusion_images`` training images (a seeded subset) and
-        of every ``datasets.calib`` image."""
+        of every ``datasets.calib`` image, ``size`` images at a time (``decoded_lq`` only for a head that reads
+        it); sets ``fusion_counts``."""
         pipe = self.pipeline()
-        limit = self.opt.sd.fusion_images
-        order = torch.randperm(len(self._train), generator=torch.Generator().manual_seed(self.opt.train.manual_seed))
-        sources = [(self._train, order[:limit].tolist(), self.cached)]
+        limit, seed = self.opt.sd.fusion_images, self.opt.train.manual_seed
+        crops = self.opt.runtime.cache_crops if self.cached is not None else 1
+        samples = len(self._train) * crops  # the training samples: each image's crop(s), as the cache holds them
+        order = torch.randperm(samples, generator=torch.Generator().manual_seed(seed))
+        sources = [(lambda j: self._cache_sample(j, crops, seed), order[:limit].tolist(), self.cached)]
         if self._calib is not None:
-            sources.append((self._calib, list(range(len(self._calib))), None))
-        parts: Dict[str, List[torch.Tensor]] = {}
-        for dataset, indices, cached in sources:
-            for i in range(0, len(indices), 32):
-                index = indices[i:i + 32]
-                batch = [dataset[j] for j in index]
+            sources.append((self._calib.__getitem__, list(range(len(self._calib))), None))
+        self.fusion_counts = {"train": min(limit, samples), "calib": 0 if self._calib is None else len(self._calib)}
+        for sample, indices, cached in sources:
+            for i in range(0, len(indices), size):
+                index = indices[i:i + size]
+                batch = [sample(j) for j in index]
                 lq = torch.stack([s["LQ"] for s in batch]).to(self.device)
-                gt = torch.stack([s["GT"] for s in batch])
                 if cached is not None:  # the frozen models' work on training images is in the latent cache
                     z_lq, image_emb, degra_emb = (t.to(self.device) for t in cached.take(
                         index, ("z_lq", "image_emb", "degra_emb")).values())
@@ -407,14 +436,21 @@ class RestorationTrainer(TrainTask):
                     with pipe.autocast():
                         image_emb, degra_emb = pipe.daclip_embeddings(lq)
                 restored = self._restore_latents(pipe, z_lq, image_emb, degra_emb)
-                items = [("lq", lq), ("gt", gt), ("decoded", self.backbone.decode_latents(restored)),
-                         ("image_emb", image_emb), ("degra_emb", degra_emb)]
-                if self.config.fusion_decoded_lq:  # else the head reads the LQ itself: no decode, no copy
-                    items.append(("decoded_lq", self.backbone.decode_latents(z_lq)))
-                for k, v in items:
-                    parts.setdefault(k, []).append(v.float().cpu())
-        self.fusion_counts = {"train": min(limit, len(self._train)),
-                              "calib": 0 if self._calib is None else len(self._calib)}
+                out = {"lq": lq, "gt": torch.stack([s["GT"] for s in batch]), "image_emb": image_emb,
+                       "degra_emb": degra_emb, "decoded": self.backbone.decode_latents(restored)}
+                if self.config.fusion_decoded_lq:  # else the head reads the LQ itself: no second decode
+                    out["decoded_lq"] = self.backbone.decode_latents(z_lq)
+                yield out
+
+    def _fusion_data(self) -> Dict[str, torch.Tensor]:
+        """:func:`~daclip_lora.restoration.fusion.fusion_fit_data` of every :meth:`fusion_batches` batch,
+        concatenated: the decodes are dropped batch by batch, so memory does not grow with ``sd.fusion_images``."""
+        parts: Dict[str, List[torch.Tensor]] = {}
+        for b in self.fusion_batches():
+            data = fusion_fit_data(self.model.fusion, b["lq"], b["decoded"], b.get("decoded_lq"), b["gt"],
+                                   b["image_emb"], b["degra_emb"])
+            for k, v in data.items():
+                parts.setdefault(k, []).append(v)
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def _restore_latents(self, pipe: RestorationPipeline, z_lq, image_emb, degra_emb) -> torch.Tensor:
@@ -425,11 +461,12 @@ class RestorationTrainer(TrainTask):
         if self.config.objective == "one_step":
             sched = self.sd.scheduler
             t = torch.full((b,), self.config.one_step_t, device=self.device, dtype=torch.long)
-            noisy = one_step_input(sched, z_lq, t)
+            noisy = one_step_input(sched, z_lq, t, self.config.one_step_input)
             with pipe.autocast():
+                pooled = None if self.prompt_pooled is None else self.prompt_pooled.to(self.device)
                 pred = self.model.denoise(noisy, t, ctx, z_lq if self.config.lq_latent else None,
                                           time_labels=self.model.time_labels(degra_emb.float()),
-                                          **self.backbone.unet_kwargs(b, self.device))
+                                          **self.backbone.unet_kwargs(noisy, pooled))
             return predicted_x0(sched, pred, noisy, t)
         raise ValueError("sd.fusion needs sd.objective: one_step")
 
@@ -440,9 +477,7 @@ class RestorationTrainer(TrainTask):
         self.model.eval()
         data = self._fusion_data()
         with torch.enable_grad():
-            report = fit_fusion_head(self.model.fusion, data["lq"], data["decoded"], data.get("decoded_lq"),
-                                     data["gt"], data["image_emb"], data["degra_emb"],
-                                     seed=self.opt.train.manual_seed)
+            report = fit_fusion_head(self.model.fusion, data, seed=self.opt.train.manual_seed)
         self.model.train(was_training)
         logger.info("fusion head fitted on %d training + %d calibration images: PSNR LQ %.2f, LQ + latent "
                     "correction %.2f, fused %.2f dB", self.fusion_counts["train"], self.fusion_counts["calib"],

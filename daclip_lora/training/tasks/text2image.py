@@ -102,6 +102,9 @@ class Text2ImageTrainer(TrainTask):
         if s.base is None:
             raise ValueError("sd.base is required: the path of a Stable Diffusion folder in diffusers format")
         self.backbone = SDBackbone.load(s.base)
+        if self.backbone.family != "sd":
+            raise ValueError(f"task text2image trains SD 1.x/2.x bases; sd.base {s.base} is {self.backbone.family} "
+                             f"(use task: restoration, or diffusers' train_text_to_image_lora_sdxl.py)")
         self.sd = self.backbone.components
         self.train_block = next(d for d in opt.datasets.values() if d.phase == "train")
         if self.train_block.mode != "captions":
