@@ -491,3 +491,20 @@ def test_raw_one_step_input_is_recorded_and_fed_to_the_unet_at_restore_time(asse
     z_lq = pipe.encode_latents(pipe.prepare_image(lq))
     (model_in, t), = seen
     assert t.tolist() == [999] and torch.allclose(model_in[:, :4], z_lq, atol=1e-6)
+
+
+@pytest.mark.parametrize("lq_latent", [True, False])
+def test_train_conv_in_trains_the_first_convolution_and_saves_it(assets, tmp_path, lq_latent):
+    opt = _opt(tmp_path, assets, "sd.objective=one_step", "sd.train_conv_in=true",
+               f"sd.conditioning.lq_latent={str(lq_latent).lower()}")
+    trainer = RestorationTrainer(opt)
+    conv = trainer.model.unet.conv_in
+    base = conv.base if lq_latent else conv
+    before = base.weight.detach().clone()
+    assert base.weight.requires_grad
+    Engine(opt, trainer).fit()
+    assert (base.weight - before).abs().max().item() > 0  # trained
+    pipe = RestorationPipeline.from_pretrained(tmp_path / "experiments" / "r" / "models" / "restoration",
+                                               device="cpu")
+    loaded = pipe.model.unet.conv_in.weight[:, :before.shape[1]]  # merged: one plain conv over every channel
+    assert torch.equal(loaded, base.weight.detach())

@@ -51,6 +51,9 @@ def add_restoration_lora(model: Any, spec: Union[LoraSpec, Dict[str, Any], None]
     """:func:`add_unet_lora` on a :class:`~daclip_lora.restoration.model.RestorationUNet`'s UNet, then its
     degradation modulation of that LoRA when ``model.config.modulated_lora``."""
     add_unet_lora(model.unet, spec, config)
+    if getattr(model.config, "train_conv_in", False):  # OSEDiff's recipe: the first convolution in full
+        conv = model.unet.conv_in
+        (conv.base if isinstance(conv, LQConvIn) else conv).requires_grad_(True)
     model.attach_modulation()
 
 

@@ -68,6 +68,7 @@ class RestorationConfig:
     objective: str = "diffusion"  # or "one_step" (see the module docstring)
     one_step_t: int = 50
     one_step_input: str = "scaled"  # or "raw": z_LQ unscaled at one_step_t (diffusion.one_step_input)
+    train_conv_in: bool = False  # conv_in's base weights trained in full (saved in the extras)
     fusion: bool = False
     fusion_decoded_lq: bool = True  # the head blends D(z_LQ) (a second decode); False: the LQ image instead
     lora: Dict[str, Any] = field(default_factory=dict)
@@ -309,11 +310,12 @@ class RestorationUNet(nn.Module):
         if self.config.output_norm:  # the new layers only: the base norm's weights are the base model's
             out.update({f"output_norm.{k}": v for k, v in self.unet.conv_norm_out.state_dict().items()
                         if not k.startswith("norm.")})
-        if self.config.lq_latent:
+        if self.config.lq_latent or self.config.train_conv_in:
             conv = self.unet.conv_in
             out["conv_in.weight"] = conv.weight.detach()
-            if conv.base.bias is not None:
-                out["conv_in.bias"] = conv.base.bias.detach()
+            bias = conv.base.bias if isinstance(conv, LQConvIn) else conv.bias
+            if bias is not None:
+                out["conv_in.bias"] = bias.detach()
         return out
 
     def fusion_state(self) -> Optional[Dict[str, Any]]:
@@ -336,7 +338,7 @@ class RestorationUNet(nn.Module):
         for enabled, prefix, load in loaders:
             if enabled:
                 load(_prefixed(state, prefix))
-        if self.config.lq_latent:
+        if self.config.lq_latent or self.config.train_conv_in:
             self._load_conv_in(state)
 
     def _load_time_embedding(self, weights: Dict[str, torch.Tensor]) -> None:
@@ -390,11 +392,13 @@ class RestorationUNet(nn.Module):
         if w.shape[1] != conv.in_channels or w.shape[0] != conv.out_channels:
             raise ValueError(f"conv_in.weight is {tuple(w.shape)}, the model needs "
                              f"({conv.out_channels}, {conv.in_channels}, ...)")
+        base = conv.base if isinstance(conv, LQConvIn) else conv
         with torch.no_grad():
-            conv.base.weight.copy_(w[:, :conv.base_channels])
-            conv.lq.weight.copy_(w[:, conv.base_channels:])
-            if "conv_in.bias" in state and conv.base.bias is not None:
-                conv.base.bias.copy_(state["conv_in.bias"])
+            base.weight.copy_(w[:, :base.in_channels])
+            if isinstance(conv, LQConvIn):
+                conv.lq.weight.copy_(w[:, conv.base_channels:])
+            if "conv_in.bias" in state and base.bias is not None:
+                base.bias.copy_(state["conv_in.bias"])
 
 
 def _prefixed(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:

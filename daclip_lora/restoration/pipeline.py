@@ -322,16 +322,9 @@ class RestorationPipeline:
         tiles = _TileProgress(progress and tile is not None)
         z_lq = self.encode_latents(x, tile, overlap, tiles.stage())
         image_emb, degra_emb, cond, uncond = self.encode_conditions(x, prompt, guidance_scale, embeddings)
-        b = x.shape[0]
-        labels = self.model.time_labels(degra_emb)
-        uncond_labels = None if labels is None or uncond is None else self.model.time_labels(
-            degra_emb, torch.zeros(b, device=x.device))
-        pooled = self.text_pooled(self.config.prompt if prompt is None else prompt, b)
-        uncond_pooled = None if uncond is None else self.text_pooled("", b)
         # 3. the UNet call of every step (guided, tiled)
         one_step = self.config.objective == "one_step"
-        run = self._predictor(b, z_lq.shape[1], (cond, labels, pooled), (uncond, uncond_labels, uncond_pooled),
-                              guidance_scale, tile, overlap,
+        run = self._predictor(x.shape[0], z_lq.shape[1], cond, uncond, guidance_scale, tile, overlap,
                               tiles.stage(repeats=1 if one_step else self.sampling_steps(steps, strength)))
         # 4. one UNet call (one_step objective) or the sampling loop
         if one_step:
@@ -450,19 +443,25 @@ class RestorationPipeline:
 
     def encode_conditions(self, x: torch.Tensor, prompt: Optional[str], guidance_scale: float,
                           embeddings: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
-        """DA-CLIP's content and degradation embeddings (``embeddings`` when given), the conditional context and
-        (for guidance > 1) the unconditional one (empty prompt, no DA-CLIP tokens)."""
+        """DA-CLIP's content and degradation embeddings (``embeddings`` when given), then the conditional and
+        (for guidance > 1; else all ``None``) the unconditional (empty prompt, no DA-CLIP) conditions, each a
+        ``(context, time labels, pooled text)`` triple (labels ``None`` when the model reads none, pooled ``None``
+        outside SDXL)."""
         b = x.shape[0]
         if embeddings is not None and any(e.shape[0] != b for e in embeddings):
             raise ValueError(f"embeddings must hold one (content, degradation) pair per image: {b} images, got "
                              f"{[tuple(e.shape) for e in embeddings]}")
+        prompt = self.config.prompt if prompt is None else prompt
         with self.autocast():
             image_emb, degra_emb = self.daclip_embeddings(x) if embeddings is None else \
                 (e.to(self.device) for e in embeddings)
-            text = self.text_hidden(self.config.prompt if prompt is None else prompt, b)
-            cond = self.model.context(text, image_emb, degra_emb)
-            uncond = self.model.context(self.text_hidden("", b), image_emb, degra_emb,
-                                        keep_daclip=torch.zeros(b, device=x.device)) if guidance_scale > 1 else None
+            cond = (self.model.context(self.text_hidden(prompt, b), image_emb, degra_emb),
+                    self.model.time_labels(degra_emb), self.text_pooled(prompt, b))
+            if guidance_scale <= 1:
+                return image_emb, degra_emb, cond, (None, None, None)
+            off = torch.zeros(b, device=x.device)
+            uncond = (self.model.context(self.text_hidden("", b), image_emb, degra_emb, keep_daclip=off),
+                      None if cond[1] is None else self.model.time_labels(degra_emb, off), self.text_pooled("", b))
         return image_emb, degra_emb, cond, uncond
 
     def _predictor(self, b: int, c: int, cond: Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]],

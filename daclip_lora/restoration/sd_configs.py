@@ -9,7 +9,7 @@ from typing import Dict
 
 import torch
 
-__all__ = ["SD_SCHEDULER", "TEXT_ENCODER_CONFIGS", "TINY_FAMILIES", "UNET_CONFIGS", "VAE_CONFIGS",
+__all__ = ["FULL_SIZE_FAMILIES", "SD_SCHEDULER", "TEXT_ENCODER_CONFIGS", "TINY_FAMILIES", "UNET_CONFIGS", "VAE_CONFIGS",
            "count_restoration_parameters"]
 
 _SD_COMMON = dict(in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -62,19 +62,35 @@ VAE_CONFIGS: Dict[str, dict] = {
             up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=16, sample_size=64,
             mid_block_add_attention=False),
 }
-#: CLIP text encoders of the tiny bases (random and frozen: nothing here can teach language).
+_CLIP_TEXT = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                  pad_token_id=49407)
+#: CLIP text encoders (transformers ``CLIPTextConfig``): the tiny bases' (random and frozen: nothing here can
+#: teach language) and the real ones' architectures: CLIP ViT-L/14 (SD 1.x, SDXL's first), OpenCLIP ViT-H/14
+#: (SD 2.x, penultimate layer: 23 of 24) and OpenCLIP ViT-bigG/14 (SDXL's second, with projection)
 TEXT_ENCODER_CONFIGS: Dict[str, dict] = {
-    "tiny": dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-            num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, bos_token_id=49406,
-            eos_token_id=49407, pad_token_id=49407),
+    "tiny": dict(_CLIP_TEXT, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+                 projection_dim=32),
+    "clip_l": dict(_CLIP_TEXT, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                   num_hidden_layers=12, projection_dim=768, hidden_act="quick_gelu"),
+    "openclip_h": dict(_CLIP_TEXT, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                       num_hidden_layers=23, projection_dim=1024, hidden_act="gelu"),
+    "openclip_bigg": dict(_CLIP_TEXT, hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
+                          num_hidden_layers=32, projection_dim=1280, hidden_act="gelu"),
 }
-#: the architectures :func:`daclip_lora.tiny.sd.build_tiny_sd` writes: (UNet config, scheduler class, prediction
-#: type, timestep spacing); ``sdxl`` adds a second text encoder with projection
+#: the architectures :func:`daclip_lora.tiny.sd.build_tiny_sd` writes, per family: (UNet config, text encoder
+#: config(s), scheduler class, prediction type, timestep spacing) for the tiny stand-in and for the real size;
+#: ``sdxl`` has a second text encoder with projection
 TINY_FAMILIES: Dict[str, tuple] = {
-    "sd1": ("tiny", "DDPMScheduler", "epsilon", "leading"),
-    "sd2-v": ("tiny_sd2", "DDPMScheduler", "v_prediction", "leading"),
-    "sd-turbo": ("tiny_sd2", "EulerDiscreteScheduler", "epsilon", "trailing"),
-    "sdxl": ("tiny_sdxl", "EulerDiscreteScheduler", "epsilon", "leading"),
+    "sd1": ("tiny", ("tiny",), "DDPMScheduler", "epsilon", "leading"),
+    "sd2-v": ("tiny_sd2", ("tiny",), "DDPMScheduler", "v_prediction", "leading"),
+    "sd-turbo": ("tiny_sd2", ("tiny",), "EulerDiscreteScheduler", "epsilon", "trailing"),
+    "sdxl": ("tiny_sdxl", ("tiny", "tiny"), "EulerDiscreteScheduler", "epsilon", "leading"),
+}
+FULL_SIZE_FAMILIES: Dict[str, tuple] = {
+    "sd1": ("sd15", ("clip_l",), "DDPMScheduler", "epsilon", "leading"),
+    "sd2-v": ("sd21", ("openclip_h",), "DDPMScheduler", "v_prediction", "leading"),
+    "sd-turbo": ("sd21", ("openclip_h",), "EulerDiscreteScheduler", "epsilon", "trailing"),
+    "sdxl": ("sdxl", ("clip_l", "openclip_bigg"), "EulerDiscreteScheduler", "epsilon", "leading"),
 }
 #: SD 1.x's training scheduler (DDPMScheduler config).
 SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

@@ -17,7 +17,8 @@ from typing import Optional, Union
 
 import torch
 
-from ..restoration.sd_configs import SD_SCHEDULER, TEXT_ENCODER_CONFIGS, TINY_FAMILIES, UNET_CONFIGS, VAE_CONFIGS
+from ..restoration.sd_configs import (FULL_SIZE_FAMILIES, SD_SCHEDULER, TEXT_ENCODER_CONFIGS, TINY_FAMILIES,
+                                      UNET_CONFIGS, VAE_CONFIGS)
 
 logger = logging.getLogger(__name__)
 
@@ -43,40 +44,43 @@ def build_clip_tokenizer(max_length: int = 77):
 
 
 def build_tiny_sd(out: Union[str, Path], seed: int = 0, prediction_type: Optional[str] = None,
-                  family: str = "sd1") -> Path:
-    """Write a deterministic tiny SD folder of ``family`` to ``out`` and return its path.
+                  family: str = "sd1", full_size: bool = False) -> Path:
+    """Write a deterministic random-weight SD folder of ``family`` to ``out`` and return its path.
 
     ``family`` is one of :data:`~daclip_lora.restoration.sd_configs.TINY_FAMILIES`: ``sd1`` (SD 1.x), ``sd2-v``
     (SD 2.x's UNet structure, v-prediction), ``sd-turbo`` (SD 2.x's structure, the Euler scheduler with trailing
     timesteps SD-Turbo ships) or ``sdxl`` (two text encoders, the second with a projection; pooled text and size
     conditions). Each is saved by its diffusers pipeline class, so ``from_pretrained`` of that class loads it.
-    ``prediction_type`` overrides the family's."""
+    ``full_size`` builds the real architecture (SD 1.5, SD 2.1, SDXL base: gigabytes of random weights) instead
+    of the toy one. ``prediction_type`` overrides the family's."""
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"unknown tiny SD family {family!r}; use one of {', '.join(TINY_FAMILIES)}")
-    unet_config, scheduler_class, prediction, spacing = TINY_FAMILIES[family]
+    table = FULL_SIZE_FAMILIES if full_size else TINY_FAMILIES
+    if family not in table:
+        raise ValueError(f"unknown SD family {family!r}; use one of {', '.join(table)}")
+    unet_config, text_configs, scheduler_class, prediction, spacing = table[family]
+    vae_config = dict(VAE_CONFIGS["sd" if full_size else "tiny"], **({"scaling_factor": 0.13025}
+                                                                   if full_size and family == "sdxl" else {}))
     out = Path(out)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**UNET_CONFIGS[unet_config])
+        parts = {"unet": UNet2DConditionModel(**UNET_CONFIGS[unet_config])}
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**VAE_CONFIGS["tiny"])
-        torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIGS["tiny"]))
-        torch.manual_seed(seed + 3)
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_ENCODER_CONFIGS["tiny"]))
-    scheduler = getattr(diffusers, scheduler_class).from_config(  # from_config: keys the class lacks are dropped
+        parts["vae"] = AutoencoderKL(**vae_config)
+        for i, name in enumerate(text_configs):
+            torch.manual_seed(seed + 2 + i)
+            model = CLIPTextModelWithProjection if i else CLIPTextModel
+            parts["text_encoder_2" if i else "text_encoder"] = model(CLIPTextConfig(**TEXT_ENCODER_CONFIGS[name]))
+    parts["scheduler"] = getattr(diffusers, scheduler_class).from_config(  # from_config drops unknown keys
         {**SD_SCHEDULER, "prediction_type": prediction_type or prediction, "timestep_spacing": spacing})
-    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=build_clip_tokenizer(), unet=unet, scheduler=scheduler)
+    parts["tokenizer"] = build_clip_tokenizer()
     if family == "sdxl":
-        pipe = diffusers.StableDiffusionXLPipeline(**parts, text_encoder_2=text_encoder_2,
-                                                   tokenizer_2=build_clip_tokenizer())
+        pipe = diffusers.StableDiffusionXLPipeline(**parts, tokenizer_2=build_clip_tokenizer())
     else:
         pipe = diffusers.StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                                  requires_safety_checker=False)
     pipe.save_pretrained(str(out), safe_serialization=True)
-    logger.info("wrote a tiny %s Stable Diffusion folder to %s", family, out)
+    logger.info("wrote a random-weight %s%s Stable Diffusion folder to %s", family, " (full size)" * full_size, out)
     return out

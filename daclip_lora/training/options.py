@@ -208,6 +208,9 @@ class SDOptions:
     #: restoration, one_step: the UNet's input at one_step_t: "scaled" (the LQ latent read as x_t,
     #: sqrt(abar_t) z_LQ) or "raw" (z_LQ as it is, as OSEDiff feeds it at t = 999)
     one_step_input: Literal["scaled", "raw"] = "scaled"
+    #: restoration: train the UNet's first convolution in full (its base weights, next to the LQ channels'
+    #: new ones), as OSEDiff does; saved with the model's other weights
+    train_conv_in: bool = False
     #: restoration, one_step: the per-image loss, averaged over the batch: "log_mse" (mean PSNR: mild and severe
     #: degradations weigh alike), "rmse" (between log-MSE and MSE) or "mse"
     one_step_loss: Literal["log_mse", "rmse", "mse"] = "log_mse"
@@ -306,7 +309,7 @@ _RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_ste
 TASK_KEYS: Dict[str, Tuple[str, ...]] = {
     "controller": ("daclip", "controller", *_RUNTIME_COMMON),
     "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective", "sd.one_step_t",
-                    "sd.one_step_input", "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion",
+                    "sd.one_step_input", "sd.train_conv_in", "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion",
                     "sd.fusion_images", "sd.fusion_decoded_lq", "runtime", "sampling"),
     "text2image": ("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
                    "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score", *_RUNTIME_COMMON,

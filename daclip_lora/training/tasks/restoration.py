@@ -95,7 +95,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
-        one_step_input=s.one_step_input,
+        one_step_input=s.one_step_input, train_conv_in=s.train_conv_in,
         fusion=s.fusion, fusion_decoded_lq=s.fusion_decoded_lq, text_encoder_lora=None, time_embedding=c.time_embedding,
         modulated_lora=c.modulated_lora, output_norm=c.output_norm, daclip_crop=_train_patch(opt))
     _check_objective(s, c, int(sd.scheduler.config.num_train_timesteps))
