@@ -5,9 +5,9 @@ On a GPU (the ``docs/gpu.md`` table; nothing in CI depends on it)::
 
     python bench/gpu_train.py --device cuda --families sd1 sdxl --batch 1 4 --checkpointing on off
 
-On the CPU, the real-size run of docs/benchmarks.md (64 px, 2 steps, gradient checkpointing)::
+On the CPU, the real-size run of docs/benchmarks.md (64 px, 3 steps, gradient checkpointing)::
 
-    python bench/gpu_train.py --device cpu --resolution 64 --steps 2 --batch 1 --checkpointing on --precision no
+    python bench/gpu_train.py --device cpu --resolution 64 --steps 3 --batch 1 --checkpointing on --precision no
 
 Per setting: seconds per training step (the steps after the first), peak memory (CUDA: max allocated; CPU: the
 process's peak RSS), and the one-step restore time per image of the exported model at the training resolution.
@@ -45,7 +45,8 @@ RestorationTrainer.training_step = timed
 t0 = time.perf_counter()
 Engine(opt, trainer).fit()
 train_total = time.perf_counter() - t0
-per_step = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else float("nan")
+later = marks[1:]  # step starts after the first step: the first one warms up
+per_step = (later[-1] - later[0]) / (len(later) - 1) if len(later) > 1 else float("nan")
 peak = (torch.cuda.max_memory_allocated() / 2**30 if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 del trainer
@@ -110,8 +111,6 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=None, help="keep the built folders here (default: a temp folder)")
     args = p.parse_args()
-    from daclip_lora.tiny.sd import build_tiny_sd
-
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -120,8 +119,10 @@ def main() -> None:
         for family in args.families:
             size = args.resolution or NATIVE[family]
             base = work / f"{family}_full"
-            if not (base / "model_index.json").exists():
-                build_tiny_sd(base, family=family, full_size=True)
+            if not (base / "model_index.json").exists():  # in its own process: its memory is freed after
+                subprocess.run([sys.executable, "-c", "import sys; from daclip_lora.tiny.sd import build_tiny_sd; "
+                                "build_tiny_sd(sys.argv[1], family=sys.argv[2], full_size=True)", str(base), family],
+                               env=env, check=True)
             data = _data(work / f"data_{size}", size)
             for batch in args.batch:
                 for ckpt in args.checkpointing:

@@ -508,3 +508,29 @@ def test_train_conv_in_trains_the_first_convolution_and_saves_it(assets, tmp_pat
                                                device="cpu")
     loaded = pipe.model.unet.conv_in.weight[:, :before.shape[1]]  # merged: one plain conv over every channel
     assert torch.equal(loaded, base.weight.detach())
+
+
+def test_vae_encoder_lora_trains_the_lq_latent_not_the_target_and_round_trips(assets, tmp_path):
+    """OSEDiff's VAE-encoder LoRA: trained (its B matrices move), the GT latent stays the frozen encoder's, the
+    folder restores the LQ through the same LoRA'd encoder (merged or not: same output)."""
+    opt = _opt(tmp_path, assets, "sd.objective=one_step", "sd.vae_encoder_lora.rank=4", "sd.vae_encoder_lora.alpha=4")
+    trainer = RestorationTrainer(opt)
+    encoder = trainer.model.lq_encoder
+    assert encoder is trainer.sd.vae.encoder
+    lora_b = {n: p for n, p in encoder.named_parameters() if "lora_B" in n}
+    assert lora_b and all(p.requires_grad for p in lora_b.values())
+    Engine(opt, trainer).fit()
+    assert max(p.abs().max().item() for p in lora_b.values()) > 0  # trained
+    sample = trainer._train[0]
+    frozen_gt = load_sd_components(assets / "tiny_sd").vae.encode(sample["GT"][None] * 2 - 1).latent_dist.mean
+    feats = trainer.frozen_features({k: v[None] if torch.is_tensor(v) else [v] for k, v in sample.items()})
+    assert "z_lq" not in feats and "lq" in feats
+    assert torch.allclose(feats["z_gt"], frozen_gt * trainer.sd.vae.config.scaling_factor, atol=1e-5)
+    folder = tmp_path / "experiments" / "r" / "models" / "restoration"
+    lq = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    unmerged = RestorationPipeline.from_pretrained(folder, device="cpu", merge_lora=False)
+    merged = RestorationPipeline.from_pretrained(folder, device="cpu")
+    z_unmerged = unmerged.encode_latents(lq)
+    assert torch.allclose(z_unmerged, merged.encode_latents(lq), atol=1e-5)
+    base = RestorationPipeline.from_pretrained(folder, device="cpu", merge_lora=False, lora_scale=0.0)
+    assert (z_unmerged - base.encode_latents(lq)).abs().max() > 1e-4  # the LoRA changes the LQ latent

@@ -1,20 +1,23 @@
 """One typed LoRA specification, validated in one place, for every adapter daclip_lora attaches.
 
 The same :class:`LoraSpec` describes the DA-CLIP controller LoRA (``controller.lora``), the UNet LoRA
-(``sd.lora``) and the text-encoder LoRA (``sd.text_encoder_lora``); it is the options block, the value
+(``sd.lora``), the VAE-encoder LoRA (``sd.vae_encoder_lora``) and the text-encoder LoRA
+(``sd.text_encoder_lora``); it is the options block, the value
 stored in ``restoration.json``, and the source of peft's ``LoraConfig``. Light on purpose: peft is
 imported only when a config is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
-__all__ = ["AdapterError", "LoraSpec", "INIT_METHODS", "inject_lora", "set_lora_scale", "unload_lora"]
+__all__ = ["AdapterError", "LoraSpec", "INIT_METHODS", "adapters_disabled", "inject_lora", "set_lora_scale",
+           "unload_lora"]
 
 #: peft's ``init_lora_weights`` values (``pissa_niter_N`` and ``corda`` variants are accepted by prefix).
 INIT_METHODS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
@@ -132,6 +135,21 @@ def unload_lora(module: nn.Module, merge: bool = True) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, child, base)
     return module
+
+
+@contextlib.contextmanager
+def adapters_disabled(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` with its peft adapters switched off inside the block (the base weights alone), on again after."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield module
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def set_lora_scale(module: nn.Module, scale: float) -> int:

@@ -218,6 +218,11 @@ class SDBackbone:
         """Scaled posterior-mean latents of ``images`` (``(B, 3, H, W)`` in ``[0, 1]``, sides multiples of the
         VAE factor). ``tile`` (pixels) encodes overlapping tiles and blends them (Gaussian weights);
         ``on_tile(done, total)`` follows them."""
+        return self.encode(images, tile, overlap, on_tile)
+
+    def encode(self, images: torch.Tensor, tile: Optional[int] = None, overlap: int = 0,
+               on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+        """:meth:`encode_latents` with autograd on: a trained VAE-encoder LoRA."""
         vae = self.vae
         p = next(vae.parameters())
         x = (images.to(p.device, p.dtype) * 2 - 1)

@@ -1,4 +1,4 @@
-"""LoRA on the Stable Diffusion UNet and text encoder (peft), with the backbone's default targets."""
+"""LoRA on the Stable Diffusion UNet, VAE encoder and text encoder (peft), with the default targets."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from .backbone import SDBackbone
 from .model import DegradationTimeEmbedding, LQConvIn
 from .output_norm import DegradationOutputNorm
 
-__all__ = ["TEXT_ENCODER_LORA_TARGETS", "UNET_LORA_TARGETS", "add_restoration_lora", "add_text_encoder_lora",
-           "add_unet_lora", "lora_spec"]
+__all__ = ["TEXT_ENCODER_LORA_TARGETS", "UNET_LORA_TARGETS", "VAE_ENCODER_LORA_TARGETS", "add_restoration_lora",
+           "add_text_encoder_lora", "add_unet_lora", "add_vae_encoder_lora", "lora_spec"]
 
 UNET_LORA_TARGETS = SDBackbone.unet_lora_targets
 TEXT_ENCODER_LORA_TARGETS = SDBackbone.text_encoder_lora_targets
+#: OSEDiff's VAE-encoder targets: every convolution of the encoder (ResNet, shortcut, down-sampling, in and out)
+#: and its mid-block attention
+VAE_ENCODER_LORA_TARGETS = ("conv1", "conv2", "conv_shortcut", "conv", "conv_in", "conv_out", "to_q", "to_k", "to_v",
+                            "to_out.0")
 
 
 def lora_spec(options: Any) -> Dict[str, Any]:
@@ -47,10 +51,25 @@ def add_unet_lora(unet: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], 
         unet.conv_norm_out.norm.requires_grad_(False)
 
 
+def add_vae_encoder_lora(encoder: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None]) -> None:
+    """Freeze the VAE encoder and add a LoRA adapter (peft) on its convolutions and attention projections
+    (:data:`VAE_ENCODER_LORA_TARGETS` unless ``spec.targets``), as OSEDiff and S3Diff train it."""
+    spec = LoraSpec.coerce(spec, "sd.vae_encoder_lora").validate("sd.vae_encoder_lora", allow_blocks=False)
+    encoder.requires_grad_(False)
+    config = spec.peft_config(spec.targets or VAE_ENCODER_LORA_TARGETS)
+    try:
+        inject_lora(encoder, config)
+    except ValueError as e:
+        raise ValueError(f"sd.vae_encoder_lora targets {list(config.target_modules)} match no module of the VAE "
+                         f"encoder ({e})") from None
+
+
 def add_restoration_lora(model: Any, spec: Union[LoraSpec, Dict[str, Any], None], config: Any = None) -> None:
     """:func:`add_unet_lora` on a :class:`~daclip_lora.restoration.model.RestorationUNet`'s UNet, then its
     degradation modulation of that LoRA when ``model.config.modulated_lora``."""
     add_unet_lora(model.unet, spec, config)
+    if model.lq_encoder is not None and not getattr(model.lq_encoder, "peft_config", None):
+        add_vae_encoder_lora(model.lq_encoder, model.config.vae_encoder_lora)
     if getattr(model.config, "train_conv_in", False):  # OSEDiff's recipe: the first convolution in full
         conv = model.unet.conv_in
         (conv.base if isinstance(conv, LQConvIn) else conv).requires_grad_(True)

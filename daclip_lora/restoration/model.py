@@ -69,6 +69,7 @@ class RestorationConfig:
     one_step_t: int = 50
     one_step_input: str = "scaled"  # or "raw": z_LQ unscaled at one_step_t (diffusion.one_step_input)
     train_conv_in: bool = False  # conv_in's base weights trained in full (saved in the extras)
+    vae_encoder_lora: Optional[Dict[str, Any]] = None  # LoRA on the VAE encoder (the LQ latent is learned)
     fusion: bool = False
     fusion_decoded_lq: bool = True  # the head blends D(z_LQ) (a second decode); False: the LQ image instead
     lora: Dict[str, Any] = field(default_factory=dict)
@@ -206,7 +207,9 @@ class DegradationTimeEmbedding(nn.Module):
 class RestorationUNet(nn.Module):
     """The trainable restoration model: SD UNet (+LoRA) with DA-CLIP tokens and the LQ latent."""
 
-    def __init__(self, unet: nn.Module, config: RestorationConfig):
+    def __init__(self, unet: nn.Module, config: RestorationConfig, vae_encoder: Optional[nn.Module] = None):
+        """``vae_encoder``: the base VAE's encoder, required with ``config.vae_encoder_lora`` (its LoRA is trained
+        and saved with this model; the VAE keeps using it)."""
         super().__init__()
         self.config = config
         if unet.config.cross_attention_dim != config.cross_attention_dim:
@@ -215,6 +218,10 @@ class RestorationUNet(nn.Module):
         if config.objective not in ("diffusion", "one_step"):
             raise ValueError(f"restoration objective must be 'diffusion' or 'one_step', got {config.objective!r}")
         self.unet = unet
+        if config.vae_encoder_lora and vae_encoder is None:
+            raise ValueError("this restoration model has a VAE-encoder LoRA (vae_encoder_lora): pass the base VAE's "
+                             "encoder as vae_encoder")
+        self.lq_encoder = vae_encoder if config.vae_encoder_lora else None
         self.conditioner = DaclipConditioner(config)
         self.modulation: Optional[LoraModulation] = None  # built by attach_modulation, once LoRA is on the UNet
         # fitted after the LoRA, never by the training loop's optimiser
@@ -299,23 +306,29 @@ class RestorationUNet(nn.Module):
                             time_labels=self.time_labels(degra_emb, keep_daclip), **unet_kwargs)
 
     def extras_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Projector, fusion head and widened ``conv_in`` weights (full weight and bias, as a plain conv has)."""
-        out = {f"conditioner.{k}": v for k, v in self.conditioner.state_dict().items()}
-        if self.fusion is not None:
-            out.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
-        if self.config.time_embedding:
-            out.update({f"time_embedding.{k}": v for k, v in self.unet.class_embedding.state_dict().items()})
-        if self.modulation is not None:
-            out.update({f"modulation.{k}": v for k, v in self.modulation.state_dict().items()})
-        if self.config.output_norm:  # the new layers only: the base norm's weights are the base model's
-            out.update({f"output_norm.{k}": v for k, v in self.unet.conv_norm_out.state_dict().items()
-                        if not k.startswith("norm.")})
-        if self.config.lq_latent or self.config.train_conv_in:
-            conv = self.unet.conv_in
-            out["conv_in.weight"] = conv.weight.detach()
-            bias = conv.base.bias if isinstance(conv, LQConvIn) else conv.bias
-            if bias is not None:
-                out["conv_in.bias"] = bias.detach()
+        """Projector, fusion head, the DA-CLIP paths' weights, the VAE-encoder LoRA and the widened (or trained)
+        ``conv_in`` (full weight and bias, as a plain conv has)."""
+        c = self.config
+        parts = [("conditioner.", self.conditioner, None), ("fusion.", self.fusion, None),
+                 ("time_embedding.", self.unet.class_embedding if c.time_embedding else None, None),
+                 ("modulation.", self.modulation, None),
+                 # the output norm's new layers only (its base norm is the base model's); the encoder's LoRA only
+                 ("output_norm.", self.unet.conv_norm_out if c.output_norm else None,
+                  lambda k: not k.startswith("norm.")),
+                 ("vae_encoder.", self.lq_encoder, lambda k: "lora_" in k)]
+        out = {f"{prefix}{k}": v for prefix, module, keep in parts if module is not None
+               for k, v in module.state_dict().items() if keep is None or keep(k)}
+        if c.lq_latent or c.train_conv_in:
+            out.update(self._conv_in_state())
+        return out
+
+    def _conv_in_state(self) -> Dict[str, torch.Tensor]:
+        """``conv_in`` as one plain conv's weight (and bias): widened with the LQ channels, or trained in full."""
+        conv = self.unet.conv_in
+        out = {"conv_in.weight": conv.weight.detach()}
+        bias = conv.base.bias if isinstance(conv, LQConvIn) else conv.bias
+        if bias is not None:
+            out["conv_in.bias"] = bias.detach()
         return out
 
     def fusion_state(self) -> Optional[Dict[str, Any]]:
@@ -340,6 +353,19 @@ class RestorationUNet(nn.Module):
                 load(_prefixed(state, prefix))
         if self.config.lq_latent or self.config.train_conv_in:
             self._load_conv_in(state)
+        if self.lq_encoder is not None:
+            self._load_vae_encoder(_prefixed(state, "vae_encoder."))
+
+    def _load_vae_encoder(self, weights: Dict[str, torch.Tensor]) -> None:
+        expected = {k for k in self.lq_encoder.state_dict() if "lora_" in k}
+        if not expected:
+            raise ValueError("vae_encoder_lora is set but the VAE encoder has no LoRA layers; load the LoRA first "
+                             "(load_restoration does)")
+        if set(weights) != expected:
+            raise ValueError(f"the VAE-encoder LoRA weights do not fit: {len(expected - set(weights))} missing, "
+                             f"{len(set(weights) - expected)} unexpected; re-save the folder with the trainer that "
+                             f"wrote it")
+        self.lq_encoder.load_state_dict(weights, strict=False)
 
     def _load_time_embedding(self, weights: Dict[str, torch.Tensor]) -> None:
         if not weights:

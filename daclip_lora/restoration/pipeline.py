@@ -121,7 +121,7 @@ class RestorationPipeline:
         folder = find_restoration_folder(folder)
         config = read_restoration_config(folder)
         backbone = SDBackbone.load(base or config.base)
-        model = RestorationUNet(backbone.unet, config)
+        model = RestorationUNet(backbone.unet, config, vae_encoder=backbone.vae.encoder)
         load_restoration(model, folder, text_encoder=backbone.text_encoder)
         daclip = load_daclip(config.daclip_model, daclip_pretrained or config.daclip_pretrained,
                              config.daclip_adapter)
@@ -143,7 +143,8 @@ class RestorationPipeline:
         return next(self.model.parameters()).device
 
     def merge_lora(self) -> None:
-        """Bake LoRA into the UNet (and text encoder) and fuse the widened ``conv_in``: faster, same outputs.
+        """Bake LoRA into the UNet (and the VAE and text encoders) and fuse the widened ``conv_in``: faster, same
+        outputs.
 
         A degradation-modulated LoRA (``config.modulated_lora``) depends on each image, so it stays unmerged (its
         hooks run on every call); ``conv_in`` and the text encoder are still fused.
@@ -157,6 +158,8 @@ class RestorationPipeline:
             logger.info("the UNet's LoRA is modulated per image (modulated_lora): kept unmerged")
         if isinstance(self.model.unet.conv_in, LQConvIn):
             self.model.unet.conv_in = self.model.unet.conv_in.fused()
+        if self.model.lq_encoder is not None:  # the VAE's encoder, which encode_latents uses
+            unload_lora(self.model.lq_encoder, merge=True)
         if getattr(self.backbone.text_encoder, "peft_config", None):
             unload_lora(self.backbone.text_encoder, merge=True)
 
@@ -173,6 +176,8 @@ class RestorationPipeline:
             raise ValueError(f"lora_scale must be a number in [0, 4] (1 = as trained), got {scale!r}")
         if float(scale) == self.lora_scale:
             return
+        if self.model.lq_encoder is not None:  # the VAE-encoder LoRA too: 0 is the base model
+            set_lora_scale(self.model.lq_encoder, float(scale))
         if set_lora_scale(self.model.unet, float(scale)) == 0:
             raise ValueError(f"the UNet's LoRA is merged at scale {self.lora_scale:g}, so lora_scale {scale:g} cannot "
                              "be applied: load with merge_lora=False, or pass lora_scale to from_pretrained")

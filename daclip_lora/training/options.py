@@ -208,6 +208,9 @@ class SDOptions:
     #: restoration, one_step: the UNet's input at one_step_t: "scaled" (the LQ latent read as x_t,
     #: sqrt(abar_t) z_LQ) or "raw" (z_LQ as it is, as OSEDiff feeds it at t = 999)
     one_step_input: Literal["scaled", "raw"] = "scaled"
+    #: restoration: LoRA on the VAE encoder (OSEDiff, S3Diff): the LQ latent is then learned too; the GT's
+    #: latent, the target, stays the frozen encoder's. None: the encoder is frozen
+    vae_encoder_lora: Optional[LoraOptions] = None
     #: restoration: train the UNet's first convolution in full (its base weights, next to the LQ channels'
     #: new ones), as OSEDiff does; saved with the model's other weights
     train_conv_in: bool = False
@@ -309,7 +312,7 @@ _RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_ste
 TASK_KEYS: Dict[str, Tuple[str, ...]] = {
     "controller": ("daclip", "controller", *_RUNTIME_COMMON),
     "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective", "sd.one_step_t",
-                    "sd.one_step_input", "sd.train_conv_in", "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion",
+                    "sd.one_step_input", "sd.train_conv_in", "sd.vae_encoder_lora", "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion",
                     "sd.fusion_images", "sd.fusion_decoded_lq", "runtime", "sampling"),
     "text2image": ("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
                    "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score", *_RUNTIME_COMMON,

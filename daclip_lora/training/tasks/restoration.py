@@ -12,6 +12,7 @@ cached and an uncached run see the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -25,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..._utils.image_metrics import image_metrics, psnr
+from ..._utils.lora import adapters_disabled
 from ...clip.factory import load_daclip
 from ...data.datasets import RestorationDataset, block_pairs, degradation_groups
 from ...data.images import write_image
@@ -96,6 +98,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
         one_step_input=s.one_step_input, train_conv_in=s.train_conv_in,
+        vae_encoder_lora=lora_spec(s.vae_encoder_lora) if s.vae_encoder_lora is not None else None,
         fusion=s.fusion, fusion_decoded_lq=s.fusion_decoded_lq, text_encoder_lora=None, time_embedding=c.time_embedding,
         modulated_lora=c.modulated_lora, output_norm=c.output_norm, daclip_crop=_train_patch(opt))
     _check_objective(s, c, int(sd.scheduler.config.num_train_timesteps))
@@ -104,7 +107,7 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
                          f"{sd.tokenizer.model_max_length} positions; lower sd.conditioning.num_tokens")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = RestorationUNet(sd.unet, config)
+        model = RestorationUNet(sd.unet, config, vae_encoder=sd.vae.encoder)
         add_restoration_lora(model, lora)
     return model
 
@@ -185,7 +188,9 @@ class RestorationTrainer(TrainTask):
         for m in (*self.backbone.text_encoders, self.daclip):
             m.to(device, dtype=dtype)
         self.model.to(device)
-        _cast_frozen(self.model, dtype, keep=self.model.fusion)
+        # the fusion head stays fp32, and a LoRA'd VAE encoder (part of the model) keeps the VAE's dtype
+        keep = [m for m in (self.model.fusion, self.model.lq_encoder) if m is not None]
+        _cast_frozen(self.model, dtype, keep=nn.ModuleList(keep))
         self.device, self.dtype = device, dtype
         self.precision = {"fp16": "fp16", "bf16": "bf16"}.get(accelerator.mixed_precision, "fp32")
         reserved = self.config.context_slots
@@ -200,11 +205,16 @@ class RestorationTrainer(TrainTask):
     def frozen_features(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """VAE latents of GT and LQ and DA-CLIP embeddings of the LQ: the frozen models' work."""
         image_emb, degra_emb = self.daclip.encode_image(batch["LQ_clip"].to(self.device, self.dtype), control=True)
-        gt = batch["GT"].to(self.device, torch.float32)
-        pixels = {"gt": gt} if self._decodes else {}  # the pixel losses' target
-        return {**pixels, "z_gt": self.backbone.encode_latents(gt).float(),
-                "z_lq": self.backbone.encode_latents(batch["LQ"].to(self.device, torch.float32)).float(),
-                "image_emb": image_emb.float(), "degra_emb": degra_emb.float()}
+        gt, lq = (batch[k].to(self.device, torch.float32) for k in ("GT", "LQ"))
+        out = {"gt": gt} if self._decodes else {}  # the pixel losses' target
+        encoder = self.model.lq_encoder
+        if encoder is None:
+            out["z_lq"] = self.backbone.encode_latents(lq).float()
+        else:  # the LQ latent is learned (VAE-encoder LoRA): the step encodes its pixels
+            out["lq"] = lq
+        with adapters_disabled(encoder) if encoder is not None else contextlib.nullcontext():
+            out["z_gt"] = self.backbone.encode_latents(gt).float()  # the target: the frozen encoder's latent
+        return {**out, "image_emb": image_emb.float(), "degra_emb": degra_emb.float()}
 
     def _build_cache(self, accelerator) -> LatentCache:
         """The frozen models' work on every training sample, on disk (``runtime.cache_dir``): the centre crop of
@@ -216,7 +226,8 @@ class RestorationTrainer(TrainTask):
         vae_dtype = next(self.sd.vae.parameters()).dtype
         folder = Path(rt.cache_dir or Path(self.opt.path.root) / "cache" / "latents").expanduser() / fingerprint(
             Path(self.opt.sd.base).resolve(), self.opt.daclip.model, self.opt.daclip.pretrained,
-            self.opt.daclip.adapter, self.daclip.image_size, self.dtype, vae_dtype, self._decodes)
+            self.opt.daclip.adapter, self.daclip.image_size, self.dtype, vae_dtype, self._decodes,
+            self.model.lq_encoder is not None)
         crops = ["center"] if n == 1 else [("random", seed, j, block.use_flip, block.use_rot) for j in range(n)]
         keys = [sample_key([p.gt] + ([p.lq] if p.lq is not None else []), block.patch_size, crop,
                            self._train.seed if p.lq is None else None) for p in self._train.pairs for crop in crops]
@@ -287,13 +298,17 @@ class RestorationTrainer(TrainTask):
                  "_index": torch.arange(batch_size)}
         if self._decodes:
             batch["gt"] = torch.empty(batch_size, 3, p, p, device=meta)
+        if self.model.lq_encoder is not None:  # the step encodes the LQ through the LoRA'd encoder
+            batch["lq"] = torch.empty(batch_size, 3, p, p, device=meta)
+            del batch["z_lq"]
         self.model.train()
         return lambda: self.training_step(self.model, batch)
 
     # ------------------------------------------------------------------------------- step
     def training_step(self, model, batch) -> Dict[str, torch.Tensor]:
         feats = batch if "z_gt" in batch else self.frozen_features(batch)
-        z_gt, z_lq = feats["z_gt"], feats["z_lq"]
+        z_gt = feats["z_gt"]
+        z_lq = feats["z_lq"] if "z_lq" in feats else self.backbone.encode(feats["lq"].to(z_gt.device)).float()
         rt, cond = self.opt.runtime, self.opt.sd.conditioning
         device = z_gt.device
         sched = self.sd.scheduler
@@ -428,7 +443,7 @@ class RestorationTrainer(TrainTask):
                 index = indices[i:i + size]
                 batch = [sample(j) for j in index]
                 lq = torch.stack([s["LQ"] for s in batch]).to(self.device)
-                if cached is not None:  # the frozen models' work on training images is in the latent cache
+                if cached is not None and self.model.lq_encoder is None:  # the frozen models' work is cached
                     z_lq, image_emb, degra_emb = (t.to(self.device) for t in cached.take(
                         index, ("z_lq", "image_emb", "degra_emb")).values())
                 else:
