@@ -1,7 +1,6 @@
 """Each open_clip-style function works as the first call in a fresh interpreter: nothing depends on which module
 happened to be imported first (the built-in configs and families belong to the registry itself)."""
 
-import json
 import os
 import subprocess
 import sys
