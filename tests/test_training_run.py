@@ -360,6 +360,22 @@ def test_latent_cache_is_built_once_and_recomputes_only_a_changed_file(tmp_path)
                                                                                 first[0]["z"][0, 0].item()])
 
 
+def test_latent_cache_keeps_a_bounded_number_of_shards_open(tmp_path, monkeypatch):
+    """Reading every sample of a cache of many shards keeps at most MAX_OPEN of them mapped, and every value read
+    (again after its shard was closed) is the one written."""
+    from daclip_lora.training.latent_cache import LatentCache
+
+    keys = [f"k{i}" for i in range(12)]
+    LatentCache.build(tmp_path / "c", keys, lambda idx: {"z": torch.tensor(idx, dtype=torch.float32)[:, None]},
+                      batch=1, progress=False)  # one shard per sample
+    monkeypatch.setattr(LatentCache, "MAX_OPEN", 3)
+    cache = LatentCache(tmp_path / "c", keys, ["a"] * 12)
+    for i in list(range(12)) + [0, 5, 11, 0]:
+        assert cache[i]["z"].item() == i
+        assert len(cache._open) <= 3
+    assert list(cache._open) == [cache.shard_of[i] for i in (5, 11, 0)]  # least recently read first
+
+
 def test_a_crop_change_is_another_key(tmp_path):
     from daclip_lora.training.latent_cache import sample_key
 

@@ -50,9 +50,9 @@ def _raw_options(resolved: Dict[str, Any]) -> Dict[str, Any]:
 def _only_what_the_task_reads(raw: Dict[str, Any], task: str) -> Dict[str, Any]:
     """The resolved file holds every block with its defaults; keep, in our strict blocks, the keys ``task`` reads
     (the loader refuses a key a task never reads)."""
-    from .options import TASK_KEYS
+    from .options import task_keys
 
-    keys = TASK_KEYS[task]
+    keys = task_keys(task)
 
     def keep(block: Dict[str, Any], prefix: str) -> Dict[str, Any]:
         out = {}

@@ -92,12 +92,20 @@ class LatentCache(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    #: shard files kept open (memory-mapped) at once; the least recently read is closed beyond that, so the
+    #: mapped pages a long run holds do not grow with the number of shards
+    MAX_OPEN = 64
+
     def _shard(self, name: str) -> Any:
-        if name not in self._open:
+        handle = self._open.pop(name, None)
+        if handle is None:
             from safetensors import safe_open
 
-            self._open[name] = safe_open(str(self.folder / name), framework="pt")
-        return self._open[name]
+            handle = safe_open(str(self.folder / name), framework="pt")
+            if len(self._open) >= self.MAX_OPEN:
+                self._open.pop(next(iter(self._open)))  # dicts keep insertion order: the least recently read
+        self._open[name] = handle  # (re)inserted last: the most recently read
+        return handle
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         shard, prefix = self._shard(self.shard_of[i]), f"{self.keys[i]}/"

@@ -44,7 +44,7 @@ __all__ = [
     "apply_overrides",
     "options_to_dict",
     "DEGRADATIONS",
-    "TASK_KEYS",
+    "task_keys",
     "SCHEDULERS",
     "scheduler_name",
 ]
@@ -286,7 +286,7 @@ class Options:
     name: str
     is_train: bool = False
     use_tb_logger: Optional[bool] = None  # UIR's top-level switch; same as logger.use_tb_logger
-    task: Literal[tuple(TASKS)] = "restoration"  # type: ignore[valid-type]  # the registered task names
+    task: str = "restoration"  # a registered task (training.tasks.TASKS, checked when the file is read)
     suffix: Optional[str] = None
     model: Optional[str] = None
     distortion: List[str] = field(default_factory=list)
@@ -305,20 +305,11 @@ class Options:
     source: Optional[str] = None
 
 
-_RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_steps", "runtime.gradient_checkpointing",
-                   "runtime.max_grad_norm", "runtime.weight_decay", "runtime.ema_decay", "runtime.device")
-#: The keys of our own blocks that each task reads (a prefix covers its sub-keys). A key that a file sets but
-#: its task never reads is an error naming the task, instead of a setting that silently does nothing.
-TASK_KEYS: Dict[str, Tuple[str, ...]] = {
-    "controller": ("daclip", "controller", *_RUNTIME_COMMON),
-    "restoration": ("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective", "sd.one_step_t",
-                    "sd.one_step_input", "sd.train_conv_in", "sd.vae_encoder_lora", "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion",
-                    "sd.fusion_images", "sd.fusion_decoded_lq", "runtime", "sampling"),
-    "text2image": ("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
-                   "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score", *_RUNTIME_COMMON,
-                   "runtime.snr_gamma", "runtime.noise_offset", "sampling.scheduler", "sampling.steps",
-                   "sampling.guidance_scale", "sampling.seed"),
-}
+def task_keys(task: str) -> Tuple[str, ...]:
+    """The keys of our own blocks that ``task`` reads (its :class:`~daclip_lora.training.tasks.TaskSpec`'s
+    ``reads``; a prefix covers its sub-keys)."""
+    return TASKS[task].reads
+
 
 _STRICT = frozenset({LoraOptions, DaclipOptions, ControllerOptions, ConditioningOptions, SDOptions, RuntimeOptions,
                       SamplingOptions})
@@ -448,14 +439,17 @@ def load_options(
 
 
 def _reads(task: str, key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in TASK_KEYS[task])
+    return any(key == k or key.startswith(k + ".") for k in task_keys(task))
 
 
 def _check_task_keys(opt: Options, ctx: Context) -> None:
+    if opt.task not in TASKS:
+        raise ctx.error("task", f"expected one of {', '.join(TASKS)}, got {opt.task!r}."
+                                f"{suggest(str(opt.task), list(TASKS))} (training.tasks.register_task adds one)")
     for key in ctx.set_keys:
-        if _reads(opt.task, key) or any(k.startswith(key + ".") for k in TASK_KEYS[opt.task]):
+        if _reads(opt.task, key) or any(k.startswith(key + ".") for k in task_keys(opt.task)):
             continue
-        readers = [t for t in TASK_KEYS if _reads(t, key)]
+        readers = [t for t in TASKS if _reads(t, key)]
         hint = f" (it is read by task {' and '.join(readers)})" if readers else ""
         raise ctx.error(key, f"set, but task {opt.task} never reads it{hint}; remove it from the file")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,13 @@ def _cmd_test(args: argparse.Namespace) -> int:
             print(f"[{key}] zero-shot degradation accuracy\n{report.table()}\n")
         print(f"results: {results} (JSON, CSV, confusion PNG)\nlog: {log_file}")
         return 0
+    report = evaluate(opt, folder=weights_folder(args) if args.weights else None)
+    if opt.task != "restoration":  # a registered task: its report as it returns it
+        print(json.dumps(report, indent=2, default=str))
+        print(f"results: {results}\nlog: {log_file}")
+        return 0
     from ...training.tasks.restoration import format_restoration_table
 
-    report = evaluate(opt, folder=weights_folder(args) if args.weights else None)
     print(format_restoration_table(report))
     print(f"results: {results} (metrics.json, metrics.csv, restored images and LQ|restored|GT grids)\nlog: {log_file}")
     return 0

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 __all__ = ["TASKS", "TaskSpec", "get_task", "register_task"]
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: ``trainer`` and ``evaluate`` are ``"module:attribute"`` paths (relative ones are in this package)."""
+    """One task: ``trainer`` and ``evaluate`` are ``"module:attribute"`` paths (relative ones are in this package);
+    ``reads`` the keys of daclip_lora's own option blocks it reads (a prefix covers its sub-keys): a key a file
+    sets and its task does not read is an error naming the task. UIR's own keys are not checked."""
 
     name: str
     trainer: str
     output: str
     evaluate: Optional[str] = None
+    reads: Tuple[str, ...] = ()
 
     def _load(self, path: str) -> Any:
         module, _, attr = path.partition(":")
@@ -55,8 +58,19 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
+_RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_steps", "runtime.gradient_checkpointing",
+                   "runtime.max_grad_norm", "runtime.weight_decay", "runtime.ema_decay", "runtime.device")
+
 register_task(TaskSpec("restoration", ".restoration:RestorationTrainer", "restoration",
-                       ".restoration:evaluate_restoration"))
+                       ".restoration:evaluate_restoration",
+                       reads=("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective",
+                              "sd.one_step_t", "sd.one_step_input", "sd.train_conv_in", "sd.vae_encoder_lora",
+                              "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion", "sd.fusion_images",
+                              "sd.fusion_decoded_lq", "runtime", "sampling")))
 register_task(TaskSpec("controller", ".controller:ControllerTrainer", "controller_lora",
-                       ".controller:evaluate_controller"))
-register_task(TaskSpec("text2image", ".text2image:Text2ImageTrainer", "text2image_lora"))
+                       ".controller:evaluate_controller", reads=("daclip", "controller", *_RUNTIME_COMMON)))
+register_task(TaskSpec("text2image", ".text2image:Text2ImageTrainer", "text2image_lora",
+                       reads=("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
+                              "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score",
+                              *_RUNTIME_COMMON, "runtime.snr_gamma", "runtime.noise_offset", "sampling.scheduler",
+                              "sampling.steps", "sampling.guidance_scale", "sampling.seed")))
