@@ -79,7 +79,7 @@ def test_a_registered_task_trains_saves_and_tests_through_the_cli(toy_task, tmp_
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("sd: {fusion: true}\n", "sd.fusion: set, but task toy never reads it (it is read by task restoration)"),
+    ("sd: {fusion: true}\n", r"sd.fusion: set, but task toy never reads it \(it is read by task restoration\)"),
     ("task: toyy\n", "task: expected one of .*toy.*got 'toyy'. Did you mean: toy"),
 ])
 def test_a_registered_task_gets_the_option_checks(toy_task, tmp_path, capsys, extra, message):

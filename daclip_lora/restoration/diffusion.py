@@ -3,12 +3,12 @@ the clean-latent estimate for each ``prediction_type``, and the (Min-SNR weighte
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
-__all__ = ["PREDICTION_TYPES", "alpha_bar", "diffusion_loss", "diffusion_target", "one_step_input", "predicted_x0",
-           "prediction_type"]
+__all__ = ["PREDICTION_TYPES", "alpha_bar", "diffusion_loss", "diffusion_target", "one_step", "one_step_input",
+           "predicted_x0", "prediction_type"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -46,6 +46,17 @@ def one_step_input(scheduler: Any, z_lq: torch.Tensor, timesteps: Union[int, tor
     if kind == "raw":
         return z_lq.float()
     return alpha_bar(scheduler, timesteps, z_lq.device).sqrt() * z_lq.float()
+
+
+def one_step(scheduler: Any, z_lq: torch.Tensor, t: int, kind: str,
+             predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The one-step restoration, written once for training, the fusion head's fit and the pipeline: the LQ latent
+    as the UNet's input at timestep ``t`` (:func:`one_step_input` of ``kind``), and the UNet's prediction
+    ``predict(noisy, timesteps)`` (``timesteps``: ``(B,)`` long) turned into the restored latent
+    (:func:`predicted_x0`)."""
+    timesteps = torch.full((z_lq.shape[0],), int(t), device=z_lq.device, dtype=torch.long)
+    noisy = one_step_input(scheduler, z_lq, timesteps, kind)
+    return predicted_x0(scheduler, predict(noisy, timesteps), noisy, timesteps)
 
 
 def diffusion_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor

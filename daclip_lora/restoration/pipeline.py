@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..data.datasets import clip_batch, degradation_embeddings, view_side
 from .backbone import SDBackbone, SDComponents, backbone_for, encode_prompt, load_sd_components
 from .color_fix import COLOR_FIXES, apply_color_fix
-from .diffusion import one_step_input, predicted_x0
+from .diffusion import one_step
 from .model import LQConvIn, RestorationConfig, RestorationUNet
 from .schedulers import SCHEDULER_ALIASES, SCHEDULERS, make_scheduler, scheduler_name
 from .serialization import load_restoration, read_restoration_config
@@ -512,11 +512,11 @@ class RestorationPipeline:
     def _one_step(self, z_lq: torch.Tensor, run: Callable, callback: Optional[Callable[[int, int], None]]
                   ) -> torch.Tensor:
         """The one-step objective: the LQ latent read as x_t at ``one_step_t``, mapped to x0 in one UNet call."""
-        train_sched = self.backbone.scheduler
-        t = torch.tensor(self.config.one_step_t)
-        noisy = one_step_input(train_sched, z_lq, t, self.config.one_step_input)
-        model_in = torch.cat([noisy, z_lq.to(noisy.dtype)], dim=1) if self.config.lq_latent else noisy
-        latents = predicted_x0(train_sched, run(model_in, t), noisy, t.to(self.device).expand(z_lq.shape[0]))
+        def predict(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+            model_in = torch.cat([noisy, z_lq.to(noisy.dtype)], dim=1) if self.config.lq_latent else noisy
+            return run(model_in, timesteps[0])  # one timestep for every tile of every image
+
+        latents = one_step(self.backbone.scheduler, z_lq, self.config.one_step_t, self.config.one_step_input, predict)
         if callback is not None:
             callback(1, 1)
         return latents

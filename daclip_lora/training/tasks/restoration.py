@@ -31,7 +31,7 @@ from ...clip.factory import load_daclip
 from ...data.datasets import RestorationDataset, block_pairs, degradation_groups
 from ...data.images import write_image
 from ...restoration.backbone import SDBackbone
-from ...restoration.diffusion import alpha_bar, diffusion_loss, diffusion_target, one_step_input, predicted_x0
+from ...restoration.diffusion import alpha_bar, diffusion_loss, diffusion_target, one_step
 from ...restoration.fusion import fit_fusion_head, fusion_fit_data
 from ...restoration.lora import add_restoration_lora, lora_spec
 from ...restoration.model import RestorationConfig, RestorationUNet
@@ -323,12 +323,11 @@ class RestorationTrainer(TrainTask):
         if self.config.objective == "one_step":
             # the LQ latent read as x_t at one_step_t; the UNet's x0 is the restored latent. Loss: per-image
             # log-MSE (mean PSNR in latent space), so mild degradations weigh as much as severe ones.
-            t = torch.full((z_gt.shape[0],), self.config.one_step_t, device=device, dtype=torch.long)
-            noisy = one_step_input(sched, z_lq, t, self.config.one_step_input)
-            pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
-                         keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq),
-                         **self.backbone.unet_kwargs(noisy, pooled))
-            x0 = predicted_x0(sched, pred, noisy, t)
+            keep_daclip, keep_lq = keep(cond.drop_daclip), keep(cond.drop_lq)
+            x0 = one_step(sched, z_lq, self.config.one_step_t, self.config.one_step_input,
+                          lambda noisy, t: model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
+                                                 keep_daclip=keep_daclip, keep_lq=keep_lq,
+                                                 **self.backbone.unet_kwargs(noisy, pooled)))
             return self._one_step_loss(x0, z_gt, feats)
         noise = per_sample_noise(gens, z_gt.shape[1:], device, rt.noise_offset)
         t = per_sample_randint(gens, sched.config.num_train_timesteps, device)
@@ -473,17 +472,17 @@ class RestorationTrainer(TrainTask):
         b = z_lq.shape[0]
         ctx = self.model.context(self.prompt_hidden.expand(b, -1, -1).to(self.device), image_emb.float(),
                                  degra_emb.float())
-        if self.config.objective == "one_step":
-            sched = self.sd.scheduler
-            t = torch.full((b,), self.config.one_step_t, device=self.device, dtype=torch.long)
-            noisy = one_step_input(sched, z_lq, t, self.config.one_step_input)
+        if self.config.objective != "one_step":
+            raise ValueError("sd.fusion needs sd.objective: one_step")
+        pooled = None if self.prompt_pooled is None else self.prompt_pooled.to(self.device)
+
+        def predict(noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with pipe.autocast():
-                pooled = None if self.prompt_pooled is None else self.prompt_pooled.to(self.device)
-                pred = self.model.denoise(noisy, t, ctx, z_lq if self.config.lq_latent else None,
+                return self.model.denoise(noisy, t, ctx, z_lq if self.config.lq_latent else None,
                                           time_labels=self.model.time_labels(degra_emb.float()),
                                           **self.backbone.unet_kwargs(noisy, pooled))
-            return predicted_x0(sched, pred, noisy, t)
-        raise ValueError("sd.fusion needs sd.objective: one_step")
+
+        return one_step(self.sd.scheduler, z_lq, self.config.one_step_t, self.config.one_step_input, predict)
 
     def fit_fusion(self) -> Dict[str, float]:
         """Fit the fusion head on the decodes (after the LoRA) of training and calibration images; returns their
