@@ -1,6 +1,6 @@
 """How long ``daclip-lora --help`` takes, for one or more source trees, interleaved (bench/_timing.py).
 
-Each tree's CLI runs in a fresh interpreter with the tree first on ``PYTHONPATH``, so two checkouts (say, a
+Each tree's CLI runs in a fresh interpreter started in the tree (first on ``sys.path``), so two checkouts (say, a
 ``git worktree`` of the previous commit and this one) are timed side by side in one run::
 
     git worktree add /tmp/before HEAD~1
@@ -24,7 +24,8 @@ def _runner(tree: Path, argv: list):
     code = "import sys; from daclip_lora.apps.cli import main; sys.exit(main(sys.argv[1:]))"
 
     def run() -> None:
-        subprocess.run([sys.executable, "-c", code, *argv], env=env, check=True, stdout=subprocess.DEVNULL)
+        # cwd=tree: ``python -c`` puts the working folder first on sys.path, ahead of PYTHONPATH
+        subprocess.run([sys.executable, "-c", code, *argv], env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL)
 
     return run
 

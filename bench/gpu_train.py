@@ -94,7 +94,7 @@ sd:
   conditioning: {{num_tokens: 4, time_embedding: true, output_norm: true}}
 train: {{niter: {steps}, warmup_iter: 0, val_freq: 0, lr_G: 1.0e-4}}
 logger: {{print_freq: 1, save_checkpoint_freq: {steps}}}
-runtime: {{device: {device}, mixed_precision: {precision}, gradient_checkpointing: {str(checkpointing).lower()}}}
+runtime: {{device: {device}, mixed_precision: "{precision}", gradient_checkpointing: {str(checkpointing).lower()}}}
 """)
     return path
 

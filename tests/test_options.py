@@ -121,6 +121,13 @@ def test_missing_options_file(tmp_path):
         load_options(tmp_path / "none.yml", is_train=False)
 
 
+@pytest.mark.parametrize("written", ["no", "'no'", "false"])
+def test_yaml_bare_no_is_the_option_no(tmp_path, written):
+    """YAML 1.1 reads `mixed_precision: no`, as the docs write it, as false: it means "no"."""
+    opt = _load(tmp_path, f"name: x\nruntime:\n  mixed_precision: {written}\n", check_paths=False)
+    assert opt.runtime.mixed_precision == "no"
+
+
 def test_tilde_is_expanded(tmp_path):
     opt = _load(tmp_path, "name: x\npath:\n  daclip: ~/weights/daclip.pt\n", check_paths=False)
     assert opt.path.daclip == str(Path.home() / "weights" / "daclip.pt")

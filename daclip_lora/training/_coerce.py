@@ -81,6 +81,8 @@ def _union(value: Any, tp: Any, key: str, ctx: Context) -> Any:
 
 def _literal(value: Any, tp: Any, key: str, ctx: Context) -> Any:
     args = typing.get_args(tp)
+    if isinstance(value, bool) and ("yes" if value else "no") in args:  # YAML 1.1 reads a bare `no` as false
+        value = "yes" if value else "no"
     if value not in args:
         raise ctx.error(key, f"expected one of {', '.join(map(str, args))}, got {value!r}."
                              f"{suggest(str(value), map(str, args))}")
