@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Union
+from typing import Any, Dict, Sequence, Union
 
 import torch.nn as nn
 
@@ -54,19 +54,27 @@ def add_unet_lora(unet: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], 
 def add_vae_encoder_lora(encoder: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None]) -> None:
     """Freeze the VAE encoder and add a LoRA adapter (peft) on its convolutions and attention projections
     (:data:`VAE_ENCODER_LORA_TARGETS` unless ``spec.targets``), as OSEDiff and S3Diff train it."""
-    spec = LoraSpec.coerce(spec, "sd.vae_encoder_lora").validate("sd.vae_encoder_lora", allow_blocks=False)
-    encoder.requires_grad_(False)
-    config = spec.peft_config(spec.targets or VAE_ENCODER_LORA_TARGETS)
+    _add_lora(encoder, spec, "sd.vae_encoder_lora", "VAE-encoder", VAE_ENCODER_LORA_TARGETS,
+              "ResNet convolutions are conv1, conv2, conv_shortcut; down-sampling ones conv")
+
+
+def _add_lora(module: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], key: str, what: str,
+              targets: Sequence[str], names: str) -> None:
+    """Freeze ``module`` and inject the LoRA of ``spec`` (options key ``key``) on ``spec.targets`` or ``targets``;
+    targets that match nothing are one line naming them and what the module's layers are called (``names``)."""
+    spec = LoraSpec.coerce(spec, key).validate(key, allow_blocks=False)
+    module.requires_grad_(False)
+    config = spec.peft_config(spec.targets or targets)
     try:
-        inject_lora(encoder, config)
+        inject_lora(module, config)
     except ValueError as e:
-        raise ValueError(f"sd.vae_encoder_lora targets {list(config.target_modules)} match no module of the VAE "
-                         f"encoder ({e})") from None
+        raise ValueError(f"{what} LoRA targets {list(config.target_modules)} match no module ({e}); {names}") from None
 
 
 def add_restoration_lora(model: Any, spec: Union[LoraSpec, Dict[str, Any], None], config: Any = None) -> None:
-    """:func:`add_unet_lora` on a :class:`~daclip_lora.restoration.model.RestorationUNet`'s UNet, then its
-    degradation modulation of that LoRA when ``model.config.modulated_lora``."""
+    """:func:`add_unet_lora` on a :class:`~daclip_lora.restoration.model.RestorationUNet`'s UNet, the VAE-encoder
+    LoRA (``config.vae_encoder_lora``), ``conv_in`` trainable (``config.train_conv_in``), then the degradation
+    modulation of the UNet's LoRA (``config.modulated_lora``)."""
     add_unet_lora(model.unet, spec, config)
     if model.lq_encoder is not None and not getattr(model.lq_encoder, "peft_config", None):
         add_vae_encoder_lora(model.lq_encoder, model.config.vae_encoder_lora)
@@ -78,12 +86,5 @@ def add_restoration_lora(model: Any, spec: Union[LoraSpec, Dict[str, Any], None]
 
 def add_text_encoder_lora(text_encoder: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None]) -> None:
     """Freeze the text encoder and add a LoRA adapter on its attention projections (or ``spec.targets``)."""
-    text_encoder.requires_grad_(False)
-    spec = LoraSpec.coerce(spec, "sd.text_encoder_lora").validate("sd.text_encoder_lora", allow_blocks=False)
-    config = spec.peft_config(spec.targets or TEXT_ENCODER_LORA_TARGETS)
-    try:
-        inject_lora(text_encoder, config)
-    except ValueError as e:
-        raise ValueError(f"text-encoder LoRA targets {list(config.target_modules)} match no module ({e}); CLIP "
-                         f"text encoders name them q_proj, k_proj, v_proj, out_proj, fc1, fc2") from None
-
+    _add_lora(text_encoder, spec, "sd.text_encoder_lora", "text-encoder", TEXT_ENCODER_LORA_TARGETS,
+              "CLIP text encoders name them q_proj, k_proj, v_proj, out_proj, fc1, fc2")
