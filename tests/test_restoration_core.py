@@ -449,8 +449,8 @@ def test_a_model_failure_on_one_image_is_reported_and_the_folder_run_goes_on(wei
 def test_prompt_hidden_states_are_encoded_once_per_prompt(base, monkeypatch):
     pipe = _pipeline(base)
     calls = []
-    real = pipe.backbone.encode_prompt
-    monkeypatch.setattr(pipe.backbone, "encode_prompt", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = pipe.backbone.encode_text  # the context and (SDXL) the pooled text, in one call per prompt
+    monkeypatch.setattr(pipe.backbone, "encode_text", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     first = pipe(_lq(), steps=1)
     second = pipe(_lq(), steps=1)
     assert torch.equal(first, second) and calls == [[pipe.config.prompt]]
