@@ -29,7 +29,7 @@ COLOR_FIXES = ("none", "wavelet", "adain", "auto")
 #: degradations whose LQ colours or large-scale content are the degradation (DA-CLIP's words): ``auto`` leaves
 #: the restored image as it is for them. Global tone (low light, haze, shadow) and large or dense occluders
 #: (snow, masks, rain streaks, which also brighten the LQ on average); chosen on the demo's val split, where the
-#: wavelet fix cost these 1.3-8.8 dB (docs/restore_and_app.md has the table)
+#: wavelet fix lowered the PSNR of each of these (docs/restore_and_app.md has the measured table)
 LOW_FREQUENCY_DEGRADATIONS = ("low-light", "hazy", "shadowed", "snowy", "uncompleted", "rainy")
 
 

@@ -222,7 +222,7 @@ class SDOptions:
     one_step_space: Literal["latent", "pixel"] = "latent"
     #: restoration, one_step: extra pixel-space terms (L1, LPIPS, DISTS) through the frozen decoder
     loss: LossOptions = field(default_factory=LossOptions)
-    #: restoration: fit the degradation-aware output fusion head after the LoRA (see conditioning.FusionHead)
+    #: restoration: fit the degradation-aware output fusion head after the LoRA (restoration.fusion.FusionHead)
     fusion: bool = False
     #: restoration, fusion: the head also blends D(z_LQ), the decoded LQ latent (a second VAE decode per image);
     #: false: the LQ image stands in for it, one decode (faster; see docs/benchmarks.md for the PSNR it costs)
