@@ -534,3 +534,12 @@ def test_vae_encoder_lora_trains_the_lq_latent_not_the_target_and_round_trips(as
     assert torch.allclose(z_unmerged, merged.encode_latents(lq), atol=1e-5)
     base = RestorationPipeline.from_pretrained(folder, device="cpu", merge_lora=False, lora_scale=0.0)
     assert (z_unmerged - base.encode_latents(lq)).abs().max() > 1e-4  # the LoRA changes the LQ latent
+
+
+@pytest.mark.parametrize("overrides", [(), ("sd.vae_encoder_lora.rank=4",)])
+def test_the_dry_run_parts_count_every_weight_once(assets, tmp_path, overrides):
+    """A LoRA'd VAE encoder belongs to the trained model; the VAE part holds the rest of the VAE."""
+    trainer = RestorationTrainer(_opt(tmp_path, assets, "sd.objective=one_step", *overrides))
+    ids = [id(p) for module, _ in trainer.parts(torch.float32).values() for p in module.parameters()]
+    assert len(ids) == len(set(ids))
+    assert set(ids) >= {id(p) for p in trainer.sd.vae.parameters()}

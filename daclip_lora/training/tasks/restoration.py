@@ -253,8 +253,11 @@ class RestorationTrainer(TrainTask):
 
     # ---------------------------------------------------------------------------- dry run
     def parts(self, half: torch.dtype) -> Dict[str, Tuple[nn.Module, torch.dtype]]:
-        vae = half if half == torch.bfloat16 else torch.float32
-        out = {"UNet (LoRA, DA-CLIP paths, head)": (self.model, half), "VAE": (self.sd.vae, vae),
+        vae_dtype, v = half if half == torch.bfloat16 else torch.float32, self.sd.vae
+        # a LoRA'd VAE encoder is part of the model: the VAE entry holds the rest of the VAE, so nothing counts twice
+        vae = v if self.model.lq_encoder is None else nn.ModuleList(
+            [m for m in (v.decoder, v.quant_conv, v.post_quant_conv) if m is not None])
+        out = {"UNet (LoRA, DA-CLIP paths, head)": (self.model, half), "VAE": (vae, vae_dtype),
                **{f"text encoder{' ' + str(i + 1) if i else ''}": (m, half)
                   for i, m in enumerate(self.backbone.text_encoders)},
                "DA-CLIP": (self.daclip, half)}  # as setup() keeps them
