@@ -40,15 +40,16 @@ def build(variant: Dict[str, Any], device: str, embed_dim: int = 512):
 
     from daclip_lora._utils.lora import unload_lora
     from daclip_lora.restoration.lora import add_restoration_lora
-    from daclip_lora.restoration.model import LQConvIn, RestorationConfig, RestorationUNet
+    from daclip_lora.restoration.conditioning import conditioning_paths
+    from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
     from daclip_lora.restoration.sd_configs import UNET_CONFIGS
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**UNET_CONFIGS["sd15"])
     paths = {k: v for k, v in variant.items() if k != "merge"}
     config = RestorationConfig(base="sd15", daclip_model="daclip_ViT-B-32", embed_dim=embed_dim,
-                               cross_attention_dim=768, num_tokens=4, lora={"rank": 8, "alpha": 8},
-                               objective="one_step", **paths)
+                               cross_attention_dim=768, paths=conditioning_paths(num_tokens=4, **paths),
+                               lora={"rank": 8, "alpha": 8}, objective="one_step")
     model = RestorationUNet(unet, config)
     add_restoration_lora(model, config.lora)
     with torch.no_grad():  # non-zero LoRA B and zero-initialised heads, so every path does real work
@@ -57,18 +58,18 @@ def build(variant: Dict[str, Any], device: str, embed_dim: int = 512):
                 p.normal_(0, 0.01)
     if variant.get("merge"):
         unload_lora(model.unet, merge=True)
-        model.unet.conv_in = model.unet.conv_in.fused() if isinstance(model.unet.conv_in, LQConvIn) \
-            else model.unet.conv_in
+        model.merge_paths()
     return model.to(device)
 
 
-def inputs(size: int, device: str, embed_dim: int = 512) -> Dict[str, torch.Tensor]:
+def inputs(size: int, device: str, embed_dim: int = 512) -> Dict[str, Any]:
+    from daclip_lora.restoration.conditioning import Conditions
+
     g = torch.Generator().manual_seed(0)
     h = size // 8
-    return {k: v.to(device) for k, v in dict(
-        noisy=torch.randn(1, 4, h, h, generator=g), timesteps=torch.tensor([50]),
-        text_hidden=torch.randn(1, 77, 768, generator=g), image_emb=torch.randn(1, embed_dim, generator=g),
-        degra_emb=torch.randn(1, embed_dim, generator=g), lq_latents=torch.randn(1, 4, h, h, generator=g)).items()}
+    r = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
+    return dict(noisy=r(1, 4, h, h), timesteps=torch.tensor([50], device=device), text_hidden=r(1, 77, 768),
+                conditions=Conditions(image=r(1, embed_dim), degradation=r(1, embed_dim), lq_latent=r(1, 4, h, h)))
 
 
 def main() -> None:

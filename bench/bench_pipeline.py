@@ -60,6 +60,7 @@ def build(device, resolution: int, objective: str, model_name: str):
     from daclip_lora.clip.factory import load_daclip
     from daclip_lora.restoration.backbone import SDBackbone, SDComponents
     from daclip_lora.restoration.lora import add_unet_lora
+    from daclip_lora.restoration.conditioning import conditioning_paths
     from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
     from daclip_lora.restoration.pipeline import RestorationPipeline
     from daclip_lora.restoration.sd_configs import SD_SCHEDULER, UNET_CONFIGS, VAE_CONFIGS
@@ -75,8 +76,8 @@ def build(device, resolution: int, objective: str, model_name: str):
     one_step = objective == "one_step"
     cfg = RestorationConfig(base="random-sd15", daclip_model=model_name,
                             embed_dim=int(daclip.clip.text_projection.shape[1]), cross_attention_dim=768,
-                            num_tokens=4, lora={"rank": 8, "alpha": 8}, objective=objective, fusion=one_step,
-                            time_embedding=True, output_norm=True)
+                            paths=conditioning_paths(num_tokens=4, time_embedding=True, output_norm=True),
+                            lora={"rank": 8, "alpha": 8}, objective=objective, fusion=one_step)
     model = RestorationUNet(unet, cfg)
     add_unet_lora(model.unet, cfg.lora)
     if model.fusion is not None:

@@ -27,6 +27,7 @@ def _child(side: int, mode: str, steps: int, tile: int, threads: int) -> None:
 
     from daclip_lora.restoration.backbone import SDBackbone
     from daclip_lora.restoration.lora import add_unet_lora
+    from daclip_lora.restoration.conditioning import conditioning_paths
     from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
     from daclip_lora.clip.factory import load_daclip
     from daclip_lora.restoration.pipeline import RestorationPipeline
@@ -36,7 +37,7 @@ def _child(side: int, mode: str, steps: int, tile: int, threads: int) -> None:
     base = embedded_sd_base()
     backbone = SDBackbone.load(base)
     cfg = RestorationConfig(base=str(base), daclip_model="daclip_tiny", embed_dim=64, cross_attention_dim=32,
-                            num_tokens=2, lora={"rank": 8, "alpha": 8})
+                            paths=conditioning_paths(num_tokens=2), lora={"rank": 8, "alpha": 8})
     model = RestorationUNet(backbone.unet, cfg)
     add_unet_lora(model.unet, cfg.lora)
     pipe = RestorationPipeline(backbone, model, load_daclip("daclip_tiny").eval())

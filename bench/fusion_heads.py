@@ -28,7 +28,7 @@ from daclip_lora.restoration.serialization import load_restoration
 from daclip_lora.training.options import load_options
 from daclip_lora.training.tasks.restoration import RestorationTrainer, restoration_dataset
 
-KEYS = ("lq", "decoded", "decoded_lq", "gt", "image_emb", "degra_emb")
+KEYS = ("lq", "decoded", "decoded_lq", "gt", "degra_emb")
 
 
 def trained_demo(demo: Path) -> RestorationTrainer:
@@ -53,9 +53,9 @@ def split_decodes(trainer: RestorationTrainer, demo: Path, split: str) -> Dict[s
     for i in range(len(dataset)):
         sample = dataset[i]
         lq = sample["LQ"][None]
-        image_emb, degra_emb = pipe.daclip_embeddings(lq)
+        _, degra_emb = pipe.daclip_embeddings(lq)
         values = (lq, pipe(lq, steps=1, fusion=False), pipe.decode_latents(pipe.encode_latents(lq)),
-                  sample["GT"][None], image_emb, degra_emb)
+                  sample["GT"][None], degra_emb)
         for key, value in zip(KEYS, values):
             parts[key].append(value.float())
         degradations.append(sample["degradation"])
@@ -65,7 +65,7 @@ def split_decodes(trainer: RestorationTrainer, demo: Path, split: str) -> Dict[s
 @torch.no_grad()
 def score(head: FusionHead, data: Dict[str, object]) -> Dict[str, float]:
     """Mean PSNR of the head's output and how many degradations it lifts above their LQ."""
-    out = head(*(data[k] for k in ("lq", "decoded", "decoded_lq", "image_emb", "degra_emb"))).clamp(0, 1)
+    out = head(*(data[k] for k in ("lq", "decoded", "decoded_lq", "degra_emb"))).clamp(0, 1)
     values = [batch_psnr(o[None], g[None]) for o, g in zip(out, data["gt"])]
     gains: Dict[str, List[float]] = {}
     for deg, a, x, g in zip(data["degradations"], values, data["lq"], data["gt"]):
@@ -73,13 +73,13 @@ def score(head: FusionHead, data: Dict[str, object]) -> Dict[str, float]:
     return {"psnr": sum(values) / len(values), "improved": sum(sum(g) / len(g) > 0 for g in gains.values())}
 
 
-#: the compared heads: (version, reads ``D(z_LQ)``); the one-decode head uses the LQ in its place
-HEADS = {"version 2": (2, True), "version 3": (3, True), "version 3, one decode": (3, False)}
+#: the compared heads: whether each reads ``D(z_LQ)``; the one-decode head uses the LQ in its place
+HEADS = {"two decodes": True, "one decode": False}
 
 
-def fit(version: int, decoded_lq: bool, seed: int, data: Dict[str, torch.Tensor], embed_dim: int) -> FusionHead:
+def fit(decoded_lq: bool, seed: int, data: Dict[str, torch.Tensor], embed_dim: int) -> FusionHead:
     torch.manual_seed(seed)  # the head's initialisation; the fit's batch order follows ``seed`` too
-    head = FusionHead(embed_dim, version=version, decoded_lq=decoded_lq)
+    head = FusionHead(embed_dim, decoded_lq=decoded_lq)
     fit_fusion_head(head, fusion_fit_data(head, *(data[k] for k in KEYS)), seed=seed)
     return head
 
@@ -110,11 +110,11 @@ def main() -> None:
     batches = list(trainer.fusion_batches())
     fit_data = {k: torch.cat([b[k].float().cpu() for b in batches]) for k in batches[0]}
     splits = {split: split_decodes(trainer, args.demo, split) for split in ("val", "test")}
-    embed_dim = fit_data["image_emb"].shape[1]
+    embed_dim = fit_data["degra_emb"].shape[1]
     results: Dict[str, Dict[int, Dict[str, Dict[str, float]]]] = {}
     for seed in args.seeds:
-        for name, (version, decoded_lq) in HEADS.items():  # interleaved: every head at each seed
-            head = fit(version, decoded_lq, seed, fit_data, embed_dim)
+        for name, decoded_lq in HEADS.items():  # interleaved: every head at each seed
+            head = fit(decoded_lq, seed, fit_data, embed_dim)
             results.setdefault(name, {})[seed] = {s: score(head, d) for s, d in splits.items()}
             print(f"seed {seed} {name}: {results[name][seed]}", flush=True)
     print(table(results))

@@ -42,6 +42,7 @@ def main() -> None:
 
     from daclip_lora.restoration.backbone import SDBackbone, SDComponents
     from daclip_lora.restoration.lora import add_unet_lora
+    from daclip_lora.restoration.conditioning import Conditions, conditioning_paths
     from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
     from daclip_lora.clip.factory import load_daclip
     from daclip_lora.restoration.pipeline import PRECISIONS, RestorationPipeline
@@ -80,7 +81,7 @@ def main() -> None:
     daclip = load_daclip(args.model).eval().requires_grad_(False)
     embed = int(daclip.clip.text_projection.shape[1])
     cfg = RestorationConfig(base="random-sd15", daclip_model=args.model, embed_dim=embed, cross_attention_dim=768,
-                            num_tokens=4, lora={"rank": 8, "alpha": 8})
+                            paths=conditioning_paths(num_tokens=4), lora={"rank": 8, "alpha": 8})
     model = RestorationUNet(unet, cfg)
     add_unet_lora(model.unet, cfg.lora)
     backbone = SDBackbone(comps).to(device)
@@ -97,7 +98,7 @@ def main() -> None:
 
     def restoration_step():
         with autocast:
-            loss = model(z, t, ctx, emb, emb, z).float().pow(2).mean()
+            loss = model(z, t, ctx, Conditions(image=emb, degradation=emb, lq_latent=z)).float().pow(2).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from daclip_lora.restoration.conditioning import conditioning_paths
 from daclip_lora.restoration.diffusion import diffusion_target, predicted_x0
 from daclip_lora.restoration.fusion import FusionHead, _log_mse, fit_fusion_head, fusion_fit_data
 from daclip_lora.restoration.lora import add_unet_lora
@@ -43,12 +44,12 @@ def test_predicted_x0_inverts_the_training_target(prediction_type):
     assert (recovered - x0).abs().max().item() < 1e-3
 
 
-@pytest.mark.parametrize("b,h,w,version", [(1, 16, 16, 3), (3, 24, 40, 3), (3, 24, 40, 2)])
-def test_fusion_head_starts_as_the_identity(b, h, w, version):
-    head = FusionHead(embed_dim=64, version=version)
+@pytest.mark.parametrize("b,h,w", [(1, 16, 16), (3, 24, 40)])
+def test_fusion_head_starts_as_the_identity(b, h, w):
+    head = FusionHead(embed_dim=64)
     g = torch.Generator().manual_seed(0)
     lq, dec, dec_lq = (torch.rand(b, 3, h, w, generator=g) for _ in range(3))
-    out = head(lq, dec, dec_lq, torch.randn(b, 64, generator=g), torch.randn(b, 64, generator=g))
+    out = head(lq, dec, dec_lq, torch.randn(b, 64, generator=g))
     assert out.shape == lq.shape and (out - lq).abs().max().item() == 0.0
     assert head.fitted is False
 
@@ -65,7 +66,7 @@ def test_fit_fusion_head_learns_a_degradation_dependent_correction():
     degra = torch.zeros(n, 8)
     degra[dark, 0], degra[~dark, 1] = 1.0, 1.0
     head = FusionHead(embed_dim=8)
-    report = fit_fusion_head(head, fusion_fit_data(head, lq, decoded, lq.clone(), gt, torch.zeros(n, 8), degra),
+    report = fit_fusion_head(head, fusion_fit_data(head, lq, decoded, lq.clone(), gt, degra),
                              steps=300, lr=1e-2)
     assert head.fitted is True and not any(p.requires_grad for p in head.parameters())
     assert report["psnr_fused"] > report["psnr_lq"] + 10, report
@@ -73,38 +74,39 @@ def test_fit_fusion_head_learns_a_degradation_dependent_correction():
 
 def test_fusion_head_reads_how_far_the_decode_moved():
     """Same embeddings for every image; half the decodes are the GT, half are the LQ plus a strong error. Only
-    the decodes' statistics (version 3) tell which to trust: the version-2 head, reading the LQ's statistics
-    alone, must blend both halves alike."""
+    the decodes' statistics tell which to trust: the fitted head must take the good decodes and keep the LQ
+    where the decode is bad."""
     g = torch.Generator().manual_seed(1)
     n = 64
     gt = torch.rand(n, 3, 16, 16, generator=g) * 0.6 + 0.2
     lq = gt + 0.05 * torch.randn(n, 3, 16, 16, generator=g)
-    good = (torch.arange(n) % 2 == 0).view(-1, 1, 1, 1)
-    decoded = torch.where(good, gt, lq + 0.3 * torch.randn(n, 3, 16, 16, generator=g))
+    good = (torch.arange(n) % 2 == 0)
+    decoded = torch.where(good.view(-1, 1, 1, 1), gt, lq + 0.3 * torch.randn(n, 3, 16, 16, generator=g))
     emb = torch.zeros(n, 8)
-    fused = {}
-    for version in (2, 3):
-        torch.manual_seed(0)
-        head = FusionHead(embed_dim=8, version=version)
-        fused[version] = fit_fusion_head(head, fusion_fit_data(head, lq, decoded, lq.clone(), gt, emb, emb),
-                                         steps=300, lr=1e-2)["psnr_fused"]
-    assert fused[3] > fused[2] + 3, fused
+    torch.manual_seed(0)
+    head = FusionHead(embed_dim=8)
+    fit_fusion_head(head, fusion_fit_data(head, lq, decoded, lq.clone(), gt, emb), steps=300, lr=1e-2)
+    with torch.no_grad():
+        psnr = -10 * torch.log10((head(lq, decoded, lq, emb) - gt).pow(2).mean((1, 2, 3)))
+    lq_psnr = -10 * torch.log10((lq - gt).pow(2).mean((1, 2, 3)))
+    assert psnr[good].mean() > lq_psnr[good].mean() + 10  # the good decodes are taken
+    assert psnr[~good].mean() > lq_psnr[~good].mean() - 1  # the bad ones are not (they are 15 dB below the LQ)
 
 
-@pytest.mark.parametrize("version, decoded_lq", [(3, True), (3, False), (2, True)])
-def test_fit_loss_from_moments_equals_the_loss_on_pixels(version, decoded_lq):
+@pytest.mark.parametrize("decoded_lq", [True, False])
+def test_fit_loss_from_moments_equals_the_loss_on_pixels(decoded_lq):
     """The fit never holds the decodes: its per-image log-MSE from the moments is the pixels' one."""
     g = torch.Generator().manual_seed(3)
     gt = torch.rand(6, 3, 24, 20, generator=g)
     lq, dec, dec_lq = (gt + 0.1 * torch.randn(6, 3, 24, 20, generator=g) for _ in range(3))
-    ie, de = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
-    head = FusionHead(embed_dim=8, version=version, decoded_lq=decoded_lq)
+    de = torch.randn(6, 8, generator=g)
+    head = FusionHead(embed_dim=8, decoded_lq=decoded_lq)
     with torch.no_grad():
         for p in head.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    data = fusion_fit_data(head, lq, dec, dec_lq, gt, ie, de)
+    data = fusion_fit_data(head, lq, dec, dec_lq, gt, de)
     stats, terms = head.inputs(lq, dec, dec_lq)
-    weights = head.blend_weights(stats, ie, de)
+    weights = head.blend_weights(stats, de)
     on_pixels = _log_mse(head.blend(lq, terms, weights), gt)
     from_moments = head.moment_log_mse(weights, data["gram"], data["means"])
     assert (on_pixels - from_moments).abs().max().item() < 1e-5
@@ -112,37 +114,35 @@ def test_fit_loss_from_moments_equals_the_loss_on_pixels(version, decoded_lq):
 
 
 def test_fusion_head_colour_gain_is_a_log_gain_about_the_mean():
-    """Version 3: ``(mixed - mean) * exp(g) + mean + b`` per channel; version 2: ``(1 + g) * mixed + b``."""
+    """``(mixed - mean) * exp(g) + mean + b`` per channel."""
     g = torch.Generator().manual_seed(2)
     lq, dec, dec_lq = (torch.rand(2, 3, 8, 8, generator=g) for _ in range(3))
-    ie, de = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    de = torch.randn(2, 8, generator=g)
     mean = lq.mean((2, 3), keepdim=True)
-    for version, want in ((3, (lq - mean) * 2 + mean + 0.1), (2, 1.6931472 * lq + 0.1)):
-        head = FusionHead(embed_dim=8, version=version)
-        with torch.no_grad():
-            n = head.n_terms
-            head.fc2.bias[n:n + 3], head.fc2.bias[n + 3:] = math.log(2.0), 0.1
-        assert (head(lq, dec, dec_lq, ie, de) - want).abs().max().item() < 1e-5, version
-
-
-@pytest.mark.parametrize("version,weights", [(2, [0.7, -0.2, 0.1]), (3, [0.7, 0.7, -0.2, -0.2, 0.1])])
-def test_fusion_head_blend_in_residual_coordinates(version, weights):
-    """The raw outputs mean LQ + w1 (D(z) - D(z_LQ)) + w2 (D(z_LQ) - LQ) + w3 LQ (version 3: the same weight on
-    both frequency bands of a term is that weight on the whole term)."""
-    g = torch.Generator().manual_seed(0)
-    head = FusionHead(embed_dim=8, version=version)
+    head = FusionHead(embed_dim=8)
     with torch.no_grad():
-        head.fc2.bias[:len(weights)] = torch.tensor(weights)
+        n = head.n_terms
+        head.fc2.bias[n:n + 3], head.fc2.bias[n + 3:] = math.log(2.0), 0.1
+    assert (head(lq, dec, dec_lq, de) - ((lq - mean) * 2 + mean + 0.1)).abs().max().item() < 1e-5
+
+
+def test_fusion_head_blend_in_residual_coordinates():
+    """The raw outputs mean LQ + w1 (D(z) - D(z_LQ)) + w2 (D(z_LQ) - LQ) + w3 LQ (the same weight on both
+    frequency bands of a term is that weight on the whole term)."""
+    g = torch.Generator().manual_seed(0)
+    head = FusionHead(embed_dim=8)
+    with torch.no_grad():
+        head.fc2.bias[:5] = torch.tensor([0.7, 0.7, -0.2, -0.2, 0.1])
     lq, dec, dec_lq = (torch.rand(2, 3, 8, 8, generator=g) for _ in range(3))
-    ie, de = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    de = torch.randn(2, 8, generator=g)
     expected = lq + 0.7 * (dec - dec_lq) - 0.2 * (dec_lq - lq) + 0.1 * lq
-    assert (head(lq, dec, dec_lq, ie, de) - expected).abs().max().item() < 1e-6
+    assert (head(lq, dec, dec_lq, de) - expected).abs().max().item() < 1e-6
 
 
 @pytest.mark.parametrize("index,term,band", [(0, "correction", "low"), (1, "correction", "high"),
                                              (2, "round_trip", "low"), (3, "round_trip", "high")])
 def test_fusion_head_weighs_each_frequency_band_on_its_own(index, term, band):
-    """Version 3: a weight of 1 on one band adds exactly that band (the colour fix's wavelet split) to the LQ."""
+    """A weight of 1 on one band adds exactly that band (the colour fix's wavelet split) to the LQ."""
     from daclip_lora.restoration.color_fix import wavelet_decompose
 
     g = torch.Generator().manual_seed(3)
@@ -150,10 +150,10 @@ def test_fusion_head_weighs_each_frequency_band_on_its_own(index, term, band):
     with torch.no_grad():
         head.fc2.bias[index] = 1.0
     lq, dec, dec_lq = (torch.rand(2, 3, 32, 32, generator=g) for _ in range(3))
-    ie, de = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    de = torch.randn(2, 8, generator=g)
     high, low = wavelet_decompose(dec - dec_lq if term == "correction" else dec_lq - lq, FusionHead.BAND_LEVELS)
     want = lq + (low if band == "low" else high)
-    assert (head(lq, dec, dec_lq, ie, de) - want).abs().max().item() < 1e-6
+    assert (head(lq, dec, dec_lq, de) - want).abs().max().item() < 1e-6
     assert min(low.abs().max().item(), high.abs().max().item()) > 0.05  # both bands carry signal
 
 
@@ -166,13 +166,13 @@ def test_one_decode_head_blends_the_lq_in_place_of_the_decoded_lq():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     lite.load_state_dict(full.state_dict())
     lq, dec, other = (torch.rand(2, 3, 8, 8, generator=g) for _ in range(3))
-    ie, de = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
-    want = full(lq, dec, lq, ie, de)
-    assert (lite(lq, dec, None, ie, de) - want).abs().max().item() == 0.0
-    assert (lite(lq, dec, other, ie, de) - want).abs().max().item() == 0.0
-    assert (full(lq, dec, other, ie, de) - want).abs().max().item() > 1e-2
+    de = torch.randn(2, 8, generator=g)
+    want = full(lq, dec, lq, de)
+    assert (lite(lq, dec, None, de) - want).abs().max().item() == 0.0
+    assert (lite(lq, dec, other, de) - want).abs().max().item() == 0.0
+    assert (full(lq, dec, other, de) - want).abs().max().item() > 1e-2
     with pytest.raises(ValueError, match="blends D\\(z_LQ\\)"):
-        full(lq, dec, None, ie, de)
+        full(lq, dec, None, de)
 
 
 @torch.no_grad()
@@ -180,103 +180,33 @@ def _edit_record(folder, **changes):
     path = folder / "restoration.json"
     record = json.loads(path.read_text())
     record.update(changes)
+    record = {k: v for k, v in record.items() if v is not None}
     path.write_text(json.dumps(record))
 
 
-def _as_format_1(folder):
-    """Rewrite a saved folder as format 1 wrote it: no format_version, the fusion head's metadata as tensors."""
-    from safetensors.torch import load_file, save_file
-
-    path = folder / "restoration.json"
-    record = json.loads(path.read_text())
-    meta = record.pop("fusion_head")
-    del record["format_version"]
-    path.write_text(json.dumps({**record, "version": 1}))
-    extras = folder / "restoration_extras.safetensors"
-    save_file({**load_file(extras), "fusion.fitted": torch.tensor(float(meta["fitted"])),
-               "fusion.coordinates": torch.tensor(float(meta["coordinates"]))}, extras)
-
-
 @torch.no_grad()
-def test_fusion_head_saved_in_plain_blend_coordinates_loads_unchanged(assets, tmp_path):
-    """Folders saved before the residual coordinates (format 1 without fusion.coordinates: fc2 rows = c1 - 1,
-    c2, c3) restore exactly as they did: the loader converts them."""
-    from safetensors.torch import load_file, save_file
-
+def test_fusion_head_is_saved_and_restored(assets, tmp_path):
     _, model = _one_step_model(assets)
-    g = torch.Generator().manual_seed(3)
-    lq, dec, dec_lq = (torch.rand(2, 3, 8, 8, generator=g) for _ in range(3))
-    ie, de = torch.randn(2, 64, generator=g), torch.randn(2, 64, generator=g)
-    # the old head: a * (c1 LQ + c2 D + c3 D_LQ) + b with (c1, c2, c3) = (1, 0, 0) + fc2 rows 0-2, reading the
-    # LQ's mean and standard deviation (the layout of versions 1 and 2)
-    model.fusion = old = _version_2_head(seed=5)
     out = save_restoration(model, tmp_path / "restoration")
-    raw = old.fc2(old.act(old.fc1(torch.cat([old.norm(torch.cat([ie, de], 1)),
-                                             torch.cat([lq.mean((2, 3)), lq.std((2, 3))], 1)], 1))))
-    k = raw.view(2, -1, 1, 1)
-    legacy = (1 + k[:, 3:6]) * ((1 + k[:, 0:1]) * lq + k[:, 1:2] * dec + k[:, 2:3] * dec_lq) + k[:, 6:]
-    _as_format_1(out)
-    extras = out / "restoration_extras.safetensors"
-    save_file({key: v for key, v in load_file(extras).items() if key != "fusion.coordinates"}, extras)
-    fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
-    load_restoration(fresh, out)
-    assert (fresh.fusion(lq, dec, dec_lq, ie, de) - legacy).abs().max().item() < 1e-5
-    assert (model.fusion(lq, dec, dec_lq, ie, de) - legacy).abs().max().item() > 1e-3  # the coordinates differ
-
-
-def _version_2_head(seed: int) -> FusionHead:
-    head = FusionHead(embed_dim=64, version=2)
-    with torch.no_grad():
-        for p in head.parameters():
-            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.2)
-    head.fitted = True
-    return head
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("version", [2, FusionHead.COORDINATES])
-def test_fusion_head_version_is_saved_and_restored(assets, tmp_path, version):
-    """A fresh head is the newest version; a folder saved with a version-2 head (before the decodes' statistics)
-    loads into a version-2 head and restores exactly as it did."""
-    _, model = _one_step_model(assets)
-    if version == 2:
-        model.fusion = _version_2_head(seed=6)
-    out = save_restoration(model, tmp_path / "restoration")
-    assert json.loads((out / "restoration.json").read_text())["fusion_head"]["coordinates"] == version
+    assert json.loads((out / "restoration.json").read_text())["fusion_head"] == {"fitted": True}
     fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
     load_restoration(fresh, out)
     g = torch.Generator().manual_seed(7)
     lq, dec, dec_lq = (torch.rand(2, 3, 8, 8, generator=g) for _ in range(3))
-    ie, de = torch.randn(2, 64, generator=g), torch.randn(2, 64, generator=g)
-    assert fresh.fusion.version == version and fresh.fusion.fitted is True
-    assert (fresh.fusion(lq, dec, dec_lq, ie, de) - model.fusion(lq, dec, dec_lq, ie, de)).abs().max().item() == 0.0
-
-
-@torch.no_grad()
-def test_format_1_folder_loads_to_the_same_model(assets, tmp_path):
-    from safetensors.torch import load_file
-
-    _, model = _one_step_model(assets)
-    out = save_restoration(model, tmp_path / "restoration")
-    assert json.loads((out / "restoration.json").read_text())["format_version"] == FORMAT_VERSION
-    assert not any(k in load_file(out / "restoration_extras.safetensors") for k in ("fusion.fitted",
-                                                                                  "fusion.coordinates"))
-    _as_format_1(out)
-    fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
-    load_restoration(fresh, out)
+    de = torch.randn(2, 64, generator=g)
     assert fresh.fusion.fitted is True
-    want, got = model.state_dict(), fresh.state_dict()
-    assert set(want) == set(got)
-    assert max((want[k].float() - got[k].float()).abs().max().item() for k in want) == 0.0
+    assert (fresh.fusion(lq, dec, dec_lq, de) - model.fusion(lq, dec, dec_lq, de)).abs().max().item() == 0.0
 
 
-@pytest.mark.parametrize("changes", [{"fusion_head": {"fitted": True, "coordinates": FusionHead.COORDINATES + 1}},
-                                     {"format_version": FORMAT_VERSION + 1}])
-def test_folder_from_a_newer_release_is_refused(assets, tmp_path, changes):
+@pytest.mark.parametrize("changes, message", [
+    ({"format_version": FORMAT_VERSION + 1}, "upgrade daclip_lora"),
+    ({"paths": None}, "pre-release daclip_lora .* re-make it by training again"),
+])
+def test_folder_from_another_release_is_refused(assets, tmp_path, changes, message):
     _, model = _one_step_model(assets)
     out = save_restoration(model, tmp_path / "restoration")
     _edit_record(out, **changes)
-    with pytest.raises(ValueError, match="upgrade daclip_lora"):
+    with pytest.raises(ValueError, match=message):
         fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
         load_restoration(fresh, out)
 
@@ -284,8 +214,9 @@ def test_folder_from_a_newer_release_is_refused(assets, tmp_path, changes):
 def _one_step_model(assets, fusion=True, seed=0, decoded_lq=True):
     sd = load_sd_components(assets / "tiny_sd")
     cfg = RestorationConfig(base=str(assets / "tiny_sd"), daclip_model="daclip_tiny", embed_dim=64,
-                            cross_attention_dim=32, num_tokens=2, lora={"rank": 4, "alpha": 4},
-                            objective="one_step", one_step_t=50, fusion=fusion, fusion_decoded_lq=decoded_lq)
+                            cross_attention_dim=32, paths=conditioning_paths(num_tokens=2),
+                            lora={"rank": 4, "alpha": 4}, objective="one_step", one_step_t=50, fusion=fusion,
+                            fusion_decoded_lq=decoded_lq)
     torch.manual_seed(seed)
     model = RestorationUNet(sd.unet, cfg)
     add_unet_lora(model.unet, cfg.lora)
@@ -332,23 +263,10 @@ def test_fusion_head_inputs_set_the_decodes_and_survive_a_round_trip(assets, tmp
     fused = pipe(lq)
     assert len(calls) == decodes
     decoded = pipe(lq, fusion=False)
-    image_emb, degra_emb = pipe.daclip_embeddings(lq)
+    _, degra_emb = pipe.daclip_embeddings(lq)
     second = pipe.decode_latents(pipe.encode_latents(lq)) if decoded_lq else lq
-    want = pipe.model.fusion(lq, decoded, second, image_emb.float(), degra_emb.float()).clamp(0, 1)
+    want = pipe.model.fusion(lq, decoded, second, degra_emb.float()).clamp(0, 1)
     assert (fused - want).abs().max().item() < 1e-5
-
-
-def test_format_3_folder_reads_as_the_two_decode_head(assets, tmp_path):
-    """Folders from before ``fusion_decoded_lq`` (format 3, no key) keep the head they were fitted with."""
-    _, model = _one_step_model(assets)
-    out = save_restoration(model, tmp_path / "restoration")
-    record = json.loads((out / "restoration.json").read_text())
-    assert record["format_version"] == 4 and record["fusion_decoded_lq"] is True
-    del record["fusion_decoded_lq"]
-    (out / "restoration.json").write_text(json.dumps({**record, "format_version": 3}))
-    fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
-    load_restoration(fresh, out)
-    assert fresh.fusion.uses_decoded_lq is True
 
 
 @torch.no_grad()

@@ -170,7 +170,8 @@ def test_options_readme_documents_every_key_of_our_blocks():
     from daclip_lora.training import options as o
 
     doc = (Path(__file__).parents[1] / "docs" / "options.md").read_text()
-    blocks = [o.DaclipOptions, o.ControllerOptions, o.SDOptions, o.ConditioningOptions, o.LoraOptions,
+    blocks = [o.DaclipOptions, o.ControllerOptions, o.RestorationSDOptions, o.Text2ImageSDOptions, o.LossOptions,
+              o.ConditioningOptions, o.LoraOptions, o.RestorationRuntimeOptions,
               o.RuntimeOptions, o.SamplingOptions, o.TrainOptions, o.LoggerOptions, o.DatasetOptions]
     undocumented = [f"{cls.__name__}.{f.name}" for cls in blocks for f in dataclasses.fields(cls)
                     if f.name not in ("extra", "phase", "name", "color") and f"`{f.name}`" not in doc]

@@ -1,5 +1,6 @@
 """Degradation-aware SD LoRA: identity at step 0, what trains, diffusers interop, merge, resume, DDP, errors."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from daclip_lora.apps.cli import main
+from daclip_lora.restoration.conditioning import Conditions, conditioning_paths
 from daclip_lora.restoration.lora import add_restoration_lora, add_unet_lora
 from daclip_lora.restoration.model import RestorationConfig, RestorationUNet
 from daclip_lora.restoration.serialization import load_restoration, read_restoration_config, save_restoration
@@ -53,10 +55,20 @@ sampling: {{steps: 3}}
     return load_options(yml, is_train=is_train, root=tmp_path, overrides=list(overrides))
 
 
+#: RestorationConfig keywords that are sd.conditioning switches (turned into its paths)
+SWITCHES = ("image_context", "degra_context", "lq_latent", "time_embedding", "modulated_lora", "output_norm", "paths")
+
+
+def _config(assets, **config):
+    switches = {k: config.pop(k) for k in SWITCHES if k in config}
+    return RestorationConfig(base=str(assets / "tiny_sd"), daclip_model="daclip_tiny", embed_dim=64,
+                             cross_attention_dim=32, paths=conditioning_paths(num_tokens=2, **switches),
+                             lora={"rank": 4, "alpha": 4}, **config)
+
+
 def _model(assets, seed=0, **config):
     sd = load_sd_components(assets / "tiny_sd")
-    cfg = RestorationConfig(base=str(assets / "tiny_sd"), daclip_model="daclip_tiny", embed_dim=64,
-                            cross_attention_dim=32, num_tokens=2, lora={"rank": 4, "alpha": 4}, **config)
+    cfg = _config(assets, **config)
     torch.manual_seed(seed)
     model = RestorationUNet(sd.unet, cfg)
     add_restoration_lora(model, cfg.lora)
@@ -67,7 +79,7 @@ def _inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     return dict(noisy=r(2, 4, 4, 4), timesteps=torch.tensor([10, 700]), text_hidden=r(2, 77, 32),
-                image_emb=r(2, 64), degra_emb=r(2, 64), lq_latents=r(2, 4, 4, 4))
+                conditions=Conditions(image=r(2, 64), degradation=r(2, 64), lq_latent=r(2, 4, 4, 4)))
 
 
 def _perturb(model, seed=0):
@@ -91,8 +103,9 @@ def test_step0_equals_base_unet(assets):
 def test_trainable_parameters_are_lora_projector_and_new_conv_in_channels(assets):
     _, model = _model(assets)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert all("lora_" in n or n.startswith("conditioner.") or n == "unet.conv_in.lq.weight" for n in names)
-    assert any("lora_" in n for n in names) and "unet.conv_in.lq.weight" in names
+    assert all("lora_" in n or n.startswith("paths.context_tokens.") or n == "paths.lq_latent.conv.weight"
+               for n in names)
+    assert any("lora_" in n for n in names) and "paths.lq_latent.conv.weight" in names
 
 
 def test_sd15_and_sd21_trainable_share_on_meta():
@@ -113,7 +126,8 @@ def test_saved_lora_loads_into_diffusers_pipeline_identically(assets, tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(str(assets / "tiny_sd"))
     pipe.load_lora_weights(str(out))
     x = _inputs()
-    ours = model(**x, keep_daclip=torch.zeros(2), keep_lq=torch.zeros(2))  # LoRA only: tokens and LQ off
+    off = dataclasses.replace(x["conditions"], keep_daclip=torch.zeros(2), keep_lq=torch.zeros(2))
+    ours = model(**{**x, "conditions": off})  # LoRA only: tokens and LQ off
     theirs = pipe.unet(x["noisy"], x["timesteps"], encoder_hidden_states=x["text_hidden"]).sample
     base = load_sd_components(assets / "tiny_sd").unet(x["noisy"], x["timesteps"],
                                                       encoder_hidden_states=x["text_hidden"]).sample
@@ -175,8 +189,8 @@ def test_training_changes_only_intended_parameters(assets, tmp_path):
     params = dict(trainer.model.named_parameters())
     assert all(torch.equal(v, params[k]) for k, v in base.items())
     changed = [n for n, v in trainable.items() if not torch.equal(v, params[n])]
-    assert any("lora_" in n for n in changed) and "unet.conv_in.lq.weight" in changed
-    assert any(n.startswith("conditioner.") for n in changed)
+    assert any("lora_" in n for n in changed) and "paths.lq_latent.conv.weight" in changed
+    assert any(n.startswith("paths.context_tokens.") for n in changed)
 
 
 def test_cached_and_uncached_training_match(assets, tmp_path):

@@ -22,6 +22,7 @@ from daclip_lora._utils.lora import AdapterError, LoraSpec
 from daclip_lora.restoration.schedulers import scheduler_name
 from daclip_lora.training.options import load_options, OptionsError
 from daclip_lora.restoration.pipeline import RestorationPipeline
+from daclip_lora.restoration.conditioning import conditioning_paths
 from daclip_lora.restoration.tiling import tile_starts, tiled_map
 from daclip_lora.tiny.sd import build_tiny_sd
 
@@ -35,8 +36,10 @@ def base(tmp_path_factory):
 
 def _pipeline(base, seed=0, **config) -> RestorationPipeline:
     backbone = SDBackbone.load(base)
+    switches = {k: config.pop(k) for k in ("image_context", "degra_context", "lq_latent") if k in config}
     cfg = RestorationConfig(base=str(base), daclip_model="daclip_tiny", embed_dim=64, cross_attention_dim=32,
-                            num_tokens=2, lora={"rank": 4, "alpha": 4}, **config)
+                            paths=conditioning_paths(num_tokens=2, **switches), lora={"rank": 4, "alpha": 4},
+                            **config)
     torch.manual_seed(seed)
     model = RestorationUNet(backbone.unet, cfg)
     add_unet_lora(model.unet, cfg.lora)

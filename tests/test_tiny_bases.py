@@ -149,29 +149,3 @@ def test_make_tiny_base_refuses_bad_arguments_in_one_line(tmp_path, capsys, argv
     assert main(["make-tiny-base", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
-
-
-@torch.no_grad()
-def test_a_format_1_restorer_restores_identically_after_a_resave(tmp_path):
-    """The restorer shipped before issue 23 (tests/data/format1_restorer) was saved before restoration.json had a
-    format_version; re-saved in today's format it restores the same image bit for bit."""
-    import shutil
-
-    from daclip_lora.restoration.pipeline import RestorationPipeline
-    from daclip_lora.restoration.serialization import FORMAT_VERSION, save_restoration
-    from daclip_lora.tiny.locate import EMBEDDED_DACLIP
-
-    folder = shutil.copytree(Path(__file__).parent / "data" / "format1_restorer", tmp_path / "format1")
-    shipped = folder / "restoration"
-    config = json.loads((shipped / "restoration.json").read_text())
-    assert "format_version" not in config
-    config.update(base=str(EMBEDDED_SD), daclip_pretrained=str(EMBEDDED_DACLIP / "daclip_tiny.safetensors"))
-    (shipped / "restoration.json").write_text(json.dumps(config))
-    lq = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))
-    old = RestorationPipeline.from_pretrained(shipped, merge_lora=False, device="cpu")
-    before = old(lq, steps=1, seed=0)
-    out = save_restoration(old.model, tmp_path / "restoration")
-    assert json.loads((out / "restoration.json").read_text())["format_version"] == FORMAT_VERSION
-    after = RestorationPipeline.from_pretrained(out, merge_lora=False, device="cpu")(lq, steps=1, seed=0)
-    assert old.model.fusion is not None and old.model.fusion.fitted
-    assert (before - after).abs().max().item() == 0.0

@@ -48,9 +48,9 @@ def evaluate_toy(opt, folder=None):
 @pytest.fixture
 def toy_task():
     register_task(TaskSpec("toy", "test_toy_task:ToyTrainer", "toy", "test_toy_task:evaluate_toy",
-                           reads=("runtime.device",)))
+                           blocks={}))
     yield
-    TASKS.pop("toy")
+    TASKS.unregister("toy")
 
 
 def _options(tmp_path, extra=""):

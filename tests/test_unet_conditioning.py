@@ -1,14 +1,21 @@
 """The UNet's own DA-CLIP conditioning paths, which reach every block: ``sd.conditioning.time_embedding`` (the
-degradation embedding added to the time embedding every ResBlock receives) and ``sd.conditioning.modulated_lora``
-(every LoRA layer's ``B · M(e) · A``, ``M`` predicted from the degradation embedding)."""
+degradation embedding added to the time embedding every ResBlock receives), ``sd.conditioning.modulated_lora``
+(every LoRA layer's ``B · M(e) · A``, ``M`` predicted from the degradation embedding) and
+``sd.conditioning.output_norm``; and the one interface they share (a toy path registered here)."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
+from torch import nn
 
-from daclip_lora.restoration.model import DegradationTimeEmbedding, RestorationUNet
-from daclip_lora.restoration.modulation import LoraModulation, lora_a_modules
+from daclip_lora.apps.cli import main
+from daclip_lora.restoration.conditioning import PATHS as REGISTERED_PATHS, Conditions, ConditioningPath
+from daclip_lora.restoration.conditioning.modulated_lora import ModulatedLora, ModulatedLoraVariant, lora_layers
+from daclip_lora.restoration.conditioning.output_norm import ModulatedNorm
+from daclip_lora.restoration.conditioning.time_embedding import ResidualTimeEmbedding
+from daclip_lora.restoration.model import RestorationUNet
 from daclip_lora.restoration.pipeline import RestorationPipeline, load_sd_components
 from daclip_lora.restoration.serialization import load_restoration, read_restoration_config, save_restoration
 from daclip_lora.training.engine import Engine
@@ -50,22 +57,19 @@ def test_fresh_modulation_is_plain_lora(assets, path):
     for m in (plain, model):
         _perturb(m.unet, seed=3)  # LoRA A and B (and the LQ conv) non-zero, the same in both
     if path == "both":
-        model.unet.class_embedding.linear_2.weight.zero_()  # the time path back at its zero start
-        model.unet.class_embedding.linear_2.bias.zero_()
+        model.paths["time_embedding"].linear_2.weight.zero_()  # the time path back at its zero start
+        model.paths["time_embedding"].linear_2.bias.zero_()
     x = _inputs()
     assert (model(**x) - plain(**x)).abs().max().item() < 1e-6
 
 
 def test_output_norm_new_layers_are_trained_and_the_base_norm_is_not(assets):
-    from daclip_lora.restoration.output_norm import DegradationOutputNorm
-
     _, model = _model(assets, output_norm=True)
-    norm = model.unet.conv_norm_out
-    assert isinstance(norm, DegradationOutputNorm)
+    assert isinstance(model.unet.conv_norm_out, ModulatedNorm)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    new = {f"unet.conv_norm_out.{n}" for n, _ in norm.named_parameters() if not n.startswith("norm.")}
+    new = {f"paths.output_norm.{n}" for n, _ in model.paths["output_norm"].named_parameters()}
     assert new <= trainable and len(new) == 6  # embed_norm, linear_1, linear_2: weight and bias each
-    assert not {n for n in trainable if n.startswith("unet.conv_norm_out.norm.")}
+    assert not {n for n in trainable if n.startswith("unet.conv_norm_out.")}
 
 
 @torch.no_grad()
@@ -74,35 +78,55 @@ def test_output_norm_takes_a_one_pixel_latent(assets):
     _, model = _model(assets, output_norm=True)
     _perturb(model, seed=4)
     x = _inputs()
-    x["noisy"], x["lq_latents"] = x["noisy"][..., :1, :1], x["lq_latents"][..., :1, :1]
+    c = x["conditions"]
+    x["noisy"], x["conditions"] = x["noisy"][..., :1, :1], dataclasses.replace(c, lq_latent=c.lq_latent[..., :1, :1])
     assert torch.isfinite(model(**x)).all()
 
 
 def test_time_embedding_weights_are_trained_in_full(assets):
     _, model = _model(assets, time_embedding=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    head = {n for n, _ in model.unet.class_embedding.named_parameters()}
-    assert isinstance(model.unet.class_embedding, DegradationTimeEmbedding)
-    assert {f"unet.class_embedding.{n}" for n in head} <= trainable
-    assert len(head) == 6  # norm, linear_1, linear_2: weight and bias each
+    head = {f"paths.time_embedding.{n}" for n, _ in model.paths["time_embedding"].named_parameters()}
+    assert isinstance(model.unet.time_embedding, ResidualTimeEmbedding)
+    assert head <= trainable and len(head) == 6  # norm, linear_1, linear_2: weight and bias each
 
 
-def test_modulation_covers_every_lora_layer_and_is_trained(assets):
+def test_modulation_is_a_peft_variant_on_every_lora_layer_and_is_trained(assets):
     _, model = _model(assets, modulated_lora=True)
-    layers = lora_a_modules(model.unet)
-    assert isinstance(model.modulation, LoraModulation)
-    assert model.modulation.num_layers == len(layers) > 0
+    layers = lora_layers(model.unet)
+    path = model.paths["modulated_lora"]
+    assert isinstance(path, ModulatedLora) and path.num_layers == len(layers) > 0
+    assert all(isinstance(layer.lora_variant["default"], ModulatedLoraVariant) for _, layer in layers)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert {f"modulation.{n}" for n, _ in model.modulation.named_parameters()} <= trainable
-    m = model.modulation.matrices(DegradationTimeEmbedding.labels(torch.randn(3, 64)))
+    assert {f"paths.modulated_lora.{n}" for n, _ in path.named_parameters()} <= trainable
+    m = path.matrices(Conditions(degradation=torch.randn(3, 64)))
     assert tuple(m.shape) == (3, len(layers), 4, 4)
+
+
+def test_a_modulated_lora_layer_refuses_to_merge(assets):
+    """The merge rule is part of the variant's type: peft's own merge raises, naming why."""
+    _, model = _model(assets, modulated_lora=True)
+    _, layer = lora_layers(model.unet)[0]
+    with pytest.raises(ValueError, match="cannot be merged"):
+        layer.merge()
+    assert not model.lora_mergeable
+
+
+def test_the_unet_takes_no_class_labels(assets):
+    """No path packs the embedding into class_labels: every UNet call gets none."""
+    _, model = _model(assets, time_embedding=True, modulated_lora=True, output_norm=True)
+    seen = []
+    model.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("class_labels")), with_kwargs=True)
+    with torch.no_grad():
+        model(**_inputs())
+    assert seen == [None]
 
 
 def _fit(model, steps=40, seed=0):
     """Regress two fixed targets from two degradation embeddings; nothing else tells the samples apart."""
     g = torch.Generator().manual_seed(seed)
     x = _inputs(seed)
-    x["degra_emb"] = torch.randn(2, 64, generator=g)
+    x["conditions"] = dataclasses.replace(x["conditions"], degradation=torch.randn(2, 64, generator=g))
     target = torch.stack([torch.full((4, 4, 4), 1.0), torch.full((4, 4, 4), -1.0)])
     x["noisy"] = x["noisy"][:1].expand(2, -1, -1, -1).contiguous()  # the same input for both samples
     x["timesteps"] = torch.tensor([10, 10])
@@ -124,7 +148,8 @@ def test_the_unet_uses_the_degradation_embedding_only_through_the_paths(assets, 
     x = _fit(model)
     with torch.no_grad():
         out = model(**x)
-        swapped = model(**{**x, "degra_emb": x["degra_emb"].flip(0)})
+        c = x["conditions"]
+        swapped = model(**{**x, "conditions": dataclasses.replace(c, degradation=c.degradation.flip(0))})
     change = (out - swapped).abs().mean().item()
     if uses_it:
         assert change > 0.1, f"the UNet ignores the degradation embedding (mean change {change:.4f})"
@@ -139,7 +164,7 @@ def test_saved_and_loaded_with_the_folder(assets, tmp_path, path):
     _perturb(model, seed=2)
     out = save_restoration(model, tmp_path / "restoration")
     saved = json.loads((out / "restoration.json").read_text())
-    assert all(saved[k] is True for k in PATHS[path])
+    assert set(PATHS[path]) <= set(saved["paths"])
     fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
     load_restoration(fresh, out)
     x = _inputs(1)
@@ -147,12 +172,12 @@ def test_saved_and_loaded_with_the_folder(assets, tmp_path, path):
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-def test_denoise_without_time_labels_is_a_clear_error(assets, path):
+def test_denoise_without_the_degradation_embedding_is_a_clear_error(assets, path):
     _, model = _model(assets, **PATHS[path])
     x = _inputs()
-    ctx = model.context(x["text_hidden"], x["image_emb"], x["degra_emb"])
-    with pytest.raises(ValueError, match="pass time_labels"):
-        model.denoise(x["noisy"], x["timesteps"], ctx, x["lq_latents"])
+    x["conditions"] = dataclasses.replace(x["conditions"], degradation=None)
+    with pytest.raises(ValueError, match="reads Conditions.degradation"):
+        model(**x)
 
 
 @pytest.mark.parametrize("path, guidance", [("time_embedding", 1.0), ("time_embedding", 2.0),
@@ -162,7 +187,7 @@ def test_trained_from_options_and_restored_by_the_pipeline(assets, tmp_path, pat
     opt = _opt(tmp_path, assets, f"sd.conditioning.{path}=true")
     Engine(opt, RestorationTrainer(opt)).fit()
     folder = tmp_path / "experiments" / "r" / "models" / "restoration"
-    assert getattr(read_restoration_config(folder), path) is True
+    assert path in read_restoration_config(folder).paths
     pipe = RestorationPipeline.from_pretrained(folder, device="cpu")
     lq = torch.rand(1, 3, 40, 24, generator=torch.Generator().manual_seed(0))
     out = pipe(lq, steps=2, guidance_scale=guidance, tile_size=16, seed=0)
@@ -170,14 +195,14 @@ def test_trained_from_options_and_restored_by_the_pipeline(assets, tmp_path, pat
 
 
 def test_merged_pipeline_keeps_the_modulated_lora_and_its_outputs(assets, tmp_path):
-    """merge_lora cannot bake a per-image LoRA: it stays hooked, and the output is the unmerged one."""
+    """merge_lora cannot bake a per-image LoRA: it stays a peft layer, and the output is the unmerged one."""
     opt = _opt(tmp_path, assets, "sd.conditioning.modulated_lora=true")
     Engine(opt, RestorationTrainer(opt)).fit()
     folder = tmp_path / "experiments" / "r" / "models" / "restoration"
     lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     unmerged = RestorationPipeline.from_pretrained(folder, device="cpu")(lq, steps=2, seed=0)
     pipe = RestorationPipeline.from_pretrained(folder, device="cpu", merge_lora=True)
-    assert lora_a_modules(pipe.model.unet)  # still peft layers
+    assert lora_layers(pipe.model.unet)  # still peft layers
     assert (pipe(lq, steps=2, seed=0) - unmerged).abs().max().item() < 1e-5
 
 
@@ -199,7 +224,7 @@ def test_pipeline_embeddings_argument(assets, tmp_path):
     Engine(opt, RestorationTrainer(opt)).fit()
     pipe = RestorationPipeline.from_pretrained(tmp_path / "experiments" / "r" / "models" / "restoration", device="cpu")
     with torch.no_grad():
-        _perturb(pipe.model.unet.conv_norm_out, seed=5)
+        _perturb(pipe.model.paths["output_norm"], seed=5)
     lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     own = pipe.daclip_embeddings(lq)
     default = pipe(lq, steps=1)
@@ -231,7 +256,7 @@ def test_unet_alone_report_batched_equals_one_at_a_time(assets, tmp_path):
     Engine(opt, RestorationTrainer(opt)).fit()
     pipe = RestorationPipeline.from_pretrained(tmp_path / "experiments" / "r" / "models" / "restoration", device="cpu")
     with torch.no_grad():
-        _perturb(pipe.model.unet.conv_norm_out, seed=5)
+        _perturb(pipe.model.paths["output_norm"], seed=5)
     g = torch.Generator().manual_seed(4)
     dataset = [{"LQ": torch.rand(3, 32, 32, generator=g), "GT": torch.rand(3, 32, 32, generator=g),
                 "degradation": d} for d in ("noisy", "hazy") * 3]
@@ -239,3 +264,56 @@ def test_unet_alone_report_batched_equals_one_at_a_time(assets, tmp_path):
     for key in ("lq", "unet", "unet_wrong_embedding"):
         assert abs(one[key] - batched[key]) < 1e-3
     assert abs(one["unet"] - one["unet_wrong_embedding"]) > 1e-6
+
+
+class ToyOffset(ConditioningPath):
+    """A path from outside the package: a learned offset of every context token, from the degradation embedding."""
+
+    name = "toy_offset"
+
+    def __init__(self, config, unet, scale: float = 1.0):
+        super().__init__(config, unet)
+        self.scale = float(scale)
+        self.linear = nn.Linear(config.embed_dim, config.cross_attention_dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def prepare(self, call, conditions):
+        e = conditions.require("degradation", self.name).float()
+        offset = self.linear(e) * conditions.keep("daclip", e).view(-1, 1) * self.scale
+        call.context = call.context + offset[:, None].to(call.context.dtype)
+
+
+@pytest.fixture
+def toy_path():
+    REGISTERED_PATHS.register("toy_offset", ToyOffset)  # the one registry line
+    yield
+    REGISTERED_PATHS.unregister("toy_offset")
+
+
+def test_a_registered_path_trains_saves_and_restores_through_the_cli(assets, tmp_path, toy_path):
+    _opt(tmp_path, assets)  # writes rest.yml
+    yml = tmp_path / "rest.yml"
+    yml.write_text(yml.read_text().replace("conditioning: {", "conditioning: {paths: {toy_offset: {scale: 2.0}}, "))
+    assert main(["train", "-opt", str(yml), "--root", str(tmp_path)]) == 0
+    folder = tmp_path / "experiments" / "r" / "models" / "restoration"
+    assert read_restoration_config(folder).paths["toy_offset"] == {"scale": 2.0}
+    pipe = RestorationPipeline.from_pretrained(folder, device="cpu")
+    path = pipe.model.paths["toy_offset"]
+    assert path.linear.weight.abs().sum().item() > 0  # trained, saved and loaded
+    lq = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = pipe(lq, steps=2, seed=0)
+    with torch.no_grad():
+        path.linear.weight.zero_()
+        path.linear.bias.zero_()
+    assert (pipe(lq, steps=2, seed=0) - out).abs().max().item() > 1e-6  # the pipeline calls it
+
+
+def test_an_unknown_path_option_is_one_line(assets, toy_path):
+    with pytest.raises(ValueError, match=r"sd.conditioning.paths.toy_offset: .*unexpected keyword argument 'scal'"):
+        _model(assets, paths={"toy_offset": {"scal": 2.0}})
+
+
+def test_an_unknown_path_lists_the_registered_ones(assets):
+    with pytest.raises(ValueError, match="unknown conditioning path 'toy_offsett'; registered: context_tokens"):
+        _model(assets, paths={"toy_offsett": {}})

@@ -8,7 +8,7 @@ be imported first.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .suggest import suggest
 
@@ -53,6 +53,10 @@ class Registry:
 
     def names(self) -> List[str]:
         return list(self._entries)
+
+    def items(self) -> Iterator[Tuple[str, Any]]:
+        """``(name, object)`` pairs in registration order (lazy entries are imported)."""
+        return ((name, self.get(name)) for name in list(self._entries))
 
     def unregister(self, name: str) -> Optional[Any]:
         """Remove ``name`` (tests and plugins that replace a built-in); returns what was there."""

@@ -6,8 +6,7 @@ degraded inputs, so the decoded output stays below them (the decoder itself coul
 (decoded restored latent minus decoded LQ latent), the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ
 itself, each with its own weight (the first two per frequency band), then applies a per-channel colour
 correction; weights and correction come from DA-CLIP's degradation embedding and global statistics of the LQ and
-of how far the decoded output moved from it (version 3 of the head; :class:`FusionHead`). It starts as the
-identity (output = LQ) and is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`),
+of how far the decoded output moved from it (:class:`FusionHead`). It starts as the identity (output = LQ) and is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`),
 from per-image moments (:meth:`FusionHead.moments`): its memory does not grow with the images' count or size.
 
 ``D(z_LQ)`` costs a second VAE decode per image. A head built with ``decoded_lq=False`` (option
@@ -37,43 +36,27 @@ class FusionHead(nn.Module):
     trip ``D(z_LQ) - LQ`` and the LQ itself. These residual coordinates span the same blends as plain
     coefficients of ``LQ``, ``D(z)`` and ``D(z_LQ)``, but the fit (Adam, per coordinate) reaches "add the
     latent's correction" directly; in plain coordinates it settled on smoothing blends (``docs/restoration.md``).
-    A small MLP predicts the weights and the colour correction. Versions (:attr:`COORDINATES`):
-
-    * **3** (a fresh head): the correction and the round trip are each split into a low- and a high-frequency
-      band with their own weights; the colour correction is a log-gain about the image's mean,
-      ``(mixed - mean) * exp(g) + mean + b``; the MLP reads DA-CLIP's degradation embedding and global
-      statistics: the LQ's per-channel mean and log standard deviation, how far ``D(z)`` moves them and the log
-      energy of the latent's correction, so it sees how much the UNet changed the image, not only what DA-CLIP
-      says it is;
-    * **2** (and 1, plain coordinates, converted on load): three terms, ``(1 + g) * mixed + b``, read from the
-      content and degradation embeddings and the LQ's per-channel mean and standard deviation.
-
-    The last layer starts at zero, where the output is the LQ image.
+    The correction and the round trip are each split into a low- and a high-frequency band with their own weights;
+    the colour correction is a log-gain about the image's mean, ``(mixed - mean) * exp(g) + mean + b``. A small MLP
+    predicts the weights and the colour correction from DA-CLIP's degradation embedding and global statistics: the
+    LQ's per-channel mean and log standard deviation, how far ``D(z)`` moves them and the log energy of the latent's
+    correction, so it sees how much the UNet changed the image, not only what DA-CLIP says it is. The last layer
+    starts at zero, where the output is the LQ image.
     """
 
-    #: version of the head's parametrisation in saved weights (``restoration.json``'s
-    #: ``fusion_head.coordinates``): 1 plain blend coordinates, 2 residual ones, 3 frequency bands, the decodes'
-    #: statistics and the log-gain colour correction. Versions 1 and 2 are still read.
-    COORDINATES = 3
-
-    #: à-trous levels of version 3's frequency bands (the colour fix's decomposition,
+    #: à-trous levels of the frequency bands (the colour fix's decomposition,
     #: :func:`~daclip_lora.restoration.color_fix.wavelet_decompose`): ``low`` is blurred at dilations 1 to 16
     BAND_LEVELS = 5
+    #: how many terms the blend weighs (:meth:`terms`)
+    n_terms = 5
 
-    def __init__(self, embed_dim: int, hidden: int = 64, channels: int = 3, decoded_lq: bool = True,
-                 version: int = COORDINATES):
+    def __init__(self, embed_dim: int, hidden: int = 64, channels: int = 3, decoded_lq: bool = True):
         super().__init__()
-        if version not in (2, 3):
-            raise ValueError(f"FusionHead version must be 2 or 3 (1 is converted on load), got {version}")
-        self.channels, self.version = channels, version
+        self.channels = channels
         #: whether the blend reads ``D(z_LQ)`` (a second decode); ``False``: the LQ image stands in for it
         self.uses_decoded_lq = decoded_lq
-        # version 3 reads the degradation embedding only, versions 1-2 the content embedding too
-        n_emb, n_stats = (embed_dim, 4 * channels + 1) if version >= 3 else (2 * embed_dim, 2 * channels)
-        #: how many terms the blend weighs (:meth:`terms`)
-        self.n_terms = 5 if version >= 3 else 3
-        self.norm = nn.LayerNorm(n_emb)
-        self.fc1 = nn.Linear(n_emb + n_stats, hidden)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.fc1 = nn.Linear(embed_dim + 4 * channels + 1, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, self.n_terms + 2 * channels)
         nn.init.zeros_(self.fc2.weight)
@@ -83,10 +66,8 @@ class FusionHead(nn.Module):
         self.fitted = False
 
     def statistics(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor) -> torch.Tensor:
-        """The images' global statistics the head reads, ``(B, 4C + 1)`` (version 3) or ``(B, 2C)``."""
+        """The images' global statistics the head reads, ``(B, 4C + 1)``."""
         mean, std = lq.mean((2, 3)), lq.std((2, 3))
-        if self.version < 3:
-            return torch.cat([mean, std], dim=1)
         log_std = torch.log(std + 1e-3)
         moved_mean = decoded.mean((2, 3)) - mean
         moved_log_std = torch.log(decoded.std((2, 3)) + 1e-3) - log_std
@@ -96,12 +77,10 @@ class FusionHead(nn.Module):
 
     def terms(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: torch.Tensor) -> torch.Tensor:
         """``(B, T, C, H, W)``: what the blend adds to the LQ image, each term with its own weight: the latent's
-        correction ``D(z) - D(z_LQ)``, the VAE round trip ``D(z_LQ) - LQ`` and the LQ; version 3 splits the first
-        two into low and high frequencies (a colour or brightness correction and fine detail, or the round
+        correction ``D(z) - D(z_LQ)``, the VAE round trip ``D(z_LQ) - LQ`` and the LQ; the first two split into
+        low and high frequencies (a colour or brightness correction and fine detail, or the round
         trip's colour shift and its smoothing, are trusted separately)."""
         correction, round_trip = decoded - decoded_lq, decoded_lq - lq
-        if self.version < 3:
-            return torch.stack([correction, round_trip, lq], dim=1)
         c_high, c_low = wavelet_decompose(correction, self.BAND_LEVELS)
         r_high, r_low = wavelet_decompose(round_trip, self.BAND_LEVELS)
         return torch.stack([c_low, c_high, r_low, r_high, lq], dim=1)
@@ -118,15 +97,12 @@ class FusionHead(nn.Module):
         lq, decoded, decoded_lq = lq.float(), decoded.float(), decoded_lq.float()
         return self.statistics(lq, decoded, decoded_lq), self.terms(lq, decoded, decoded_lq)
 
-    def blend_weights(self, stats: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor) -> torch.Tensor:
-        """``(B, T + 2C)``: the weight of each of the :meth:`terms`, the colour gains (log-gains in version 3,
-        ``1 + g`` before) and offsets; zero weights, unit gains and zero offsets when untrained."""
+    def blend_weights(self, stats: torch.Tensor, degra_emb: torch.Tensor) -> torch.Tensor:
+        """``(B, T + 2C)``: the weight of each of the :meth:`terms`, the colour log-gains and offsets; all zero
+        (the identity) when untrained."""
         p = self.fc1.weight
-        emb = self.norm((degra_emb if self.version >= 3 else torch.cat([image_emb, degra_emb], dim=1)).to(p.dtype))
-        h = self.fc2(self.act(self.fc1(torch.cat([emb, stats.to(p.dtype)], dim=1)))).float()
-        n, c = self.n_terms, self.channels
-        gain = h[:, n:n + c] if self.version >= 3 else 1 + h[:, n:n + c]
-        return torch.cat([h[:, :n], gain, h[:, n + c:]], dim=1)
+        emb = self.norm(degra_emb.to(p.dtype))
+        return self.fc2(self.act(self.fc1(torch.cat([emb, stats.to(p.dtype)], dim=1)))).float()
 
     def blend(self, lq: torch.Tensor, terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``LQ + sum_i w_i term_i``, then the colour correction (:meth:`blend_weights` gives ``weights``)."""
@@ -134,8 +110,6 @@ class FusionHead(nn.Module):
         k = weights.view(weights.shape[0], -1, 1, 1)
         mixed = lq.float() + torch.einsum("bt,btchw->bchw", weights[:, :n], terms)  # no (B, T, C, H, W) product
         gain, offset = k[:, n:n + c], k[:, n + c:]
-        if self.version < 3:
-            return gain * mixed + offset
         # (mixed - mean) * exp(g) + mean + b, written so that g = b = 0 gives mixed exactly
         return mixed + (mixed - mixed.mean((2, 3), keepdim=True)) * torch.expm1(gain) + offset
 
@@ -164,31 +138,16 @@ class FusionHead(nn.Module):
         v = torch.cat([torch.ones_like(weights[:, :1]), weights[:, :n]], dim=1).double()  # LQ and each term
         gain, offset = weights[:, n:n + c].double(), weights[:, n + c:].double()
         mixed_mean = torch.einsum("bj,bcj->bc", v, means[..., :-1])
-        if self.version >= 3:  # (mixed - mean) * exp(g) + mean + b
-            scale, out_mean = gain.exp(), mixed_mean + offset
-        else:  # (1 + g) * mixed + b
-            scale, out_mean = gain, gain * mixed_mean + offset
+        scale, out_mean = gain.exp(), mixed_mean + offset  # (mixed - mean) * exp(g) + mean + b
         u = torch.cat([scale[..., None] * v[:, None, :], -torch.ones_like(scale[..., None])], dim=-1)  # (B, C, J)
         mse = torch.einsum("bcj,bcjk,bck->bc", u, gram, u) + (out_mean - means[..., -1]) ** 2
         return torch.log(mse.mean(1).clamp(min=0) + 1e-8).float()
 
-    @staticmethod
-    def legacy_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Convert a version-1 state dict (plain blend outputs ``(c1 - 1, c2, c3)``) to version 2's residual
-        coordinates (exact: ``w1 = c2, w2 = c2 + c3, w3 = c1 + c2 + c3 - 1`` on ``fc2``'s first three rows)."""
-        out = dict(state)
-        for key in ("fc2.weight", "fc2.bias"):
-            v = state[key].clone()
-            r1, r2, r3 = state[key][0], state[key][1], state[key][2]
-            v[0], v[1], v[2] = r2, r2 + r3, r1 + r2 + r3
-            out[key] = v
-        return out
-
     def forward(self, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: Optional[torch.Tensor],
-                image_emb: torch.Tensor, degra_emb: torch.Tensor) -> torch.Tensor:
+                degra_emb: torch.Tensor) -> torch.Tensor:
         """The fused image; ``decoded_lq`` is ignored (may be ``None``) by a head built with ``decoded_lq=False``."""
         stats, terms = self.inputs(lq, decoded, decoded_lq)
-        return self.blend(lq, terms, self.blend_weights(stats, image_emb, degra_emb))
+        return self.blend(lq, terms, self.blend_weights(stats, degra_emb))
 
 
 def _log_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -201,9 +160,9 @@ def _mean_psnr(log_mses: torch.Tensor) -> float:
 
 @torch.no_grad()
 def fusion_fit_data(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, decoded_lq: Optional[torch.Tensor],
-                    gt: torch.Tensor, image_emb: torch.Tensor, degra_emb: torch.Tensor) -> Dict[str, torch.Tensor]:
+                    gt: torch.Tensor, degra_emb: torch.Tensor) -> Dict[str, torch.Tensor]:
     """What :func:`fit_fusion_head` needs of a batch of images (tensors ``(B, 3, H, W)`` in [0, 1] and ``(B, E)``
-    embeddings), on the CPU: the head's :meth:`~FusionHead.moments`, the embeddings and the log-MSEs of the LQ
+    degradation embeddings), on the CPU: the head's :meth:`~FusionHead.moments`, the embeddings and the log-MSEs of the LQ
     and of ``LQ + D(z) - D(z_LQ)`` for the report. Batches are concatenated key by key, so the fit's memory
     grows by a few kilobytes per image, not by its pixels."""
     if decoded_lq is None or not head.uses_decoded_lq:
@@ -211,7 +170,7 @@ def fusion_fit_data(head: FusionHead, lq: torch.Tensor, decoded: torch.Tensor, d
     p = next(head.parameters())
     lq, decoded, decoded_lq, gt = (t.to(p.device, torch.float32) for t in (lq, decoded, decoded_lq, gt))
     out = head.moments(lq, decoded, decoded_lq, gt)
-    out.update(image_emb=image_emb.float(), degra_emb=degra_emb.float(), log_mse_lq=_log_mse(lq, gt),
+    out.update(degra_emb=degra_emb.float(), log_mse_lq=_log_mse(lq, gt),
                log_mse_residual=_log_mse((lq + decoded - decoded_lq).clamp(0, 1), gt))
     return {k: v.cpu() for k, v in out.items()}
 
@@ -234,9 +193,8 @@ def fit_fusion_head(head: FusionHead, data: Dict[str, torch.Tensor], steps: int 
     gen = torch.Generator().manual_seed(seed)
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
-        st, ie, de, gram, means = (data[k][idx].to(device) for k in ("stats", "image_emb", "degra_emb", "gram",
-                                                                        "means"))
-        return head.moment_log_mse(head.blend_weights(st, ie, de), gram, means)
+        st, de, gram, means = (data[k][idx].to(device) for k in ("stats", "degra_emb", "gram", "means"))
+        return head.moment_log_mse(head.blend_weights(st, de), gram, means)
 
     for step in range(steps):
         for group in opt.param_groups:  # cosine decay

@@ -8,8 +8,6 @@ import torch.nn as nn
 
 from .._utils.lora import LoraSpec, inject_lora
 from .backbone import SDBackbone
-from .model import DegradationTimeEmbedding, LQConvIn
-from .output_norm import DegradationOutputNorm
 
 __all__ = ["TEXT_ENCODER_LORA_TARGETS", "UNET_LORA_TARGETS", "VAE_ENCODER_LORA_TARGETS", "add_restoration_lora",
            "add_text_encoder_lora", "add_unet_lora", "add_vae_encoder_lora", "lora_spec"]
@@ -42,13 +40,6 @@ def add_unet_lora(unet: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], 
         names = sorted({n.rsplit(".", 1)[-1] for n, m in unet.named_modules() if isinstance(m, nn.Linear)})
         raise ValueError(f"UNet LoRA targets {list(config.target_modules)} match no module ({e}); "
                          f"linear layer names in this UNet include: {', '.join(names[:12])}") from None
-    if isinstance(unet.conv_in, LQConvIn):  # the new LQ channels are trained, the base conv_in is not
-        unet.conv_in.lq.requires_grad_(True)
-    if isinstance(getattr(unet, "class_embedding", None), DegradationTimeEmbedding):  # trained in full
-        unet.class_embedding.requires_grad_(True)
-    if isinstance(getattr(unet, "conv_norm_out", None), DegradationOutputNorm):  # its new layers, in full
-        unet.conv_norm_out.requires_grad_(True)
-        unet.conv_norm_out.norm.requires_grad_(False)
 
 
 def add_vae_encoder_lora(encoder: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None]) -> None:
@@ -73,15 +64,15 @@ def _add_lora(module: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None], ke
 
 def add_restoration_lora(model: Any, spec: Union[LoraSpec, Dict[str, Any], None], config: Any = None) -> None:
     """:func:`add_unet_lora` on a :class:`~daclip_lora.restoration.model.RestorationUNet`'s UNet, the VAE-encoder
-    LoRA (``config.vae_encoder_lora``), ``conv_in`` trainable (``config.train_conv_in``), then the degradation
-    modulation of the UNet's LoRA (``config.modulated_lora``)."""
+    LoRA (``config.vae_encoder_lora``), ``conv_in`` trainable (``config.train_conv_in``), then the paths that read
+    the LoRA layers (the modulated LoRA). The paths' own parameters are trained in full."""
     add_unet_lora(model.unet, spec, config)
     if model.lq_encoder is not None and not getattr(model.lq_encoder, "peft_config", None):
         add_vae_encoder_lora(model.lq_encoder, model.config.vae_encoder_lora)
     if getattr(model.config, "train_conv_in", False):  # OSEDiff's recipe: the first convolution in full
-        conv = model.unet.conv_in
-        (conv.base if isinstance(conv, LQConvIn) else conv).requires_grad_(True)
-    model.attach_modulation()
+        model.base_conv_in.requires_grad_(True)
+    model.add_lora_paths()
+    model.paths.requires_grad_(True)
 
 
 def add_text_encoder_lora(text_encoder: nn.Module, spec: Union[LoraSpec, Dict[str, Any], None]) -> None:

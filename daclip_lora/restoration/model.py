@@ -1,15 +1,10 @@
 """Degradation-aware conditioning of a Stable Diffusion UNet on DA-CLIP and on the LQ image.
 
-* **DA-CLIP tokens.** A small projector maps DA-CLIP's content embedding and degradation embedding to
-  ``num_tokens`` tokens each of the UNet's ``cross_attention_dim``. They are *added* to the last
-  ``K = num_tokens x (#embeddings)`` positions of the text encoder's 77 hidden states (the padding slots
-  of SD's fixed-length prompt; prompts are truncated to leave them free), and the projector's last layer
-  starts at zero. Appending K new tokens instead would change every cross-attention softmax even when
-  they are zero (zero keys still take attention mass), so step 0 would differ from the base model; the
-  residual on reserved slots makes step 0 *exactly* the base model and keeps SD's sequence length, so
-  the UNet, its LoRA file and diffusers' stock attention processors are unchanged.
-* **LQ latent.** ``conv_in`` is widened from 4 to 8 input channels: the LQ image's VAE latent is
-  concatenated to the noisy latent, and the new channels' weights start at zero.
+* **Conditioning paths** (:mod:`daclip_lora.restoration.conditioning`): how DA-CLIP's content and degradation
+  embeddings and the LQ latent enter the UNet (tokens added to the text context, the LQ latent at a widened
+  ``conv_in``, a time-embedding residual, a degradation-modulated LoRA, a degradation-aware output norm). Each is a
+  module behind one interface, registered by name and given the conditions explicitly in every call
+  (:class:`~daclip_lora.restoration.conditioning.Conditions`); each starts at zero, so step 0 is the base model.
 * **LoRA** (peft, through diffusers) on the UNet's attention projections (or ``sd.lora.targets``); only
   LoRA, the projector and the new ``conv_in`` channels are trained.
 * **Objective.** ``diffusion``: the UNet is trained as a conditional denoiser and sampled (steps,
@@ -33,19 +28,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from .conditioning import PATHS, Conditions, UNetCall, conditioning_paths
 from .fusion import FusionHead
-from .modulation import LoraModulation, lora_a_modules
-from .output_norm import DegradationOutputNorm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContextProjector", "DaclipConditioner", "DegradationTimeEmbedding", "LQConvIn", "RestorationConfig",
-           "RestorationUNet"]
+__all__ = ["RestorationConfig", "RestorationUNet"]
 
 
 @dataclass
@@ -58,10 +51,8 @@ class RestorationConfig:
     daclip_adapter: Optional[str] = None
     embed_dim: int = 512
     cross_attention_dim: int = 768
-    num_tokens: int = 4
-    image_context: bool = True
-    degra_context: bool = True
-    lq_latent: bool = True
+    #: the conditioning paths, ``{name: options}`` in build order (:data:`~daclip_lora.restoration.conditioning.PATHS`)
+    paths: Dict[str, Dict[str, Any]] = field(default_factory=conditioning_paths)
     prompt: str = ""
     latent_channels: int = 4
     prediction_type: str = "epsilon"
@@ -74,142 +65,36 @@ class RestorationConfig:
     fusion_decoded_lq: bool = True  # the head blends D(z_LQ) (a second decode); False: the LQ image instead
     lora: Dict[str, Any] = field(default_factory=dict)
     text_encoder_lora: Optional[Dict[str, Any]] = None
-    time_embedding: bool = False  # DA-CLIP's degradation embedding added to the UNet's time embedding
-    modulated_lora: bool = False  # every LoRA layer's B·M(e)·A, M from the degradation embedding (modulation.py)
-    output_norm: bool = False  # conv_norm_out scaled and shifted from that embedding and its input's statistics
     #: DA-CLIP's degradation view of a large image: the mean over native-resolution crops of this side (training
     #: records its patch size: the scale DA-CLIP's embeddings were learned at); None: DA-CLIP's input size
     daclip_crop: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        for name in self.paths:
+            PATHS.get(name)  # an unknown path: one line listing the registered ones
+
     @property
-    def uses_time_labels(self) -> bool:
-        """Whether every UNet call takes ``class_labels = [degradation embedding, keep]``."""
-        return self.time_embedding or self.modulated_lora or self.output_norm
+    def lq_latent(self) -> bool:
+        """Whether the UNet reads the LQ latent (its ``conv_in`` is widened)."""
+        return "lq_latent" in self.paths
 
     @property
     def context_slots(self) -> int:
-        return self.num_tokens * (int(self.image_context) + int(self.degra_context))
-
-
-class ContextProjector(nn.Module):
-    """DA-CLIP embedding -> ``num_tokens`` context residuals; the output layer starts at zero."""
-
-    def __init__(self, embed_dim: int, cross_attention_dim: int, num_tokens: int):
-        super().__init__()
-        self.num_tokens, self.dim = num_tokens, cross_attention_dim
-        self.norm = nn.LayerNorm(embed_dim)
-        self.fc1 = nn.Linear(embed_dim, cross_attention_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(cross_attention_dim, num_tokens * cross_attention_dim)
-        nn.init.zeros_(self.fc2.weight)
-        nn.init.zeros_(self.fc2.bias)
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        x = self.fc2(self.act(self.fc1(self.norm(embedding))))
-        return x.view(embedding.shape[0], self.num_tokens, self.dim)
-
-
-class DaclipConditioner(nn.Module):
-    """Adds projected DA-CLIP tokens to the last slots of the text context."""
-
-    def __init__(self, config: RestorationConfig):
-        super().__init__()
-        self.projectors = nn.ModuleDict()
-        if config.image_context:
-            self.projectors["image"] = ContextProjector(config.embed_dim, config.cross_attention_dim,
-                                                        config.num_tokens)
-        if config.degra_context:
-            self.projectors["degra"] = ContextProjector(config.embed_dim, config.cross_attention_dim,
-                                                        config.num_tokens)
-
-    def forward(self, text_hidden: torch.Tensor, image_emb: Optional[torch.Tensor],
-                degra_emb: Optional[torch.Tensor], keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not len(self.projectors):
-            return text_hidden
-        parts = []
-        if "image" in self.projectors:
-            parts.append(self.projectors["image"](image_emb.to(text_hidden.dtype)))
-        if "degra" in self.projectors:
-            parts.append(self.projectors["degra"](degra_emb.to(text_hidden.dtype)))
-        tokens = torch.cat(parts, dim=1)
-        if keep is not None:  # condition dropout: per-sample 0/1
-            tokens = tokens * keep.to(tokens.dtype).view(-1, 1, 1)
-        k = tokens.shape[1]
-        return torch.cat([text_hidden[:, :-k], text_hidden[:, -k:] + tokens], dim=1)
-
-
-
-class LQConvIn(nn.Module):
-    """``conv_in`` widened to take ``[noisy latent, LQ latent]``: base conv + zero-initialised LQ conv."""
-
-    def __init__(self, conv_in: nn.Conv2d, extra_channels: int):
-        super().__init__()
-        self.base = conv_in
-        self.base_channels = conv_in.in_channels
-        self.lq = nn.Conv2d(extra_channels, conv_in.out_channels, conv_in.kernel_size, conv_in.stride,
-                            conv_in.padding, bias=False)
-        nn.init.zeros_(self.lq.weight)
-        # diffusers reads conv_in.in_channels / weight.dtype in places
-        self.in_channels = self.base_channels + extra_channels
-        self.out_channels = conv_in.out_channels
-
-    @property
-    def weight(self) -> torch.Tensor:  # the equivalent widened conv weight
-        return torch.cat([self.base.weight, self.lq.weight.to(self.base.weight.dtype)], dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.base_channels
-        return self.base(x[:, :c]) + self.lq(x[:, c:].to(self.lq.weight.dtype)).to(x.dtype)
-
-    def fused(self) -> nn.Conv2d:
-        """One plain ``Conv2d`` over all input channels, equivalent to this module (for inference)."""
-        b = self.base
-        conv = nn.Conv2d(self.in_channels, self.out_channels, b.kernel_size, b.stride, b.padding,
-                         bias=b.bias is not None).to(b.weight.device, b.weight.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(self.weight)
-            if b.bias is not None:
-                conv.bias.copy_(b.bias)
-        return conv.requires_grad_(False)
-
-
-class DegradationTimeEmbedding(nn.Module):
-    """DA-CLIP's degradation embedding -> a residual of the UNet's time embedding, which every ResBlock receives
-    (DA-CLIP's own UIR network conditions its ResBlocks this way).
-
-    Installed as the UNet's ``class_embedding`` (diffusers adds ``class_embedding(class_labels)`` to the time
-    embedding), so the UNet stays a stock ``UNet2DConditionModel``. ``class_labels`` is
-    ``[degradation embedding, keep]``: the last column scales the residual per sample (0: condition dropped, the
-    unconditional branch of guidance). The output layer starts at zero: step 0 is exactly the base model.
-    """
-
-    def __init__(self, embed_dim: int, time_embed_dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(embed_dim)
-        self.linear_1 = nn.Linear(embed_dim, time_embed_dim)
-        self.act = nn.SiLU()
-        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
-        nn.init.zeros_(self.linear_2.weight)
-        nn.init.zeros_(self.linear_2.bias)
-
-    @staticmethod
-    def labels(degra_emb: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``class_labels`` for the UNet call: the embedding with its per-sample keep weight (default 1)."""
-        k = torch.ones(degra_emb.shape[0], device=degra_emb.device) if keep is None else keep
-        return torch.cat([degra_emb.float(), k.to(degra_emb.device, torch.float32).view(-1, 1)], dim=1)
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        emb, keep = labels[:, :-1], labels[:, -1:]
-        p = self.linear_1.weight
-        return self.linear_2(self.act(self.linear_1(self.norm(emb.to(p.dtype))))) * keep.to(p.dtype)
+        """The text context's last positions the paths reserve (the prompt is truncated before them)."""
+        return sum(PATHS.get(name).context_slots(options) for name, options in self.paths.items())
 
 
 class RestorationUNet(nn.Module):
-    """The trainable restoration model: SD UNet (+LoRA) with DA-CLIP tokens and the LQ latent."""
+    """The trainable restoration model: an SD UNet (+LoRA) with its conditioning paths and the fusion head.
+
+    Args:
+        unet: the base UNet (paths install their wrapped modules into it).
+        config: the :class:`RestorationConfig`.
+        vae_encoder: the base VAE's encoder, required with ``config.vae_encoder_lora`` (its LoRA is trained and saved
+            with this model; the VAE keeps using it).
+    """
 
     def __init__(self, unet: nn.Module, config: RestorationConfig, vae_encoder: Optional[nn.Module] = None):
-        """``vae_encoder``: the base VAE's encoder, required with ``config.vae_encoder_lora`` (its LoRA is trained
-        and saved with this model; the VAE keeps using it)."""
         super().__init__()
         self.config = config
         if unet.config.cross_attention_dim != config.cross_attention_dim:
@@ -222,209 +107,114 @@ class RestorationUNet(nn.Module):
             raise ValueError("this restoration model has a VAE-encoder LoRA (vae_encoder_lora): pass the base VAE's "
                              "encoder as vae_encoder")
         self.lq_encoder = vae_encoder if config.vae_encoder_lora else None
-        self.conditioner = DaclipConditioner(config)
-        self.modulation: Optional[LoraModulation] = None  # built by attach_modulation, once LoRA is on the UNet
+        self.paths = nn.ModuleDict()
+        # Seeded runs draw initial weights in this order (context tokens, fusion head, the other paths): the order
+        # of the run behind the README figures, so a seed still reproduces them.
+        self._build_paths(after_lora=False, names=("context_tokens",))
         # fitted after the LoRA, never by the training loop's optimiser
         self.fusion = (FusionHead(config.embed_dim, decoded_lq=config.fusion_decoded_lq).requires_grad_(False)
                        if config.fusion else None)
-        if config.lq_latent:
-            unet.conv_in = LQConvIn(unet.conv_in, config.latent_channels)
-        if config.time_embedding:
-            if getattr(unet, "class_embedding", None) is not None:
-                raise ValueError("sd.conditioning.time_embedding needs a UNet without a class embedding; this base "
-                                 "already has one (class_embed_type is set)")
-            unet.class_embedding = DegradationTimeEmbedding(config.embed_dim, unet.time_embedding.linear_2.out_features)
-        if config.output_norm:
-            if not isinstance(getattr(unet, "conv_norm_out", None), nn.GroupNorm):
-                raise ValueError("sd.conditioning.output_norm needs a UNet with a GroupNorm conv_norm_out (SD 1.x/2.x "
-                                 "and the tiny bases have one)")
-            unet.conv_norm_out = DegradationOutputNorm(unet.conv_norm_out, config.embed_dim)
-            unet.conv_norm_out.attach(unet)
+        self._build_paths(after_lora=False)
 
-    def attach_modulation(self) -> None:
-        """With ``config.modulated_lora``, hook the UNet's LoRA layers (call once, after the LoRA is injected)."""
-        if not self.config.modulated_lora or self.modulation is not None:
-            return
-        layers = lora_a_modules(self.unet)
-        rank = int(self.config.lora.get("rank", 0) or 0)
-        self.modulation = LoraModulation(self.config.embed_dim, rank, len(layers))
-        self.modulation.to(next(self.unet.parameters()).device)
-        self.modulation.attach(self.unet)
+    def _build_paths(self, after_lora: bool, names: Optional[Sequence[str]] = None) -> None:
+        for name, options in self.config.paths.items():
+            cls = PATHS.get(name)
+            if cls.after_lora == after_lora and name not in self.paths and (names is None or name in names):
+                try:
+                    path = cls(self.config, self.unet, **options)
+                except TypeError as e:  # an unknown option
+                    raise ValueError(f"sd.conditioning.paths.{name}: {e}") from None
+                self.paths[name] = path.to(next(self.unet.parameters()).device)
 
-    def time_labels(self, degra_emb: Optional[torch.Tensor], keep: Optional[torch.Tensor] = None
-                    ) -> Optional[torch.Tensor]:
-        """The UNet's per-sample ``class_labels`` ``[degradation embedding, keep]`` read by the time-embedding path
-        and the modulated LoRA (``None`` when both are off)."""
-        if not self.config.uses_time_labels:
-            return None
-        if degra_emb is None:
-            raise ValueError("this restoration model conditions its UNet on DA-CLIP's degradation embedding "
-                             "(time_embedding or modulated_lora): pass degra_emb")
-        return DegradationTimeEmbedding.labels(degra_emb, keep)
+    def add_lora_paths(self) -> None:
+        """Build the paths that read the UNet's LoRA layers (call once the LoRA is injected; idempotent)."""
+        self._build_paths(after_lora=True)
 
-    def context(self, text_hidden, image_emb=None, degra_emb=None, keep_daclip=None) -> torch.Tensor:
-        return self.conditioner(text_hidden, image_emb, degra_emb, keep_daclip)
+    @property
+    def lora_mergeable(self) -> bool:
+        """Whether the UNet's LoRA can be merged into its weights (no path changes it per image)."""
+        return all(path.lora_mergeable for path in self.paths.values())
 
-    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                lq_latents: Optional[torch.Tensor] = None, keep_lq: Optional[torch.Tensor] = None,
-                time_labels: Optional[torch.Tensor] = None, **unet_kwargs: Any) -> torch.Tensor:
+    def merge_paths(self) -> None:
+        """Fold what the paths can fold into the UNet (inference; same outputs)."""
+        for path in self.paths.values():
+            path.merge(self.unet)
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_hidden: torch.Tensor,
+                conditions: Conditions, **unet_kwargs: Any) -> torch.Tensor:
         """The one UNet call of training, validation and inference.
 
         Args:
             noisy: ``(B, C, h, w)`` noisy latents (already scaled by the scheduler for inference).
             timesteps: ``(B,)`` on the latents' device.
-            context: ``(B, 77, D)`` from :meth:`context`.
-            lq_latents: ``(B, C, h, w)`` VAE latents of the LQ image (required when ``config.lq_latent``).
-            keep_lq: per-sample 0/1 (condition dropout of the LQ latent during training).
-            time_labels: from :meth:`time_labels` (required when ``config.time_embedding``).
+            text_hidden: ``(B, 77, D)`` text-encoder states (the paths add their tokens to the reserved slots).
+            conditions: what each path reads (:class:`~daclip_lora.restoration.conditioning.Conditions`).
             **unet_kwargs: the backbone's extra UNet arguments (none for SD 1.x/2.x).
 
         Returns:
             the UNet's prediction (of the scheduler's ``prediction_type``), shaped like ``noisy``.
         """
-        if self.config.lq_latent:
-            if lq_latents is None:
-                raise ValueError("this restoration model conditions on the LQ latent (lq_latent: true): pass "
-                                 "lq_latents")
-            if keep_lq is not None:
-                lq_latents = lq_latents * keep_lq.to(lq_latents.dtype).view(-1, 1, 1, 1)
-            noisy = torch.cat([noisy, lq_latents.to(noisy.dtype)], dim=1)
-        if self.config.uses_time_labels:
-            if time_labels is None:
-                raise ValueError("this restoration model conditions its UNet on the degradation embedding "
-                                 "(time_embedding or modulated_lora): pass time_labels=model.time_labels(degra_emb)")
-            unet_kwargs = {**unet_kwargs, "class_labels": time_labels}
-        return self.unet(noisy, timesteps, encoder_hidden_states=context, return_dict=False, **unet_kwargs)[0]
+        call = UNetCall(noisy, text_hidden, dict(unet_kwargs))
+        for path in self.paths.values():
+            path.prepare(call, conditions)
+        return self.unet(call.sample, timesteps, encoder_hidden_states=call.context, return_dict=False,
+                         **call.kwargs)[0]
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_hidden: torch.Tensor,
-                image_emb: Optional[torch.Tensor] = None, degra_emb: Optional[torch.Tensor] = None,
-                lq_latents: Optional[torch.Tensor] = None, keep_daclip: Optional[torch.Tensor] = None,
-                keep_lq: Optional[torch.Tensor] = None, **unet_kwargs: Any) -> torch.Tensor:
-        """Training entry point (one call, DDP-friendly): context from the embeddings, then :meth:`denoise`."""
-        context = self.context(text_hidden, image_emb, degra_emb, keep_daclip)
-        return self.denoise(noisy, timesteps, context, lq_latents, keep_lq,
-                            time_labels=self.time_labels(degra_emb, keep_daclip), **unet_kwargs)
+                conditions: Conditions, **unet_kwargs: Any) -> torch.Tensor:
+        """Training entry point (one call, DDP-friendly): :meth:`denoise`."""
+        return self.denoise(noisy, timesteps, text_hidden, conditions, **unet_kwargs)
 
     def extras_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Projector, fusion head, the DA-CLIP paths' weights, the VAE-encoder LoRA and the widened (or trained)
-        ``conv_in`` (full weight and bias, as a plain conv has)."""
-        c = self.config
-        parts = [("conditioner.", self.conditioner, None), ("fusion.", self.fusion, None),
-                 ("time_embedding.", self.unet.class_embedding if c.time_embedding else None, None),
-                 ("modulation.", self.modulation, None),
-                 # the output norm's new layers only (its base norm is the base model's); the encoder's LoRA only
-                 ("output_norm.", self.unet.conv_norm_out if c.output_norm else None,
-                  lambda k: not k.startswith("norm.")),
-                 ("vae_encoder.", self.lq_encoder, lambda k: "lora_" in k)]
-        out = {f"{prefix}{k}": v for prefix, module, keep in parts if module is not None
-               for k, v in module.state_dict().items() if keep is None or keep(k)}
-        if c.lq_latent or c.train_conv_in:
-            out.update(self._conv_in_state())
+        """Every path's parameters (``<path>.*``), the fusion head (``fusion.*``), the VAE-encoder LoRA
+        (``vae_encoder.*``) and, when trained in full, ``conv_in``'s base weight and bias (``conv_in.*``)."""
+        out = {f"{name}.{k}": v for name, path in self.paths.items() for k, v in path.state_dict().items()}
+        if self.fusion is not None:
+            out.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
+        if self.lq_encoder is not None:
+            out.update({f"vae_encoder.{k}": v for k, v in self.lq_encoder.state_dict().items() if "lora_" in k})
+        if self.config.train_conv_in:
+            out.update({f"conv_in.{k}": v for k, v in self.base_conv_in.state_dict().items()})
         return out
 
-    def _conv_in_state(self) -> Dict[str, torch.Tensor]:
-        """``conv_in`` as one plain conv's weight (and bias): widened with the LQ channels, or trained in full."""
+    @property
+    def base_conv_in(self) -> nn.Conv2d:
+        """The UNet's own first convolution (inside the LQ path's wrapper when there is one)."""
         conv = self.unet.conv_in
-        out = {"conv_in.weight": conv.weight.detach()}
-        bias = conv.base.bias if isinstance(conv, LQConvIn) else conv.bias
-        if bias is not None:
-            out["conv_in.bias"] = bias.detach()
-        return out
+        return getattr(conv, "base", conv)
 
     def fusion_state(self) -> Optional[Dict[str, Any]]:
         """The fusion head's metadata as ``restoration.json`` stores it (``None`` without a head)."""
-        if self.fusion is None:
-            return None
-        return {"fitted": bool(self.fusion.fitted), "coordinates": self.fusion.version}
+        return None if self.fusion is None else {"fitted": bool(self.fusion.fitted)}
 
     def load_extras(self, state: Dict[str, torch.Tensor], fusion_state: Optional[Dict[str, Any]] = None) -> None:
-        """Load :meth:`extras_state_dict` weights; ``fusion_state`` is :meth:`fusion_state` as saved (``None``:
-        a format-1 folder, whose ``fusion.fitted``/``fusion.coordinates`` tensors are read instead)."""
-        missing, unexpected = self.conditioner.load_state_dict(_prefixed(state, "conditioner."), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"restoration extras do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        if self.fusion is not None:
-            self._load_fusion(_prefixed(state, "fusion."), fusion_state)
-        loaders = ((self.config.time_embedding, "time_embedding.", self._load_time_embedding),
-                   (self.config.output_norm, "output_norm.", self._load_output_norm),
-                   (self.config.modulated_lora, "modulation.", self._load_modulation))
-        for enabled, prefix, load in loaders:
-            if enabled:
-                load(_prefixed(state, prefix))
-        if self.config.lq_latent or self.config.train_conv_in:
-            self._load_conv_in(state)
+        """Load :meth:`extras_state_dict` weights (strictly: a missing or unexpected tensor is an error naming it)
+        and ``fusion_state`` (:meth:`fusion_state` as saved)."""
+        parts: Dict[str, Optional[nn.Module]] = {**self.paths, "fusion": self.fusion}
         if self.lq_encoder is not None:
-            self._load_vae_encoder(_prefixed(state, "vae_encoder."))
+            parts["vae_encoder"] = self.lq_encoder
+        if self.config.train_conv_in:
+            parts["conv_in"] = self.base_conv_in
+        unknown = sorted({k.split(".", 1)[0] for k in state} - {n for n, m in parts.items() if m is not None})
+        if unknown:
+            raise ValueError(f"restoration extras hold weights of {unknown}, which this model's restoration.json does "
+                             f"not build; re-save the folder with the trainer that wrote it")
+        for name, module in parts.items():
+            if module is not None:
+                _load_part(name, module, _prefixed(state, f"{name}."), lora_only=name == "vae_encoder")
+        if self.fusion is not None:
+            self.fusion.fitted = bool((fusion_state or {}).get("fitted", False))
 
-    def _load_vae_encoder(self, weights: Dict[str, torch.Tensor]) -> None:
-        expected = {k for k in self.lq_encoder.state_dict() if "lora_" in k}
-        if not expected:
-            raise ValueError("vae_encoder_lora is set but the VAE encoder has no LoRA layers; load the LoRA first "
-                             "(load_restoration does)")
-        if set(weights) != expected:
-            raise ValueError(f"the VAE-encoder LoRA weights do not fit: {len(expected - set(weights))} missing, "
-                             f"{len(set(weights) - expected)} unexpected; re-save the folder with the trainer that "
-                             f"wrote it")
-        self.lq_encoder.load_state_dict(weights, strict=False)
 
-    def _load_time_embedding(self, weights: Dict[str, torch.Tensor]) -> None:
-        if not weights:
-            raise ValueError("restoration.json has time_embedding: true but the extras hold no time_embedding.* "
-                             "weights; re-save the folder with the trainer that wrote it")
-        self.unet.class_embedding.load_state_dict(weights)
-
-    def _load_fusion(self, weights: Dict[str, torch.Tensor], meta: Optional[Dict[str, Any]]) -> None:
-        if not weights:
-            raise ValueError("restoration.json has fusion: true but the extras hold no fusion head weights "
-                             "(fusion.*); re-save the folder with the trainer that wrote it")
-        if meta is None:  # format 1: metadata as float tensors among the weights
-            meta = {"fitted": bool(weights.pop("fitted", torch.tensor(1.0)).item() > 0),
-                    "coordinates": int(weights.pop("coordinates", torch.tensor(1.0)).item())}
-        coordinates = int(meta.get("coordinates", 1))
-        if coordinates > FusionHead.COORDINATES:
-            raise ValueError(f"the fusion head was saved with blend coordinates v{coordinates}; this "
-                             f"daclip_lora reads up to v{FusionHead.COORDINATES}: upgrade daclip_lora")
-        if coordinates < self.fusion.version:  # an older head: its own layout (inputs and colour correction)
-            self.fusion = FusionHead(self.config.embed_dim, decoded_lq=self.config.fusion_decoded_lq,
-                                     version=2).requires_grad_(False).to(self.fusion.fc1.weight.device)
-        if coordinates == 1:
-            weights = FusionHead.legacy_state(weights)
-        self.fusion.load_state_dict(weights)
-        self.fusion.fitted = bool(meta.get("fitted", True))
-
-    def _load_output_norm(self, weights: Dict[str, torch.Tensor]) -> None:
-        if not weights:
-            raise ValueError("restoration.json has output_norm: true but the extras hold no output_norm.* weights; "
-                             "re-save the folder with the trainer that wrote it")
-        missing, unexpected = self.unet.conv_norm_out.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if not k.startswith("norm.")]
-        if missing or unexpected:
-            raise ValueError(f"output_norm weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
-
-    def _load_modulation(self, weights: Dict[str, torch.Tensor]) -> None:
-        if self.modulation is None:
-            raise ValueError("modulated_lora: true but the UNet's LoRA is not attached yet; load the LoRA first "
-                             "(load_restoration does)")
-        if not weights:
-            raise ValueError("restoration.json has modulated_lora: true but the extras hold no modulation.* "
-                             "weights; re-save the folder with the trainer that wrote it")
-        self.modulation.load_state_dict(weights)
-
-    def _load_conv_in(self, state: Dict[str, torch.Tensor]) -> None:
-        if "conv_in.weight" not in state:
-            raise ValueError("restoration extras lack conv_in.weight (was the model trained without lq_latent?)")
-        conv = self.unet.conv_in
-        w = state["conv_in.weight"]
-        if w.shape[1] != conv.in_channels or w.shape[0] != conv.out_channels:
-            raise ValueError(f"conv_in.weight is {tuple(w.shape)}, the model needs "
-                             f"({conv.out_channels}, {conv.in_channels}, ...)")
-        base = conv.base if isinstance(conv, LQConvIn) else conv
-        with torch.no_grad():
-            base.weight.copy_(w[:, :base.in_channels])
-            if isinstance(conv, LQConvIn):
-                conv.lq.weight.copy_(w[:, conv.base_channels:])
-            if "conv_in.bias" in state and base.bias is not None:
-                base.bias.copy_(state["conv_in.bias"])
+def _load_part(name: str, module: nn.Module, weights: Dict[str, torch.Tensor], lora_only: bool = False) -> None:
+    """``module.load_state_dict(weights)``, all of them (only its LoRA tensors when ``lora_only``), or one line."""
+    expected = {k for k in module.state_dict() if not lora_only or "lora_" in k}
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(f"restoration extras: the {name!r} weights do not fit this model ({len(missing)} missing, "
+                         f"e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); re-save the "
+                         f"folder with the trainer that wrote it")
+    module.load_state_dict(weights, strict=not lora_only)
 
 
 def _prefixed(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ created on the pipeline's device; the UNet and DA-CLIP run under autocast when `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import logging
 from pathlib import Path
@@ -23,7 +24,8 @@ from ..data.datasets import clip_batch, degradation_embeddings, view_side
 from .backbone import SDBackbone, SDComponents, backbone_for, encode_prompt, load_sd_components
 from .color_fix import COLOR_FIXES, apply_color_fix
 from .diffusion import one_step
-from .model import LQConvIn, RestorationConfig, RestorationUNet
+from .conditioning import Conditions
+from .model import RestorationConfig, RestorationUNet
 from .schedulers import SCHEDULER_ALIASES, SCHEDULERS, make_scheduler, scheduler_name
 from .serialization import load_restoration, read_restoration_config
 from .tiling import tiled_map
@@ -143,21 +145,20 @@ class RestorationPipeline:
         return next(self.model.parameters()).device
 
     def merge_lora(self) -> None:
-        """Bake LoRA into the UNet (and the VAE and text encoders) and fuse the widened ``conv_in``: faster, same
-        outputs.
+        """Bake LoRA into the UNet (and the VAE and text encoders) and fold the paths that can be folded (the
+        widened ``conv_in``): faster, same outputs.
 
-        A degradation-modulated LoRA (``config.modulated_lora``) depends on each image, so it stays unmerged (its
-        hooks run on every call); ``conv_in`` and the text encoder are still fused.
+        A LoRA that a path changes per image (the degradation-modulated LoRA) refuses to merge: it stays a peft
+        layer; the rest is still merged.
         """
         from .._utils.lora import unload_lora
 
         self._prompt_cache.clear()
-        if self.model.modulation is None:
+        if self.model.lora_mergeable:
             unload_lora(self.model.unet, merge=True)
         else:
             logger.info("the UNet's LoRA is modulated per image (modulated_lora): kept unmerged")
-        if isinstance(self.model.unet.conv_in, LQConvIn):
-            self.model.unet.conv_in = self.model.unet.conv_in.fused()
+        self.model.merge_paths()
         if self.model.lq_encoder is not None:  # the VAE's encoder, which encode_latents uses
             unload_lora(self.model.lq_encoder, merge=True)
         if getattr(self.backbone.text_encoder, "peft_config", None):
@@ -345,7 +346,7 @@ class RestorationPipeline:
         else:
             out, decoded_lq = self.decode_latents(latents, tile, overlap, decode_tiles), None
         if blend:
-            out = self.model.fusion(x, out, decoded_lq, image_emb.float(), degra_emb.float()).clamp(0, 1)
+            out = self.model.fusion(x, out, decoded_lq, degra_emb.float()).clamp(0, 1)
         if color_fix != "none":
             words = self.predicted_degradations(degra_emb) if color_fix == "auto" else None
             out = apply_color_fix(out, x, color_fix, words)
@@ -449,9 +450,9 @@ class RestorationPipeline:
     def encode_conditions(self, x: torch.Tensor, prompt: Optional[str], guidance_scale: float,
                           embeddings: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
         """DA-CLIP's content and degradation embeddings (``embeddings`` when given), then the conditional and
-        (for guidance > 1; else all ``None``) the unconditional (empty prompt, no DA-CLIP) conditions, each a
-        ``(context, time labels, pooled text)`` triple (labels ``None`` when the model reads none, pooled ``None``
-        outside SDXL)."""
+        (for guidance > 1; else ``None``) the unconditional (empty prompt, no DA-CLIP) UNet inputs, each a
+        ``(text hidden states, Conditions, pooled text)`` triple (pooled ``None`` outside SDXL; the LQ latent is
+        added per call, tile by tile)."""
         b = x.shape[0]
         if embeddings is not None and any(e.shape[0] != b for e in embeddings):
             raise ValueError(f"embeddings must hold one (content, degradation) pair per image: {b} images, got "
@@ -460,45 +461,40 @@ class RestorationPipeline:
         with self.autocast():
             image_emb, degra_emb = self.daclip_embeddings(x) if embeddings is None else \
                 (e.to(self.device) for e in embeddings)
-            cond = (self.model.context(self.text_hidden(prompt, b), image_emb, degra_emb),
-                    self.model.time_labels(degra_emb), self.text_pooled(prompt, b))
+            conditions = Conditions(image=image_emb, degradation=degra_emb)
+            cond = (self.text_hidden(prompt, b), conditions, self.text_pooled(prompt, b))
             if guidance_scale <= 1:
-                return image_emb, degra_emb, cond, (None, None, None)
-            off = torch.zeros(b, device=x.device)
-            uncond = (self.model.context(self.text_hidden("", b), image_emb, degra_emb, keep_daclip=off),
-                      None if cond[1] is None else self.model.time_labels(degra_emb, off), self.text_pooled("", b))
-        return image_emb, degra_emb, cond, uncond
+                return image_emb, degra_emb, cond, None
+            off = dataclasses.replace(conditions, keep_daclip=torch.zeros(b, device=x.device))
+            return image_emb, degra_emb, cond, (self.text_hidden("", b), off, self.text_pooled("", b))
 
-    def _predictor(self, b: int, c: int, cond: Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]],
-                   uncond: Tuple[Optional[torch.Tensor], ...], guidance_scale: float,
+    def _predictor(self, b: int, c: int, cond: Tuple[torch.Tensor, Conditions, Optional[torch.Tensor]],
+                   uncond: Optional[Tuple[torch.Tensor, Conditions, Optional[torch.Tensor]]], guidance_scale: float,
                    tile: Optional[int], overlap: int, on_tile: Optional[Callable[[int, int], None]] = None
                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``run(model_in, t)``: the (guided, tiled) UNet prediction for ``[latents, LQ latent]`` at ``t``;
-        ``cond`` and ``uncond`` are (context, time labels, pooled text) triples (``uncond`` all ``None`` without
-        guidance). The backbone's extra UNet arguments are built for each call's own latents: ``k`` tiles of the
-        ``b`` images, twice that under guidance."""
+        ``cond`` and ``uncond`` are :meth:`encode_conditions`' triples (``uncond`` ``None`` without guidance). Every
+        input is repeated for the ``k`` tiles of the ``b`` images in a call (twice that under guidance), and the
+        backbone's extra UNet arguments are built for each call's own latents."""
         device, f = self.device, self.vae_factor
-        (cond, labels, pooled), (uncond, uncond_labels, uncond_pooled) = cond, uncond
-
-        def repeat(v: Optional[torch.Tensor], k: int) -> Optional[torch.Tensor]:
-            return None if v is None else v.repeat(k, *([1] * (v.ndim - 1)))
         latent_tile, latent_overlap = (tile // f, overlap // f) if tile else (0, 0)
+        branches = [cond] if uncond is None else [uncond, cond]
 
         def predict(model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             k = model_in.shape[0] // b  # tile positions stacked in this call
-            tt = t.to(device).expand(model_in.shape[0])
-            noisy, lq_in = model_in[:, :c], (model_in[:, c:] if self.config.lq_latent else None)
-            ctx, lab = cond.repeat(k, 1, 1), repeat(labels, k)
-            if uncond is None:
-                return self.model.denoise(noisy, tt, ctx, lq_in, time_labels=lab,
-                                          **self.backbone.unet_kwargs(noisy, repeat(pooled, k)))
-            both_pooled = None if pooled is None else torch.cat([repeat(uncond_pooled, k), repeat(pooled, k)])
-            both_noisy = torch.cat([noisy, noisy])
-            both = self.model.denoise(both_noisy, torch.cat([tt, tt]), torch.cat([uncond.repeat(k, 1, 1), ctx]),
-                                      None if lq_in is None else torch.cat([lq_in, lq_in]),
-                                      time_labels=None if lab is None else torch.cat([repeat(uncond_labels, k), lab]),
-                                      **self.backbone.unet_kwargs(both_noisy, both_pooled))
-            u, cnd = both.float().chunk(2)
+            noisy = model_in[:, :c]
+            lq = model_in[:, c:] if self.config.lq_latent else None
+            n = len(branches)
+            conditions = Conditions.cat([dataclasses.replace(cnd.repeat(k), lq_latent=lq) for _, cnd, _ in branches])
+            pooled = [p for _, _, p in branches]
+            both_noisy = noisy.repeat(n, 1, 1, 1)
+            pred = self.model.denoise(both_noisy, t.to(device).expand(both_noisy.shape[0]),
+                                      torch.cat([h.repeat(k, 1, 1) for h, _, _ in branches]), conditions,
+                                      **self.backbone.unet_kwargs(both_noisy, None if pooled[0] is None else
+                                                                  torch.cat([p.repeat(k, 1) for p in pooled])))
+            if n == 1:
+                return pred
+            u, cnd = pred.float().chunk(2)
             return u + guidance_scale * (cnd - u)
 
         def run(model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,7 @@ def count_restoration_parameters(name: str, rank: int = 8, embed_dim: int = 512,
     """Parameter counts of the restoration model on a real SD UNet, built on the meta device."""
     from diffusers import UNet2DConditionModel
 
+    from .conditioning import conditioning_paths
     from .lora import add_restoration_lora
     from .model import RestorationConfig, RestorationUNet
 
@@ -111,12 +112,12 @@ def count_restoration_parameters(name: str, rank: int = 8, embed_dim: int = 512,
         unet = UNet2DConditionModel(**cfg)
         unet_params = sum(p.numel() for p in unet.parameters())
         config = RestorationConfig(base=name, daclip_model="daclip_ViT-B-32", embed_dim=embed_dim,
-                                   cross_attention_dim=cfg["cross_attention_dim"], num_tokens=num_tokens,
-                                   lora={"rank": rank, "alpha": rank})
+                                   cross_attention_dim=cfg["cross_attention_dim"],
+                                   paths=conditioning_paths(num_tokens=num_tokens), lora={"rank": rank, "alpha": rank})
         model = RestorationUNet(unet, config)
         add_restoration_lora(model, config.lora)
     named = dict(model.named_parameters())
     return {"unet": unet_params,
             "lora": sum(p.numel() for n, p in named.items() if "lora_" in n),
-            "projector": sum(p.numel() for n, p in named.items() if n.startswith("conditioner.")),
-            "conv_in_new": sum(p.numel() for n, p in named.items() if n == "unet.conv_in.lq.weight")}
+            "projector": sum(p.numel() for n, p in named.items() if n.startswith("paths.context_tokens.")),
+            "conv_in_new": sum(p.numel() for n, p in named.items() if n.startswith("paths.lq_latent."))}

@@ -1,23 +1,13 @@
 """The restoration output folder: write it atomically, read its config, load it into a fresh model.
 
 A folder holds ``pytorch_lora_weights.safetensors`` (diffusers format, LoRA config in its metadata, loadable by
-``StableDiffusionPipeline.load_lora_weights``), ``restoration_extras.safetensors`` (projector, widened
-``conv_in``, fusion head) and ``restoration.json``: the :class:`~daclip_lora.restoration.model.RestorationConfig`
-plus ``format_version`` and the fusion head's state (``fusion_head``). Format versions:
+``StableDiffusionPipeline.load_lora_weights``), ``restoration_extras.safetensors`` (every conditioning path's
+parameters under its name, the fusion head, the VAE-encoder LoRA) and ``restoration.json``: the
+:class:`~daclip_lora.restoration.model.RestorationConfig` plus ``format_version`` and the fusion head's state
+(``fusion_head: {fitted}``).
 
-* 1 (no ``format_version`` key): the fusion head's ``fitted`` flag and blend-coordinate version were float
-  tensors in the extras (``fusion.fitted``, ``fusion.coordinates``); still read.
-* 2: they live in ``restoration.json`` (``fusion_head: {fitted, coordinates}``); the extras hold weights only.
-* 3: the UNet's DA-CLIP paths (``time_embedding``, ``modulated_lora``, ``output_norm``; extras ``time_embedding.*``,
-  ``modulation.*``, ``output_norm.*``). A version-2 reader would drop those keys and build another model, so it
-  must refuse these folders; versions 1 and 2 are still read (the paths off).
-* 4: ``fusion_decoded_lq`` (the fusion head's inputs: ``false`` reads the LQ image in place of ``D(z_LQ)``). A
-  version-3 reader would ignore the key and blend a second decode the head was not fitted on, so it must refuse
-  these folders; versions 1-3 are still read (``fusion_decoded_lq: true``).
-
-The fusion head's own layout is versioned by ``fusion_head.coordinates`` (:attr:`FusionHead.COORDINATES
-<daclip_lora.restoration.fusion.FusionHead.COORDINATES>`; 3 since the head reads the decodes' statistics): a
-reader that knows fewer versions refuses the folder and says to upgrade, older heads load in their own layout.
+This is format 1, the only one (the policy for later ones is in ``docs/design.md``). Folders written by
+pre-release development versions (no ``paths`` key) are refused with a line saying how to re-make them.
 """
 
 from __future__ import annotations
@@ -44,8 +34,8 @@ __all__ = ["CONFIG_NAME", "EXTRAS_NAME", "FORMAT_VERSION", "LORA_WEIGHT_NAME", "
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 EXTRAS_NAME = "restoration_extras.safetensors"
-#: version of the folder layout this daclip_lora writes; it reads this one and every older one
-FORMAT_VERSION = 4
+#: version of the folder layout this daclip_lora writes and reads
+FORMAT_VERSION = 1
 
 
 def save_restoration(model: RestorationUNet, out_dir: Union[str, Path], text_encoder: Optional[nn.Module] = None,
@@ -70,17 +60,21 @@ def save_restoration(model: RestorationUNet, out_dir: Union[str, Path], text_enc
 
 
 def _read_record(folder: Path) -> Dict[str, Any]:
-    """``restoration.json`` as a dict, its format version checked."""
+    """``restoration.json`` as a dict, its format checked."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a restoration output folder ({CONFIG_NAME} is missing); pass "
                                 f"experiments/<name>/models/restoration")
     data = json.loads(path.read_text())
-    version = data.get("format_version", 1)
+    version = data.get("format_version")
+    if "paths" not in data:
+        raise ValueError(f"{path} was written by a pre-release daclip_lora (format {version or 1} without "
+                         f"conditioning paths), which this version does not read: re-make it by training again "
+                         f"(daclip-lora train -opt <its options.yml>)")
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"{path}: format_version must be a positive integer, got {version!r}")
     if version > FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {version}; this daclip_lora reads up to {FORMAT_VERSION}: "
+        raise ValueError(f"{path} has format_version {version}; this daclip_lora reads {FORMAT_VERSION}: "
                          f"upgrade daclip_lora (pip install -U daclip_lora)")
     return data
 
@@ -90,7 +84,7 @@ def read_restoration_config(folder: Union[str, Path]) -> RestorationConfig:
 
     Raises:
         FileNotFoundError: ``folder`` has no ``restoration.json``.
-        ValueError: the folder was written by a newer daclip_lora (``format_version``).
+        ValueError: the folder was written by another daclip_lora (``format_version``, or a pre-release one).
     """
     folder = Path(folder)
     data = _read_record(folder)
@@ -151,8 +145,7 @@ def _load_text_encoder_lora(model: RestorationUNet, text_encoder: nn.Module, lor
 
 def load_restoration(model: RestorationUNet, folder: Union[str, Path], text_encoder: Optional[nn.Module] = None,
                      ) -> None:
-    """Load a saved folder (any format version up to :data:`FORMAT_VERSION`) into a freshly built
-    :class:`RestorationUNet` (and text encoder).
+    """Load a saved folder into a freshly built :class:`RestorationUNet` (and text encoder).
 
     Raises:
         FileNotFoundError: the folder has no LoRA file.
@@ -169,7 +162,6 @@ def load_restoration(model: RestorationUNet, folder: Union[str, Path], text_enco
     state = load_file(str(lora_path))
     _load_unet_lora(model, lora_path, state)
     if (folder / EXTRAS_NAME).is_file():
-        fusion_state = record.get("fusion_head") if record.get("format_version", 1) >= 2 else None
-        model.load_extras(load_file(str(folder / EXTRAS_NAME)), fusion_state)
+        model.load_extras(load_file(str(folder / EXTRAS_NAME)), record.get("fusion_head"))
     if text_encoder is not None:
         _load_text_encoder_lora(model, text_encoder, lora_path, state)

@@ -36,7 +36,6 @@ class Context:
         self.strict = strict
         self.warnings: List[str] = []
         self.ignored: List[str] = []
-        self.set_keys: List[str] = []  # keys of strict blocks that the file sets
 
     def error(self, key: str, message: str) -> OptionsError:
         return OptionsError(f"{self.source}: {key}: {message}")
@@ -199,8 +198,6 @@ def _build_key(cls: type, key: Any, value: Any, where: str, hints: Dict[str, Any
     dotted = f"{where}.{key}" if where else str(key)
     strict = cls in ctx.strict
     if key in fields and key not in ("extra", "ignored", "source"):
-        if strict:
-            ctx.set_keys.append(dotted)
         kwargs[key] = coerce(value, hints[key], dotted, ctx)
     elif strict:
         valid = [f for f in fields if f != "extra"]
@@ -215,8 +212,8 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
-def resolve_field(cls: Any, parts: Sequence[str], strict: FrozenSet[type] = frozenset()) -> Any:
-    """The schema type at a dotted path, or ``None`` where the path leaves the schema.
+def resolve_field(cls: Any, parts: Sequence[str], strict: FrozenSet[type] = frozenset(), where: str = "") -> Any:
+    """The schema type at a dotted path (under ``where``, for messages), or ``None`` where it leaves the schema.
 
     Raises:
         OptionsError: an unknown key inside a strict dataclass.
@@ -233,7 +230,8 @@ def resolve_field(cls: Any, parts: Sequence[str], strict: FrozenSet[type] = froz
         if part not in hints or part == "extra":
             if tp in strict:
                 valid = [h for h in hints if h != "extra"]
-                raise OptionsError(f"--opt {'.'.join(parts)}: unknown key {part!r}.{suggest(part, valid)}")
+                raise OptionsError(f"--opt {'.'.join([where, *parts] if where else parts)}: unknown key {part!r}."
+                                      f"{suggest(part, valid)}")
             return None
         tp = hints[part]
     return tp

@@ -24,11 +24,14 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from .._utils.lora import LoraSpec
 from .._utils.suggest import suggest
 from ..data.degrade import DEGRADATIONS
 from ..restoration.schedulers import SCHEDULERS, scheduler_name
 from ._coerce import Context, OptionsError, build, parse_override_value, resolve_field
+from .blocks import (ConditioningOptions, ControllerOptions, DaclipModelOptions, DaclipOptions,  # noqa: F401
+                     DiffusionRuntimeOptions, GenerationOptions, LoraOptions, LossOptions, RestorationRuntimeOptions,
+                     RestorationSDOptions, RuntimeOptions, SamplingOptions, SDOptions, Text2ImageSDOptions,
+                     input_path)
 from .optimizers import optimizer_name
 from .tasks import TASKS
 
@@ -51,16 +54,10 @@ __all__ = [
 
 
 
-def _path() -> Any:
-    """An input-path field: ``~`` is expanded; existence is checked when ``check_paths``."""
-    return field(default=None, metadata={"path": True})
+_path = input_path
 
 
 # ------------------------------------------------------------------------------ schema
-#: The LoRA block (``controller.lora``, ``sd.lora``, ``sd.text_encoder_lora``): one typed spec everywhere.
-LoraOptions = LoraSpec
-
-
 @dataclass
 class DatasetOptions:
     """One entry of ``datasets``; its ``phase`` comes from the key (``train``, ``val_2``, ``test1``)."""
@@ -137,149 +134,6 @@ class LoggerOptions:
 
 
 @dataclass
-class DaclipOptions:
-    """The DA-CLIP model: conditioning for restoration, or the model whose controller is trained."""
-
-    model: str = "daclip_ViT-B-32"
-    pretrained: Optional[str] = _path()  # falls back to path.daclip
-    adapter: Optional[str] = _path()  # controller LoRA folder to apply
-
-
-@dataclass
-class ControllerOptions:
-    """Controller-LoRA training (``task: controller``)."""
-
-    lora: LoraOptions = field(default_factory=LoraOptions)
-    zero_modules: Literal["train", "lora", "frozen"] = "lora"
-    train_logit_scale: bool = True
-    loss: Literal["label_aware", "reference"] = "label_aware"
-    caption_weight: float = 1.0
-
-
-@dataclass
-class ConditioningOptions:
-    image_context: bool = True
-    degra_context: bool = True
-    num_tokens: int = 4
-    lq_latent: bool = True
-    drop_text: float = 0.05
-    drop_daclip: float = 0.05
-    drop_lq: float = 0.05
-    lq_start: float = 0.0  # share of training samples noised from the LQ latent (for strength < 1 sampling)
-    time_embedding: bool = False  # DA-CLIP's degradation embedding added to the UNet's time embedding
-    modulated_lora: bool = False  # every UNet LoRA layer computes B·M(e)·A, M predicted from that embedding
-    output_norm: bool = False  # the UNet's last norm scaled and shifted from that embedding and its input's stats
-
-
-@dataclass
-class LossOptions:
-    """``sd.loss``: pixel-space terms added to the one-step loss, on the restored latent decoded by the frozen
-    VAE decoder (OSEDiff: MSE + LPIPS; S3Diff: MSE + LPIPS + GAN). LPIPS/DISTS are pyiqa's (the metrics extra)."""
-
-    one_step: float = 1.0  # weight of sd.one_step_loss (in sd.one_step_space)
-    l1: float = 0.0
-    lpips: float = 0.0
-    dists: float = 0.0
-    weights_dir: Optional[str] = _path()  # torch hub folder holding pyiqa/ and checkpoints/ (default: $TORCH_HOME/hub)
-    checkpoint_decoder: bool = False  # recompute the decoder's activations in the backward pass (memory)
-
-    def __post_init__(self) -> None:
-        for key in ("one_step", "l1", "lpips", "dists"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"sd.loss.{key} must be >= 0, got {getattr(self, key)}")
-        if not (self.one_step or self.l1 or self.lpips or self.dists):
-            raise ValueError("sd.loss: every weight is 0; give one_step, l1, lpips or dists a positive weight")
-
-
-@dataclass
-class SDOptions:
-    """Stable Diffusion base model (a diffusers folder) and what is trained on it."""
-
-    base: Optional[str] = _path()
-    prompt: str = ""
-    lora: LoraOptions = field(default_factory=LoraOptions)
-    text_encoder_lora: Optional[LoraOptions] = None
-    text_encoder_lr: Optional[float] = None
-    conditioning: ConditioningOptions = field(default_factory=ConditioningOptions)
-    #: restoration: "diffusion" (epsilon/v training, sampled with steps/strength) or "one_step" (the UNet maps
-    #: the LQ latent to the restored latent in one call at timestep one_step_t, trained on a per-image log-MSE)
-    objective: Literal["diffusion", "one_step"] = "diffusion"
-    one_step_t: int = 50
-    #: restoration, one_step: the UNet's input at one_step_t: "scaled" (the LQ latent read as x_t,
-    #: sqrt(abar_t) z_LQ) or "raw" (z_LQ as it is, as OSEDiff feeds it at t = 999)
-    one_step_input: Literal["scaled", "raw"] = "scaled"
-    #: restoration: LoRA on the VAE encoder (OSEDiff, S3Diff): the LQ latent is then learned too; the GT's
-    #: latent, the target, stays the frozen encoder's. None: the encoder is frozen
-    vae_encoder_lora: Optional[LoraOptions] = None
-    #: restoration: train the UNet's first convolution in full (its base weights, next to the LQ channels'
-    #: new ones), as OSEDiff does; saved with the model's other weights
-    train_conv_in: bool = False
-    #: restoration, one_step: the per-image loss, averaged over the batch: "log_mse" (mean PSNR: mild and severe
-    #: degradations weigh alike), "rmse" (between log-MSE and MSE) or "mse"
-    one_step_loss: Literal["log_mse", "rmse", "mse"] = "log_mse"
-    #: restoration, one_step: where it is taken: "latent" (against the GT latent) or "pixel" (the restored latent
-    #: decoded by the frozen VAE decoder, against the GT image, as OSEDiff and S3Diff train)
-    one_step_space: Literal["latent", "pixel"] = "latent"
-    #: restoration, one_step: extra pixel-space terms (L1, LPIPS, DISTS) through the frozen decoder
-    loss: LossOptions = field(default_factory=LossOptions)
-    #: restoration: fit the degradation-aware output fusion head after the LoRA (restoration.fusion.FusionHead)
-    fusion: bool = False
-    #: restoration, fusion: the head also blends D(z_LQ), the decoded LQ latent (a second VAE decode per image);
-    #: false: the LQ image stands in for it, one decode (faster; see docs/benchmarks.md for the PSNR it costs)
-    fusion_decoded_lq: bool = True
-    #: training images the fusion head is fitted on, plus every image of a ``datasets.calib`` split (pairs
-    #: the LoRA and the controller never saw: their DA-CLIP embeddings are as good as on new images)
-    fusion_images: int = 1024
-    resolution: int = 512
-    validation_prompts: Optional[str] = _path()  # text2image: one prompt per line
-    clip_score: bool = True  # text2image: CLIP score of validation images with daclip.model
-
-
-@dataclass
-class RuntimeOptions:
-    """accelerate and performance settings shared by every trainer."""
-
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = False
-    max_grad_norm: Optional[float] = 1.0
-    weight_decay: float = 1e-2
-    cache: bool = False  # the frozen models' work on the training crops, once, on disk (training/latent_cache.py)
-    #: cached crops per training image: 1 the centre crop; N > 1 N seeded random crops (with the block's flips and
-    #: rotations), each a sample of its own, so an epoch sees every image N times in different crops
-    cache_crops: int = 1
-    cache_dir: Optional[str] = None  # where the latent cache lives (default <root>/cache/latents; shared by runs)
-    ema_decay: Optional[float] = None
-    snr_gamma: Optional[float] = None
-    noise_offset: float = 0.0
-    device: Optional[str] = None  # None: accelerate's choice (GPU if available)
-
-    def __post_init__(self) -> None:
-        if self.cache_crops < 1:
-            raise ValueError(f"runtime.cache_crops must be at least 1 (1: the centre crop; N: N random crops per "
-                             f"image), got {self.cache_crops}")
-
-
-@dataclass
-class SamplingOptions:
-    """Restoration sampling (``test``)."""
-
-    scheduler: str = "ddim"  # ddim, dpm++ or euler; case-insensitive, aliases such as DPMPP_2M accepted
-    steps: int = 50
-    guidance_scale: float = 1.0
-    strength: float = 1.0
-    seed: int = 0
-    merge_lora: bool = True
-    crop_border: int = 0
-    tile_size: Optional[int] = None  # pixels; None: tile images larger than the base's native size; 0: never
-    tile_overlap: Optional[int] = None  # pixels; None: a quarter of the tile
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the UNet and DA-CLIP at sampling
-    color_fix: Literal["none", "wavelet", "adain", "auto"] = "none"  # the LQ's colours back (restoration.color_fix)
-    lora_scale: float = 1.0  # the UNet LoRA's strength at inference: 0 the base UNet (fidelity), 1 as trained
-    metrics: Optional[List[str]] = None  # test: also score the restored images with these `evaluate` metrics
-
-
-@dataclass
 class Options:
     """A whole options file. ``extra`` keeps top-level UIR keys we do not use (``sde``, ...)."""
 
@@ -295,24 +149,29 @@ class Options:
     path: PathOptions = field(default_factory=PathOptions)
     train: Optional[TrainOptions] = None
     logger: LoggerOptions = field(default_factory=LoggerOptions)
-    daclip: DaclipOptions = field(default_factory=DaclipOptions)
+    #: our own blocks: each holds the dataclass its task declares (training.tasks.TaskSpec.blocks); a block the
+    #: task does not read holds that class's defaults
+    daclip: DaclipModelOptions = field(default_factory=DaclipOptions)
     controller: ControllerOptions = field(default_factory=ControllerOptions)
     sd: SDOptions = field(default_factory=SDOptions)
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
-    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    sampling: GenerationOptions = field(default_factory=SamplingOptions)
     extra: Dict[str, Any] = field(default_factory=dict)
     ignored: List[str] = field(default_factory=list)
     source: Optional[str] = None
 
 
 def task_keys(task: str) -> Tuple[str, ...]:
-    """The keys of our own blocks that ``task`` reads (its :class:`~daclip_lora.training.tasks.TaskSpec`'s
-    ``reads``; a prefix covers its sub-keys)."""
-    return TASKS[task].reads
+    """The keys of our own blocks that ``task`` reads (derived from its
+    :class:`~daclip_lora.training.tasks.TaskSpec`'s ``blocks``; a prefix covers its sub-keys)."""
+    return TASKS.get(task).reads
 
 
-_STRICT = frozenset({LoraOptions, DaclipOptions, ControllerOptions, ConditioningOptions, SDOptions, RuntimeOptions,
-                      SamplingOptions})
+#: the top-level keys of our own (strict) blocks
+OWN_BLOCKS = ("daclip", "controller", "sd", "runtime", "sampling")
+_STRICT = frozenset({LoraOptions, DaclipModelOptions, DaclipOptions, ControllerOptions, ConditioningOptions,
+                     LossOptions, SDOptions, RestorationSDOptions, Text2ImageSDOptions, RuntimeOptions,
+                     DiffusionRuntimeOptions, RestorationRuntimeOptions, GenerationOptions, SamplingOptions})
 _PHASES = ("train", "val", "test", "calib")
 
 
@@ -351,16 +210,35 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return data
 
 
+def _override_type(parts: Sequence[str], task: Any) -> Any:
+    """The schema type at ``parts``: our own blocks through the classes ``task`` declares (else any task's, so
+    that a key of another task reaches the loader's "never reads it" message)."""
+    if parts[0] not in OWN_BLOCKS:
+        return resolve_field(Options, parts, _STRICT)
+    spec = TASKS.get(task) if isinstance(task, str) and task in TASKS else None
+    classes = [spec.blocks[parts[0]]] if spec is not None and parts[0] in spec.blocks else []
+    classes += [TASKS.get(t).blocks[parts[0]] for t in TASKS if parts[0] in TASKS.get(t).blocks]
+    first: Optional[OptionsError] = None
+    for cls in classes:
+        try:
+            return resolve_field(cls, parts[1:], _STRICT, where=parts[0])
+        except OptionsError as e:
+            first = first or e
+    if first is not None:
+        raise first
+    return None
+
+
 def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to raw option data; values are typed by the schema."""
-    for item in overrides:
+    """Apply ``key.sub=value`` overrides to raw option data; values are typed by the schema of the file's task."""
+    for item in sorted(overrides, key=lambda o: not o.strip().startswith("task=")):  # the task first: it types
         if "=" not in item:
             raise OptionsError(f"--opt {item!r}: expected key.sub=value (e.g. train.lr_G=2e-4)")
         key, text = item.split("=", 1)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
             raise OptionsError(f"--opt {item!r}: empty key")
-        tp = resolve_field(Options, parts, _STRICT)
+        tp = _override_type(parts, data.get("task", "restoration"))
         value = yaml.safe_load(text) if tp is None else parse_override_value(text, tp)
         node = data
         for part in parts[:-1]:
@@ -388,7 +266,9 @@ def parse_options(
     if not isinstance(datasets_raw, dict):
         raise ctx.error("datasets", f"expected a mapping of dataset blocks, got {datasets_raw!r}")
     data.pop("is_train", None)
+    own = {name: data.pop(name) for name in OWN_BLOCKS if name in data}
     opt: Options = build(Options, data, "", ctx)
+    _build_own_blocks(opt, own, ctx)
     opt.is_train = is_train
     if is_train and opt.train is None:
         opt.train = TrainOptions()
@@ -398,7 +278,6 @@ def parse_options(
         if ds.distortion is None and ds.mode in ("MD", "GT"):
             ds.distortion = list(opt.distortion)
         opt.datasets[str(key)] = ds
-    _check_task_keys(opt, ctx)
     _derive_paths(opt, Path(root).expanduser())
     _expand_user(opt)
     _check_semantics(opt, ctx, check_paths)
@@ -442,16 +321,29 @@ def _reads(task: str, key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in task_keys(task))
 
 
-def _check_task_keys(opt: Options, ctx: Context) -> None:
-    if opt.task not in TASKS:
+def _refuse_unread(task: str, key: str, ctx: Context) -> None:
+    """A key of our own blocks that ``task`` never reads: an error naming the tasks that do."""
+    readers = [t for t in TASKS if t != task and _reads(t, key)]
+    hint = f" (it is read by task {' and '.join(readers)})" if readers else ""
+    raise ctx.error(key, f"set, but task {task} never reads it{hint}; remove it from the file")
+
+
+def _build_own_blocks(opt: Options, own: Dict[str, Any], ctx: Context) -> None:
+    """Our strict blocks, each built with the dataclass ``opt.task`` declares for it; a block or key the task
+    does not read is refused (naming the task that reads it), a key no task reads names the closest valid one."""
+    if not isinstance(opt.task, str) or opt.task not in TASKS:
         raise ctx.error("task", f"expected one of {', '.join(TASKS)}, got {opt.task!r}."
                                 f"{suggest(str(opt.task), list(TASKS))} (training.tasks.register_task adds one)")
-    for key in ctx.set_keys:
-        if _reads(opt.task, key) or any(k.startswith(key + ".") for k in task_keys(opt.task)):
-            continue
-        readers = [t for t in TASKS if _reads(t, key)]
-        hint = f" (it is read by task {' and '.join(readers)})" if readers else ""
-        raise ctx.error(key, f"set, but task {opt.task} never reads it{hint}; remove it from the file")
+    blocks = TASKS.get(opt.task).blocks
+    for name, raw in own.items():
+        for key in raw if isinstance(raw, dict) else ():
+            if name not in blocks or (not _reads(opt.task, f"{name}.{key}")
+                                      and any(_reads(t, f"{name}.{key}") for t in TASKS)):
+                _refuse_unread(opt.task, f"{name}.{key}", ctx)
+        if name not in blocks and raw is not None and not isinstance(raw, dict):
+            _refuse_unread(opt.task, name, ctx)
+    for name, cls in blocks.items():
+        setattr(opt, name, build(cls, own.get(name), name, ctx))
 
 
 def _derive_paths(opt: Options, root: Path) -> None:
@@ -527,14 +419,16 @@ def _check_sampling(opt: Options, ctx: Context) -> None:
     except ValueError as e:
         raise ctx.error("sampling.scheduler", str(e)) from None
     s = opt.sampling
-    for key, value, low in (("steps", s.steps, 1), ("tile_size", s.tile_size, 0), ("tile_overlap", s.tile_overlap, 0)):
+    for key, low in (("steps", 1), ("tile_size", 0), ("tile_overlap", 0)):
+        value = getattr(s, key, None)  # text2image's sampling has no tiles
         if value is not None and value < low:
             raise ctx.error(f"sampling.{key}", f"must be at least {low}, got {value}")
-    if not 0 < s.strength <= 1:
-        raise ctx.error("sampling.strength", f"must be in (0, 1], got {s.strength}")
-    if s.tile_size and s.tile_overlap is not None and s.tile_overlap >= s.tile_size:
-        raise ctx.error("sampling.tile_overlap", f"must be smaller than sampling.tile_size ({s.tile_size}), "
-                                                 f"got {s.tile_overlap}")
+    if isinstance(s, SamplingOptions):
+        if not 0 < s.strength <= 1:
+            raise ctx.error("sampling.strength", f"must be in (0, 1], got {s.strength}")
+        if s.tile_size and s.tile_overlap is not None and s.tile_overlap >= s.tile_size:
+            raise ctx.error("sampling.tile_overlap", f"must be smaller than sampling.tile_size ({s.tile_size}), "
+                                                     f"got {s.tile_overlap}")
 
 
 def _check_paths_exist(opt: Options, ctx: Context) -> None:

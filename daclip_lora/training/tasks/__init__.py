@@ -9,8 +9,11 @@ import diffusers. Register a new task with :func:`register_task`.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
+
+from ..._utils.registry import Registry
+from .. import blocks as b
 
 __all__ = ["TASKS", "TaskSpec", "get_task", "register_task"]
 
@@ -18,14 +21,26 @@ __all__ = ["TASKS", "TaskSpec", "get_task", "register_task"]
 @dataclass(frozen=True)
 class TaskSpec:
     """One task: ``trainer`` and ``evaluate`` are ``"module:attribute"`` paths (relative ones are in this package);
-    ``reads`` the keys of daclip_lora's own option blocks it reads (a prefix covers its sub-keys): a key a file
-    sets and its task does not read is an error naming the task. UIR's own keys are not checked."""
+    ``blocks`` maps each of daclip_lora's own option blocks the task reads (``sd``, ``runtime``, ...) to its
+    dataclass (:mod:`daclip_lora.training.blocks`). The keys it reads (:attr:`reads`) are derived from them: a key
+    a file sets and its task does not read is an error naming the task. UIR's own keys are not checked. Every task
+    reads ``runtime`` (the engine does), :class:`~daclip_lora.training.blocks.RuntimeOptions` unless it says
+    otherwise."""
 
     name: str
     trainer: str
     output: str
     evaluate: Optional[str] = None
-    reads: Tuple[str, ...] = ()
+    blocks: Dict[str, type] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "runtime" not in self.blocks:
+            object.__setattr__(self, "blocks", {**self.blocks, "runtime": b.RuntimeOptions})
+
+    @property
+    def reads(self) -> Tuple[str, ...]:
+        """The dotted keys of our own blocks this task reads (a nested block's key covers its sub-keys)."""
+        return tuple(k for name, cls in self.blocks.items() for k in b.block_keys(name, cls))
 
     def _load(self, path: str) -> Any:
         module, _, attr = path.partition(":")
@@ -38,39 +53,31 @@ class TaskSpec:
         return self._load(self.evaluate) if self.evaluate else None
 
 
-TASKS: Dict[str, TaskSpec] = {}
+#: the tasks by name (:class:`TaskSpec` entries)
+TASKS = Registry("task")
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
     """Add (or replace) a task; returns it."""
-    TASKS[spec.name] = spec
-    return spec
+    return TASKS.register(spec.name, spec)
 
 
 def get_task(name: str) -> TaskSpec:
     """The registered task ``name``.
 
     Raises:
-        ValueError: an unknown name (the message lists the registered ones).
+        ValueError: an unknown name (the message lists the registered ones and the closest).
     """
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(TASKS)}")
-    return TASKS[name]
+    return TASKS.get(name)
 
-
-_RUNTIME_COMMON = ("runtime.mixed_precision", "runtime.gradient_accumulation_steps", "runtime.gradient_checkpointing",
-                   "runtime.max_grad_norm", "runtime.weight_decay", "runtime.ema_decay", "runtime.device")
 
 register_task(TaskSpec("restoration", ".restoration:RestorationTrainer", "restoration",
                        ".restoration:evaluate_restoration",
-                       reads=("daclip", "sd.base", "sd.prompt", "sd.lora", "sd.conditioning", "sd.objective",
-                              "sd.one_step_t", "sd.one_step_input", "sd.train_conv_in", "sd.vae_encoder_lora",
-                              "sd.one_step_loss", "sd.one_step_space", "sd.loss", "sd.fusion", "sd.fusion_images",
-                              "sd.fusion_decoded_lq", "runtime", "sampling")))
+                       blocks={"daclip": b.DaclipOptions, "sd": b.RestorationSDOptions,
+                               "runtime": b.RestorationRuntimeOptions, "sampling": b.SamplingOptions}))
 register_task(TaskSpec("controller", ".controller:ControllerTrainer", "controller_lora",
-                       ".controller:evaluate_controller", reads=("daclip", "controller", *_RUNTIME_COMMON)))
+                       ".controller:evaluate_controller",
+                       blocks={"daclip": b.DaclipOptions, "controller": b.ControllerOptions}))
 register_task(TaskSpec("text2image", ".text2image:Text2ImageTrainer", "text2image_lora",
-                       reads=("daclip.model", "daclip.pretrained", "sd.base", "sd.lora", "sd.text_encoder_lora",
-                              "sd.text_encoder_lr", "sd.resolution", "sd.validation_prompts", "sd.clip_score",
-                              *_RUNTIME_COMMON, "runtime.snr_gamma", "runtime.noise_offset", "sampling.scheduler",
-                              "sampling.steps", "sampling.guidance_scale", "sampling.seed")))
+                       blocks={"daclip": b.DaclipModelOptions, "sd": b.Text2ImageSDOptions,
+                               "runtime": b.DiffusionRuntimeOptions, "sampling": b.GenerationOptions}))

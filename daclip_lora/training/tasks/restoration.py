@@ -31,6 +31,7 @@ from ...clip.factory import load_daclip
 from ...data.datasets import RestorationDataset, block_pairs, degradation_groups
 from ...data.images import write_image
 from ...restoration.backbone import SDBackbone
+from ...restoration.conditioning import Conditions, conditioning_paths
 from ...restoration.diffusion import alpha_bar, diffusion_loss, diffusion_target, one_step
 from ...restoration.fusion import fit_fusion_head, fusion_fit_data
 from ...restoration.lora import add_restoration_lora, lora_spec
@@ -90,17 +91,17 @@ def build_restoration_model(opt, sd, daclip, seed: int = 0) -> RestorationUNet:
     if c.num_tokens < 1 and (c.image_context or c.degra_context):
         raise ValueError(f"sd.conditioning.num_tokens must be at least 1, got {c.num_tokens}")
     lora = lora_spec(s.lora)
+    paths = conditioning_paths(c.image_context, c.degra_context, c.num_tokens, c.lq_latent, c.time_embedding,
+                               c.modulated_lora, c.output_norm, c.paths)
     config = RestorationConfig(
         base=str(s.base), daclip_model=opt.daclip.model, daclip_pretrained=opt.daclip.pretrained,
         daclip_adapter=opt.daclip.adapter, embed_dim=int(daclip.clip.text_projection.shape[1]),
-        cross_attention_dim=int(sd.unet.config.cross_attention_dim), num_tokens=c.num_tokens,
-        image_context=c.image_context, degra_context=c.degra_context, lq_latent=c.lq_latent, prompt=s.prompt,
+        cross_attention_dim=int(sd.unet.config.cross_attention_dim), paths=paths, prompt=s.prompt,
         latent_channels=int(sd.vae.config.latent_channels), lora=lora,
         prediction_type=sd.scheduler.config.prediction_type, objective=s.objective, one_step_t=s.one_step_t,
         one_step_input=s.one_step_input, train_conv_in=s.train_conv_in,
         vae_encoder_lora=lora_spec(s.vae_encoder_lora) if s.vae_encoder_lora is not None else None,
-        fusion=s.fusion, fusion_decoded_lq=s.fusion_decoded_lq, text_encoder_lora=None, time_embedding=c.time_embedding,
-        modulated_lora=c.modulated_lora, output_norm=c.output_norm, daclip_crop=_train_patch(opt))
+        fusion=s.fusion, fusion_decoded_lq=s.fusion_decoded_lq, text_encoder_lora=None, daclip_crop=_train_patch(opt))
     _check_objective(s, c, int(sd.scheduler.config.num_train_timesteps))
     if config.context_slots >= sd.tokenizer.model_max_length - 2:
         raise ValueError(f"{config.context_slots} DA-CLIP tokens leave no room for the prompt in "
@@ -326,10 +327,9 @@ class RestorationTrainer(TrainTask):
         if self.config.objective == "one_step":
             # the LQ latent read as x_t at one_step_t; the UNet's x0 is the restored latent. Loss: per-image
             # log-MSE (mean PSNR in latent space), so mild degradations weigh as much as severe ones.
-            keep_daclip, keep_lq = keep(cond.drop_daclip), keep(cond.drop_lq)
+            conditions = self._conditions(feats, z_lq, keep(cond.drop_daclip), keep(cond.drop_lq))
             x0 = one_step(sched, z_lq, self.config.one_step_t, self.config.one_step_input,
-                          lambda noisy, t: model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
-                                                 keep_daclip=keep_daclip, keep_lq=keep_lq,
+                          lambda noisy, t: model(noisy, t, text, conditions,
                                                  **self.backbone.unet_kwargs(noisy, pooled)))
             return self._one_step_loss(x0, z_gt, feats)
         noise = per_sample_noise(gens, z_gt.shape[1:], device, rt.noise_offset)
@@ -350,10 +350,16 @@ class RestorationTrainer(TrainTask):
         else:
             weights = None
         target = diffusion_target(sched, z_gt, noise, t)
-        pred = model(noisy, t, text, feats["image_emb"], feats["degra_emb"], z_lq,
-                     keep_daclip=keep(cond.drop_daclip), keep_lq=keep(cond.drop_lq),
-                     **self.backbone.unet_kwargs(noisy, pooled))
+        conditions = self._conditions(feats, z_lq, keep(cond.drop_daclip), keep(cond.drop_lq))
+        pred = model(noisy, t, text, conditions, **self.backbone.unet_kwargs(noisy, pooled))
         return {"loss": diffusion_loss(sched, pred, target, t, rt.snr_gamma, weights)}
+
+    @staticmethod
+    def _conditions(feats: Dict[str, torch.Tensor], z_lq: torch.Tensor, keep_daclip: Optional[torch.Tensor] = None,
+                    keep_lq: Optional[torch.Tensor] = None) -> Conditions:
+        """A batch's conditions: its DA-CLIP embeddings and LQ latent, with the per-sample keep draws."""
+        return Conditions(image=feats["image_emb"], degradation=feats["degra_emb"], lq_latent=z_lq,
+                          keep_daclip=keep_daclip, keep_lq=keep_lq)
 
     @property
     def _decodes(self) -> bool:
@@ -465,25 +471,22 @@ class RestorationTrainer(TrainTask):
         parts: Dict[str, List[torch.Tensor]] = {}
         for b in self.fusion_batches():
             data = fusion_fit_data(self.model.fusion, b["lq"], b["decoded"], b.get("decoded_lq"), b["gt"],
-                                   b["image_emb"], b["degra_emb"])
+                                   b["degra_emb"])
             for k, v in data.items():
                 parts.setdefault(k, []).append(v)
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def _restore_latents(self, pipe: RestorationPipeline, z_lq, image_emb, degra_emb) -> torch.Tensor:
         """The model's restored latents for the fusion fit (one step, or sampling with the ``sampling`` block)."""
-        b = z_lq.shape[0]
-        ctx = self.model.context(self.prompt_hidden.expand(b, -1, -1).to(self.device), image_emb.float(),
-                                 degra_emb.float())
         if self.config.objective != "one_step":
             raise ValueError("sd.fusion needs sd.objective: one_step")
+        text = self.prompt_hidden.expand(z_lq.shape[0], -1, -1).to(self.device)
         pooled = None if self.prompt_pooled is None else self.prompt_pooled.to(self.device)
+        conditions = self._conditions({"image_emb": image_emb.float(), "degra_emb": degra_emb.float()}, z_lq)
 
         def predict(noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with pipe.autocast():
-                return self.model.denoise(noisy, t, ctx, z_lq if self.config.lq_latent else None,
-                                          time_labels=self.model.time_labels(degra_emb.float()),
-                                          **self.backbone.unet_kwargs(noisy, pooled))
+                return self.model.denoise(noisy, t, text, conditions, **self.backbone.unet_kwargs(noisy, pooled))
 
         return one_step(self.sd.scheduler, z_lq, self.config.one_step_t, self.config.one_step_input, predict)
 
