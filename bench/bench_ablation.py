@@ -61,7 +61,8 @@ def run_variant(name: str, seed: int, out: Path, distortion, daclip) -> Dict[str
     from daclip_lora.restoration.pipeline import RestorationPipeline
     from daclip_lora.training.engine import Engine
     from daclip_lora.training.options import load_options
-    from daclip_lora.training.tasks.restoration import RestorationTrainer, restoration_dataset, unet_alone_report
+    from daclip_lora.training.tasks.restoration import RestorationTrainer, restoration_dataset
+    from daclip_lora.training.tasks.restoration_ablation import unet_alone_report
 
     change = dict(VARIANTS[name])
     head = change.pop("head", False)

@@ -79,7 +79,8 @@ def _latent_crop_trainer(n: int):
 def _variant(out: Path, data: Path, degs: list, name: str, runtime: dict, seed: int) -> dict:
     from daclip_lora.training.engine import Engine
     from daclip_lora.training.options import load_options
-    from daclip_lora.training.tasks.restoration import RestorationTrainer, evaluate_restoration
+    from daclip_lora.training.tasks.restoration import RestorationTrainer
+    from daclip_lora.training.tasks.restoration_eval import evaluate_restoration
 
     run = out / name
     run.mkdir(parents=True, exist_ok=True)

@@ -182,11 +182,11 @@ def test_unknown_scheduler_is_an_error_even_for_a_one_step_model(tmp_path, capsy
 
 # ---------------------------------------------------------------------- progress in an image
 def test_tiles_of_one_image_advance_a_progress_bar(monkeypatch):
-    from daclip_lora.restoration import pipeline as pipeline_module
+    from daclip_lora.restoration.progress import TileProgress
     from daclip_lora.restoration.pipeline import RestorationPipeline
 
     seen = []
-    monkeypatch.setattr(pipeline_module._TileProgress, "close", lambda self: seen.append((self.bar.n,
+    monkeypatch.setattr(TileProgress, "close", lambda self: seen.append((self.bar.n,
                                                                                            self.bar.total)))
     pipe = RestorationPipeline.from_pretrained(EMBEDDED_RESTORER, device="cpu")
     pipe(torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0)), tile_size=64, progress=True)

@@ -60,6 +60,6 @@ def test_pipeline_colour_fix_changes_the_output_and_checks_its_name():
     lq = _image(3, size=64)
     none, fixed = pipe(lq), pipe(lq, color_fix="wavelet")
     assert (none - fixed).abs().max().item() > 0.01
-    assert len(pipe.predicted_degradations(pipe.daclip_embeddings(lq)[1])) == 1
+    assert len(pipe.degradations.predict(pipe.daclip_embeddings(lq)[1])) == 1
     with pytest.raises(ValueError, match="unknown colour fix 'x'"):
         pipe(lq, color_fix="x")

@@ -250,7 +250,7 @@ def test_same_size_chunks(shapes, indices, size, expected):
 def test_unet_alone_report_batched_equals_one_at_a_time(assets, tmp_path):
     """Restoring the report's images in batches gives the figures of one image at a time (to 1e-3 dB); the
     wrong-degradation row really feeds other embeddings (its figure differs, so the equality is not vacuous)."""
-    from daclip_lora.training.tasks.restoration import unet_alone_report
+    from daclip_lora.training.tasks.restoration_ablation import unet_alone_report
 
     opt = _opt(tmp_path, assets, "sd.conditioning.output_norm=true", "sd.objective=one_step")
     Engine(opt, RestorationTrainer(opt)).fit()

@@ -233,7 +233,8 @@ def _restoration_summary(report: Dict[str, Any]) -> Dict[str, Any]:
 def _unet_alone_summary(test, folder: Path, distortion: List[str]) -> Dict[str, Dict[str, Any]]:
     """:func:`~daclip_lora.training.tasks.restoration.unet_alone_report` on each held-out split, as summary keys."""
     from ..restoration.pipeline import RestorationPipeline
-    from ..training.tasks.restoration import restoration_dataset, unet_alone_report
+    from ..training.tasks.restoration import restoration_dataset
+    from ..training.tasks.restoration_ablation import unet_alone_report
 
     pipe = RestorationPipeline.from_pretrained(folder, device=test.runtime.device)
     out = {}
@@ -303,7 +304,8 @@ def _restoration_stages(out: Path, stage: _Stages, distortion: List[str], daclip
     from ..tiny.locate import embedded_sd_base
     from ..training.engine import Engine
     from ..training.options import load_options
-    from ..training.tasks.restoration import RestorationTrainer, evaluate_restoration
+    from ..training.tasks.restoration import RestorationTrainer
+    from ..training.tasks.restoration_eval import evaluate_restoration
 
     stage("sd_base", "the shipped tiny pretrained Stable Diffusion base")
     sd_base = embedded_sd_base()

@@ -187,8 +187,7 @@ class Restorer:
     """The restoration pipeline plus DA-CLIP zero-shot degradation probabilities, for one page."""
 
     def __init__(self, pipeline: Any, degradations: Sequence[str], source: str = ""):
-        from ..clip.factory import get_tokenizer
-        from ..clip.zero_shot import DegradationProbabilities
+        from ..restoration.zero_shot import DegradationReader
 
         self.pipeline = pipeline
         self.degradations = list(degradations)
@@ -196,8 +195,8 @@ class Restorer:
             raise ValueError("the app needs at least one degradation word for DA-CLIP's probabilities")
         self.source = source
         self._lock = threading.Lock()  # one sampling run at a time: the models are shared
-        self._probabilities = DegradationProbabilities(pipeline.daclip, get_tokenizer(pipeline.config.daclip_model),
-                                                       self.degradations)
+        self._probabilities = DegradationReader(pipeline.daclip, pipeline.config.daclip_model,
+                                                self.degradations).words
 
     @classmethod
     def load(cls, settings: AppSettings) -> "Restorer":

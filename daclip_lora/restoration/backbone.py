@@ -22,11 +22,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .._utils.registry import Registry
 from .tiling import tiled_map
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SDComponents", "SDBackbone", "SDXLBackbone", "backbone_for", "load_sd_components", "encode_prompt",
+__all__ = ["BACKBONES", "SDComponents", "SDBackbone", "SDXLBackbone", "backbone_for", "load_sd_components", "encode_prompt",
            "SD_SUBFOLDERS", "SDXL_SUBFOLDERS"]
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -146,6 +147,12 @@ class SDBackbone:
 
     def __init__(self, components: SDComponents):
         self.components = components
+
+    @classmethod
+    def matches(cls, components: SDComponents) -> bool:
+        """Whether this adapter drives ``components`` (SD 1.x/2.x: any folder; a later registration is asked
+        first, so a more specific family wins)."""
+        return True
 
     @classmethod
     def load(cls, base: Union[str, Path], dtype: torch.dtype = torch.float32) -> "SDBackbone":
@@ -294,6 +301,10 @@ class SDXLBackbone(SDBackbone):
     family = "sdxl"
     pipeline_class = "StableDiffusionXLPipeline"
 
+    @classmethod
+    def matches(cls, components: SDComponents) -> bool:
+        return components.text_encoder_2 is not None
+
     @property
     def text_encoder_2(self) -> nn.Module:
         return self.components.text_encoder_2
@@ -331,6 +342,17 @@ def _lora_metadata(module: nn.Module) -> Dict[str, Any]:
     return cfg
 
 
+#: SD families by name (``family``); :func:`backbone_for` asks the newest registration first
+BACKBONES = Registry("SD backbone")
+BACKBONES.register("sd", SDBackbone)
+BACKBONES.register("sdxl", SDXLBackbone)
+
+
 def backbone_for(components: SDComponents) -> SDBackbone:
-    """The adapter for loaded components: SDXL when they hold a second text encoder, else SD 1.x/2.x."""
-    return (SDXLBackbone if components.text_encoder_2 is not None else SDBackbone)(components)
+    """The adapter for loaded components: the last registered family that :meth:`~SDBackbone.matches` them
+    (SDXL when they hold a second text encoder, else SD 1.x/2.x)."""
+    for name in reversed(BACKBONES.names()):
+        cls = BACKBONES.get(name)
+        if cls.matches(components):
+            return cls(components)
+    raise ValueError(f"no registered SD backbone ({', '.join(BACKBONES)}) drives these components")

@@ -118,7 +118,7 @@ def _restore_chunk(pipe: Any, chunk: List[Path], images: Dict[Path, Tuple[np.nda
     word = sampling.pop("degradation", None)
     try:
         content, read = pipe.conditioning_embeddings(lq)
-        degra = read if word is None else pipe.degradation_from_word(word, read)
+        degra = read if word is None else pipe.degradations.from_word(word, read)
         restored = pipe(lq, embeddings=(content, degra), **sampling)
     except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -126,7 +126,7 @@ def _restore_chunk(pipe: Any, chunk: List[Path], images: Dict[Path, Tuple[np.nda
             report.failed.append((p, f"{p}: not restored ({message})"))
             logger.error("%s: not restored (%s)", p, message)
         return []
-    words = pipe.degradation_words
+    words = pipe.degradations.words
     for p, probs in zip(chunk, words.as_dicts(words.from_embeddings(read))):
         report.degradations[where(p).as_posix()] = probs
     futures = []
@@ -216,7 +216,7 @@ def _write_degradations(pipe: Any, output: Path, report: FolderReport, override:
 
     path = output / "degradations.json"
     earlier = json.loads(path.read_text()).get("images", {}) if keep_earlier and path.is_file() else {}
-    record = {"format_version": 1, "model": pipe.config.daclip_model, "logit_scale": pipe.degradation_words.scale,
+    record = {"format_version": 1, "model": pipe.config.daclip_model, "logit_scale": pipe.degradations.words.scale,
               "override": override,
               "images": {**earlier, **{name: {"predicted": max(p, key=p.get), "probabilities": p}
                                        for name, p in report.degradations.items()}}}

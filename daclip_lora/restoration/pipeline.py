@@ -26,9 +26,11 @@ from .color_fix import COLOR_FIXES, apply_color_fix
 from .diffusion import one_step
 from .conditioning import Conditions
 from .model import RestorationConfig, RestorationUNet
+from .progress import TileProgress
 from .schedulers import SCHEDULER_ALIASES, SCHEDULERS, make_scheduler, scheduler_name
 from .serialization import load_restoration, read_restoration_config
 from .tiling import tiled_map
+from .zero_shot import DegradationReader
 
 logger = logging.getLogger(__name__)
 
@@ -36,34 +38,6 @@ __all__ = ["RestorationPipeline", "SDComponents", "load_sd_components", "make_sc
            "SCHEDULERS", "SCHEDULER_ALIASES", "PRECISIONS"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class _TileProgress:
-    """One tqdm bar over the tiles of one image (every tiled VAE and UNet call), so a large image shows progress.
-
-    :meth:`stage` returns an ``on_tile(done, total)`` callback for a stage that runs ``repeats`` tiled maps (the
-    UNet: once per step); the bar's total grows by ``total * repeats`` when the stage's first tile is done.
-    """
-
-    def __init__(self, enabled: bool):
-        self.bar = tqdm(total=0, desc="tiles", unit="tile", leave=False, disable=not enabled) if enabled else None
-
-    def stage(self, repeats: int = 1) -> Optional[Callable[[int, int], None]]:
-        if self.bar is None:
-            return None
-        counted = []
-
-        def on_tile(done: int, total: int) -> None:
-            if not counted:
-                counted.append(True)
-                self.bar.total += total * repeats
-                self.bar.refresh()
-            self.bar.update(1)
-        return on_tile
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class RestorationPipeline:
@@ -84,7 +58,8 @@ class RestorationPipeline:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
-        self._probabilities: Any = None  # DA-CLIP's degradation words, built on first use (color_fix auto)
+        #: DA-CLIP's zero-shot degradation words (color_fix auto, folder reports, a user's degradation word)
+        self.degradations = DegradationReader(daclip, self.config.daclip_model)
         self._prompt_cache: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
         self.lora_scale = 1.0  # the UNet LoRA's strength (set_lora_scale); baked in once merged
         # decode_pair: one decoder call for the restored and the LQ latents; off by default because on a CPU the
@@ -135,7 +110,7 @@ class RestorationPipeline:
 
     def to(self, device: Union[str, torch.device]) -> "RestorationPipeline":
         self._prompt_cache.clear()
-        self._probabilities = None
+        self.degradations = DegradationReader(self.daclip, self.config.daclip_model)  # words on the new device
         for m in (*self.backbone.text_encoders, self.backbone.vae, self.model, self.daclip):
             m.to(device)
         return self
@@ -325,7 +300,7 @@ class RestorationPipeline:
         tile, overlap = self.prepare_tiling(x, tile_size, tile_overlap)
         # 2. the LQ latent and the conditions: DA-CLIP embeddings, prompt, DA-CLIP tokens (and the unconditional
         #    context for classifier-free guidance)
-        tiles = _TileProgress(progress and tile is not None)
+        tiles = TileProgress(progress and tile is not None)
         z_lq = self.encode_latents(x, tile, overlap, tiles.stage())
         image_emb, degra_emb, cond, uncond = self.encode_conditions(x, prompt, guidance_scale, embeddings)
         # 3. the UNet call of every step (guided, tiled)
@@ -348,7 +323,7 @@ class RestorationPipeline:
         if blend:
             out = self.model.fusion(x, out, decoded_lq, degra_emb.float()).clamp(0, 1)
         if color_fix != "none":
-            words = self.predicted_degradations(degra_emb) if color_fix == "auto" else None
+            words = self.degradations.predict(degra_emb) if color_fix == "auto" else None
             out = apply_color_fix(out, x, color_fix, words)
         tiles.close()
         return out[:, :, :h, :w].to(lq.device, torch.float32)
@@ -358,24 +333,6 @@ class RestorationPipeline:
         """UNet calls of the sampling loop for ``steps`` and ``strength`` (first-order schedulers)."""
         return steps if strength >= 1 else max(1, int(round(steps * strength)))
 
-    @property
-    def degradation_words(self) -> Any:
-        """DA-CLIP's zero-shot classifier over the ten degradation words
-        (:class:`~daclip_lora.clip.zero_shot.DegradationProbabilities`), built on first use."""
-        if self._probabilities is None:
-            from ..clip.factory import get_tokenizer
-            from ..clip.zero_shot import DegradationProbabilities
-            from ..data.degrade import DEGRADATION_FUNCTIONS
-
-            self._probabilities = DegradationProbabilities(self.daclip, get_tokenizer(self.config.daclip_model),
-                                                           list(DEGRADATION_FUNCTIONS))
-        return self._probabilities
-
-    def predicted_degradations(self, degradation: torch.Tensor) -> List[str]:
-        """DA-CLIP's most probable degradation word (of the ten) for each degradation embedding ``(B, D)``."""
-        words = self.degradation_words
-        return [words.words[i] for i in words.from_embeddings(degradation).argmax(-1).tolist()]
-
     @torch.no_grad()
     def conditioning_embeddings(self, lq: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """DA-CLIP's ``(content, degradation)`` embeddings of ``lq`` exactly as :meth:`__call__` computes them
@@ -383,19 +340,6 @@ class RestorationPipeline:
         x = self.prepare_image(lq)
         with self.autocast():
             return self.daclip_embeddings(x)
-
-    @torch.no_grad()
-    def degradation_from_word(self, word: str, like: torch.Tensor) -> torch.Tensor:
-        """The DA-CLIP text embedding of ``word`` (e.g. ``"hazy"``) in place of the degradation embeddings
-        ``like`` ``(B, D)``, scaled to each one's norm (DA-CLIP aligns the two spaces): for when the user knows
-        the degradation better than the model."""
-        from ..clip.factory import get_tokenizer
-
-        if not str(word).strip():
-            raise ValueError("degradation must be a non-empty word such as 'hazy'")
-        tokens = get_tokenizer(self.config.daclip_model)([str(word)]).to(like.device)
-        text = F.normalize(self.daclip.encode_text(tokens).float(), dim=-1)
-        return (text * like.float().norm(dim=-1, keepdim=True)).to(like.dtype)
 
     @staticmethod
     def check_inputs(lq: torch.Tensor, steps: int, strength: float, scheduler: str = "ddim",

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._utils.registry import Registry
 from .._utils.suggest import suggest
 
 __all__ = ["SCHEDULERS", "SCHEDULER_ALIASES", "make_scheduler", "scheduler_name"]
 
-SCHEDULERS = ("ddim", "dpm++", "euler")
+#: Sampling schedulers by name: diffusers classes, imported on first use. Register another with
+#: ``SCHEDULERS.register("unipc", "diffusers:UniPCMultistepScheduler")``.
+SCHEDULERS = Registry("scheduler")
+SCHEDULERS.register("ddim", "diffusers:DDIMScheduler")
+SCHEDULERS.register("dpm++", "diffusers:DPMSolverMultistepScheduler")
+SCHEDULERS.register("euler", "diffusers:EulerDiscreteScheduler")
 #: Other common scheduler names (diffusers class names, webui/k-diffusion names), matched case-insensitively.
 SCHEDULER_ALIASES = {"ddimscheduler": "ddim", "dpmpp": "dpm++", "dpmpp_2m": "dpm++", "dpm++_2m": "dpm++",
                      "dpm++ 2m": "dpm++", "dpmsolver": "dpm++", "dpmsolvermultistepscheduler": "dpm++",
@@ -26,13 +32,10 @@ def scheduler_name(name: str) -> str:
     key = SCHEDULER_ALIASES.get(key, key)
     if key not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)} (aliases: "
-                         f"{', '.join(sorted(SCHEDULER_ALIASES))}).{suggest(key, SCHEDULERS)}")
+                         f"{', '.join(sorted(SCHEDULER_ALIASES))}).{suggest(key, SCHEDULERS.names())}")
     return key
 
 
 def make_scheduler(name: str, train_scheduler: Any) -> Any:
-    """A sampling scheduler (``ddim``, ``dpm++``, ``euler`` or an alias) from the base model's scheduler config."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-
-    classes = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
-    return classes[scheduler_name(name)].from_config(train_scheduler.config)
+    """A sampling scheduler (a registered name or an alias) from the base model's scheduler config."""
+    return SCHEDULERS.get(scheduler_name(name)).from_config(train_scheduler.config)

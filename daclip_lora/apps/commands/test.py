@@ -31,7 +31,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, default=str))
         print(f"results: {results}\nlog: {log_file}")
         return 0
-    from ...training.tasks.restoration import format_restoration_table
+    from ...training.tasks.restoration_eval import format_restoration_table
 
     print(format_restoration_table(report))
     print(f"results: {results} (metrics.json, metrics.csv, restored images and LQ|restored|GT grids)\nlog: {log_file}")

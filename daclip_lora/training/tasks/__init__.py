@@ -72,7 +72,7 @@ def get_task(name: str) -> TaskSpec:
 
 
 register_task(TaskSpec("restoration", ".restoration:RestorationTrainer", "restoration",
-                       ".restoration:evaluate_restoration",
+                       ".restoration_eval:evaluate_restoration",
                        blocks={"daclip": b.DaclipOptions, "sd": b.RestorationSDOptions,
                                "runtime": b.RestorationRuntimeOptions, "sampling": b.SamplingOptions}))
 register_task(TaskSpec("controller", ".controller:ControllerTrainer", "controller_lora",

@@ -1,4 +1,5 @@
-"""Degradation-aware SD LoRA for restoration (``task: restoration``): step and batch logic, evaluation.
+"""Degradation-aware SD LoRA for restoration (``task: restoration``): step and batch logic (evaluation:
+:mod:`.restoration_eval`; the UNet-alone ablation: :mod:`.restoration_ablation`).
 
 Frozen: VAE, text encoder, DA-CLIP. Trained: UNet LoRA, the DA-CLIP token projector, the new
 ``conv_in`` channels (see :mod:`daclip_lora.restoration.model`).
@@ -13,9 +14,7 @@ cached and an uncached run see the same numbers.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..._utils.image_metrics import image_metrics, psnr
+from ..._utils.image_metrics import image_metrics
 from ..._utils.lora import adapters_disabled
 from ...clip.factory import load_daclip
 from ...data.datasets import RestorationDataset, block_pairs, degradation_groups
@@ -43,8 +42,8 @@ from ..engine import TrainTask, per_sample_generators, per_sample_noise, per_sam
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RestorationTrainer", "evaluate_restoration", "build_restoration_model", "restoration_dataset",
-           "unet_alone_report"]
+__all__ = ["RestorationTrainer", "build_restoration_model", "restoration_dataset", "restore_sample",
+           "sampling_kwargs"]
 
 
 def restoration_dataset(block, distortion, train: bool, crop: str = "random",
@@ -536,7 +535,7 @@ def _same_width(rows: List[np.ndarray]) -> List[np.ndarray]:
     return [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
 
 
-# --------------------------------------------------------------------------- evaluation
+# ------------------------------------------------------------------------- sampling options
 def sampling_kwargs(sampling) -> Dict[str, Any]:
     """:meth:`RestorationPipeline.__call__` arguments from a ``sampling`` options block."""
     return {"steps": sampling.steps, "scheduler": sampling.scheduler, "guidance_scale": sampling.guidance_scale,
@@ -548,175 +547,3 @@ def restore_sample(pipe: RestorationPipeline, sample: Dict[str, Any], sampling) 
     """``(lq, restored, gt)`` as ``(H, W, 3)`` arrays in [0, 1], sampled with the ``sampling`` options."""
     restored = pipe(sample["LQ"][None], **sampling_kwargs(sampling))[0]
     return tuple(x.permute(1, 2, 0).numpy() for x in (sample["LQ"], restored, sample["GT"]))
-
-
-def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional[bool] = None,
-                         max_images: Optional[int] = None) -> Dict[str, Any]:
-    """``daclip-lora test`` for ``task: restoration``: metrics per dataset and degradation, images, grids."""
-    s = opt.sampling
-    folder = folder or (Path(opt.path.root) / "experiments" / opt.name / "models" / "restoration")
-    if s.metrics:  # names and weights checked before anything is restored
-        from ...metrics import METRICS, create_metrics, resolve_metrics
-
-        create_metrics([METRICS[m.name] for m in resolve_metrics(s.metrics, has_gt=True)])
-    pipe = RestorationPipeline.from_pretrained(folder, base=opt.sd.base, daclip_pretrained=opt.daclip.pretrained,
-                                               merge_lora=s.merge_lora if merge_lora is None else merge_lora,
-                                               device=opt.runtime.device,
-                                               precision=s.precision, lora_scale=s.lora_scale)
-    results_root = Path(opt.path.results_root)
-    report: Dict[str, Any] = {}
-    for key, block in opt.datasets.items():
-        dataset = restoration_dataset(block, opt.distortion, train=False, clip_size=pipe.daclip.image_size)
-        n = len(dataset) if max_images is None else min(max_images, len(dataset))
-        report[key] = _summarise(_evaluate_dataset(pipe, dataset, n, results_root / key, s))
-        if s.metrics:
-            report[key]["quality"] = _quality(results_root / key, block, s)
-    _write_report(results_root, report)
-    return report
-
-
-def _quality(restored: Path, block, s) -> Dict[str, Any]:
-    """``sampling.metrics`` of the restored images of one dataset, as ``daclip-lora evaluate`` computes them
-    (reports in ``<restored>/quality/``)."""
-    from ...metrics import evaluate_folders, write_evaluation
-
-    report = evaluate_folders(restored, block.dataroot_GT or block.dataroot, metrics=s.metrics,
-                              crop_border=s.crop_border)
-    write_evaluation(report, restored / "quality")
-    return {"mean": report["mean"], "groups": report["groups"], "folder": report["folder"],
-            "protocol": report["protocol"]["metrics"]}
-
-
-def _evaluate_dataset(pipe: RestorationPipeline, dataset, n: int, out: Path, s) -> Dict[str, List[Dict[str, float]]]:
-    """Restore the first ``n`` samples, writing each image and its LQ | restored | GT grid; metrics per image,
-    grouped by degradation."""
-    per: Dict[str, List[Dict[str, float]]] = {}
-    for i in range(n):
-        sample = dataset[i]
-        lq, r, gt = restore_sample(pipe, sample, s)
-        deg = sample["degradation"] or "all"
-        name = Path(sample["LQ_path"]).stem
-        write_image(out / deg / f"{name}.png", r)
-        write_image(out / deg / "grids" / f"{name}.png", np.concatenate([lq, r, gt], axis=1))
-        restored_m = image_metrics(r, gt, s.crop_border)
-        lq_m = image_metrics(lq, gt, s.crop_border)
-        per.setdefault(deg, []).append({**restored_m, **{f"lq_{k}": v for k, v in lq_m.items()}})
-    return per
-
-
-@torch.no_grad()
-def unet_alone_report(pipe: RestorationPipeline, dataset, n: Optional[int] = None, fusion: bool = False,
-                      batch: int = 16) -> Dict[str, Any]:
-    """What the UNet does without the fusion head, and how much it uses DA-CLIP, on the first ``n`` samples.
-
-    Each image is restored without the head twice: with its own DA-CLIP embeddings, and with those of the
-    image at the same position in the *next* degradation's list (a wrong degradation, similar content when the
-    splits are crops of the same photographs). Returns mean PSNRs (``lq``, ``unet``, ``unet_wrong_embedding``),
-    ``unet_degradations_improved`` and per-degradation means. ``fusion=True`` measures the same with the fusion
-    head (the keys keep their names). Same-sized images are restored ``batch`` at a time.
-    """
-    n = len(dataset) if n is None else min(n, len(dataset))
-    samples = [dataset[i] for i in range(n)]
-    pairs = _wrong_degradation_pairs(samples)
-    embeddings = _report_embeddings(pipe, samples, batch)
-    per: Dict[str, Dict[str, List[float]]] = {}
-    wrong = dict(pairs)
-    for chunk in _same_size_chunks(samples, [i for i, _ in pairs], batch):
-        lq = torch.stack([samples[i]["LQ"] for i in chunk])
-        outs = {}
-        for key, sources in (("unet", chunk), ("unet_wrong_embedding", [wrong[i] for i in chunk])):
-            emb = tuple(torch.stack([embeddings[j][part] for j in sources]) for part in (0, 1))
-            outs[key] = pipe(lq, steps=1, fusion=fusion, embeddings=emb)
-        _score_chunk(per, samples, chunk, outs)
-    return _summarise_report(per)
-
-
-def _summarise_report(per: Dict[str, Dict[str, List[float]]]) -> Dict[str, Any]:
-    """Mean PSNRs over all images, per-degradation means and how many degradations the UNet improves."""
-    table = {d: {k: float(np.mean(v)) for k, v in m.items()} for d, m in sorted(per.items())}
-    mean = {k: float(np.mean([x for m in per.values() for x in m[k]])) for k in ("lq", "unet", "unet_wrong_embedding")}
-    return {**mean, "unet_degradations_improved": sum(t["unet"] > t["lq"] for t in table.values()),
-            "per_degradation": table}
-
-
-def _report_embeddings(pipe: RestorationPipeline, samples: List[Dict[str, Any]], batch: int
-                       ) -> Dict[int, Tuple[torch.Tensor, torch.Tensor]]:
-    """DA-CLIP's (content, degradation) embeddings of every sample's LQ, ``batch`` same-sized images at a time."""
-    embeddings: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
-    for chunk in _same_size_chunks(samples, list(range(len(samples))), batch):
-        lq = torch.stack([samples[i]["LQ"] for i in chunk]).to(pipe.device)
-        image_emb, degra_emb = (e.float() for e in pipe.daclip_embeddings(lq))
-        embeddings.update({i: (image_emb[k], degra_emb[k]) for k, i in enumerate(chunk)})
-    return embeddings
-
-
-def _score_chunk(per: Dict[str, Dict[str, List[float]]], samples: List[Dict[str, Any]], chunk: List[int],
-                 outs: Dict[str, torch.Tensor]) -> None:
-    """Append the PSNRs of the LQ and of each output in ``outs`` to ``per[degradation]``."""
-    for k, i in enumerate(chunk):
-        s, gt = samples[i], samples[i]["GT"].permute(1, 2, 0).numpy()
-        scores = per.setdefault(s["degradation"] or "all", {"lq": [], "unet": [], "unet_wrong_embedding": []})
-        scores["lq"].append(psnr(s["LQ"].permute(1, 2, 0).numpy(), gt))
-        for key, out in outs.items():
-            scores[key].append(psnr(out[k].permute(1, 2, 0).numpy(), gt))
-
-
-def _same_size_chunks(samples: List[Dict[str, Any]], indices: List[int], size: int) -> List[List[int]]:
-    """``indices`` cut into runs of at most ``size`` consecutive samples whose LQ images have one shape."""
-    chunks: List[List[int]] = []
-    for i in indices:
-        if chunks and len(chunks[-1]) < size and samples[chunks[-1][0]]["LQ"].shape == samples[i]["LQ"].shape:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-    return chunks
-
-
-def _wrong_degradation_pairs(samples: List[Dict[str, Any]]) -> List[Tuple[int, int]]:
-    """``(i, j)`` for every sample ``i``: ``j`` is the sample at the same position in the next degradation's list
-    (cyclically, in sorted order of the degradation names)."""
-    order = sorted({s["degradation"] or "all" for s in samples})
-    groups = {d: [i for i, s in enumerate(samples) if (s["degradation"] or "all") == d] for d in order}
-    pairs = []
-    for k, d in enumerate(order):
-        other = groups[order[(k + 1) % len(order)]]
-        pairs.extend((i, other[p % len(other)]) for p, i in enumerate(groups[d]))
-    return sorted(pairs)
-
-
-def _summarise(per: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, float]]:
-    """Mean metrics per degradation and over all images (``mean``), with their counts ``n``."""
-    table = {deg: {k: float(np.mean([m[k] for m in ms])) for k in ms[0]} | {"n": len(ms)} for deg, ms in per.items()}
-    everything = [m for ms in per.values() for m in ms]
-    table["mean"] = {k: float(np.mean([m[k] for m in everything])) for k in everything[0]} | {"n": len(everything)}
-    return table
-
-
-def _write_report(results_root: Path, report: Dict[str, Any]) -> None:
-    rows = [[key, deg, *(f"{v[k]:.4f}" for k in _COLUMNS), v["n"]] for key, table in report.items()
-            for deg, v in table.items() if deg != "quality"]
-    results_root.mkdir(parents=True, exist_ok=True)
-    (results_root / "metrics.json").write_text(json.dumps(report, indent=2))
-    with open(results_root / "metrics.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["dataset", "degradation", *_COLUMNS, "n"])
-        writer.writerows(rows)
-
-
-_COLUMNS = ("lq_psnr", "psnr", "lq_ssim", "ssim", "lq_psnr_y", "psnr_y", "lq_ssim_y", "ssim_y")
-
-
-def format_restoration_table(report: Dict[str, Any]) -> str:
-    lines = []
-    for key, table in report.items():
-        width = max(12, *(len(d) for d in table))
-        lines.append(f"[{key}] {'degradation':<{width}} {'PSNR LQ':>8} {'PSNR out':>8} {'SSIM LQ':>8} {'SSIM out':>8}"
-                     f" {'n':>4}")
-        for deg, v in table.items():
-            if deg == "quality":
-                lines.append(f"{'':{len(key) + 2}} quality: " + ", ".join(
-                    f"{m} {x:.4f}" for m, x in {**v["mean"], **v["folder"]}.items() if m != "n"))
-                continue
-            lines.append(f"{'':{len(key) + 2}} {deg:<{width}} {v['lq_psnr']:8.2f} {v['psnr']:8.2f} "
-                         f"{v['lq_ssim']:8.4f} {v['ssim']:8.4f} {v['n']:4d}")
-    return "\n".join(lines)
