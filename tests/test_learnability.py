@@ -83,6 +83,6 @@ def test_the_trained_lora_beats_the_untrained_base(trained):
     learned = np.mean([r for _, r in _psnrs(pipe, val).values()])
     pipe.model.unet.disable_adapters()
     with torch.no_grad():
-        pipe.model.unet.conv_in.lq.weight.zero_()
+        pipe.model.paths["lq_latent"].conv.weight.zero_()
     base = np.mean([r for _, r in _psnrs(pipe, val).values()])
     assert learned > base + 0.5, f"trained {learned:.2f} dB vs untrained base {base:.2f} dB"

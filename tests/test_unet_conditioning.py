@@ -212,7 +212,7 @@ def test_merged_pipeline_keeps_the_modulated_lora_and_its_outputs(assets, tmp_pa
     (["a", "a"], [(0, 0), (1, 1)]),  # one degradation: its own list is the next
 ])
 def test_wrong_degradation_pairs(degs, expected):
-    from daclip_lora.training.tasks.restoration import _wrong_degradation_pairs
+    from daclip_lora.training.tasks.restoration_ablation import _wrong_degradation_pairs
 
     assert _wrong_degradation_pairs([{"degradation": d} for d in degs]) == expected
 
@@ -241,7 +241,7 @@ def test_pipeline_embeddings_argument(assets, tmp_path):
     ([(3, 8, 8)] * 3, [2, 0], 16, [[2, 0]]),
 ])
 def test_same_size_chunks(shapes, indices, size, expected):
-    from daclip_lora.training.tasks.restoration import _same_size_chunks
+    from daclip_lora.training.tasks.restoration_ablation import _same_size_chunks
 
     samples = [{"LQ": torch.zeros(s)} for s in shapes]
     assert _same_size_chunks(samples, indices, size) == expected

@@ -110,6 +110,10 @@ class TrainTask:
         """Run validation (main process only); return scalars to log. Must not use the global RNG."""
         return {}
 
+    def finish_training(self) -> None:
+        """After the last step, before :meth:`save_outputs` (main process, EMA weights in place): a stage fitted on
+        the trained weights (the restoration fusion head). Nothing by default."""
+
     def save_outputs(self, out_dir: Path) -> None:
         """Write the final artefacts (adapters, configs) to ``out_dir``."""
 
@@ -543,6 +547,7 @@ class Engine:
             return
         if ema is not None:
             _swap_in(self.task, ema)
+        self.task.finish_training()
         try:
             self.task.save_outputs(Path(self.paths.models))
         except OSError as e:

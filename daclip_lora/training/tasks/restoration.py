@@ -508,9 +508,12 @@ class RestorationTrainer(TrainTask):
         """The restoration folder of the current weights (the fusion head as it is: fitted or not)."""
         return save_restoration(self.model, Path(out_dir), backbone=self.backbone)
 
-    def save_outputs(self, out_dir: Path) -> None:
+    def finish_training(self) -> None:
+        """Fit the fusion head on the trained UNet (``sd.fusion``)."""
         if self.model.fusion is not None:
             self.fit_fusion()
+
+    def save_outputs(self, out_dir: Path) -> None:
         path = self.export(Path(out_dir) / "restoration")
         logger.info("restoration LoRA and extras saved to %s", path)
 
