@@ -1,7 +1,8 @@
 """Ablation of the UNet's DA-CLIP conditioning on the embedded demo's data: one run, several seeds, side by side.
 
 Every variant is trained from the shipped tiny pretrained SD base with the demo's settings (one-step, per-image
-RMSE, LoRA rank 8 on every conv/linear layer, 250 steps of batch 16, lr 3e-3: ``DEMO_PRESETS['full']``) on the demo's cached training split, and
+RMSE, LoRA rank 8 on every conv/linear layer, 250 steps of batch 16, lr 3e-3: ``DEMO_PRESETS['full']``) on the
+demo's cached training split, and
 evaluated on its two held-out splits (``val``: new crops of the training photographs; ``test``: photographs no
 model trained on) **without the fusion head** (the UNet alone), then again with each image given the DA-CLIP
 embeddings of an image of another degradation (``wrong emb.``):

@@ -118,3 +118,38 @@ def test_a_task_override_types_the_other_overrides():
 def test_an_unknown_override_key_names_the_closest_one():
     with pytest.raises(OptionsError, match=r"--opt sd.fusoin: unknown key 'fusoin'.*fusion"):
         apply_overrides({"name": "x", "task": "restoration"}, ["sd.fusoin=true"])
+
+
+def test_a_scheduler_registered_with_capitals_is_selectable():
+    from daclip_lora.restoration.schedulers import SCHEDULERS, scheduler_name
+
+    SCHEDULERS.register("UniPC", "diffusers:UniPCMultistepScheduler")
+    try:
+        assert scheduler_name("unipc") == scheduler_name("UNIPC") == "UniPC"
+    finally:
+        SCHEDULERS.unregister("UniPC")
+
+
+def test_a_path_without_options_may_be_written_as_null():
+    import yaml
+
+    data = yaml.safe_load("name: x\ntask: restoration\nsd: {conditioning: {paths: {time_embedding: }}}")
+    opt, _ = parse_options(data, is_train=False, check_paths=False)
+    assert opt.sd.conditioning.paths == {"time_embedding": None}
+
+
+def test_an_unknown_conditioning_path_is_refused_when_the_file_is_read():
+    data = {"name": "x", "task": "restoration", "sd": {"conditioning": {"paths": {"outptu_norm": {}}}}}
+    with pytest.raises(OptionsError, match=r"sd.conditioning.paths.outptu_norm: not a registered conditioning path; "
+                                           r"registered: context_tokens.*output_norm"):
+        parse_options(data, is_train=False, check_paths=False)
+
+
+def test_the_test_files_controller_adapter_is_the_one_loaded(tmp_path):
+    """``daclip.adapter`` of a test file overrides the folder's: a missing one is an error naming it."""
+    from daclip_lora.restoration.pipeline import RestorationPipeline
+    from daclip_lora.tiny.locate import embedded_restorer
+
+    with pytest.raises((FileNotFoundError, ValueError), match="not_an_adapter"):
+        RestorationPipeline.from_pretrained(embedded_restorer(), device="cpu", daclip_adapter=str(tmp_path /
+                                                                                               "not_an_adapter"))

@@ -317,3 +317,88 @@ def test_an_unknown_path_option_is_one_line(assets, toy_path):
 def test_an_unknown_path_lists_the_registered_ones(assets):
     with pytest.raises(ValueError, match="unknown conditioning path 'toy_offsett'; registered: context_tokens"):
         _model(assets, paths={"toy_offsett": {}})
+
+
+# ------------------------------------------------------------------------------ the interface's contracts
+@pytest.mark.parametrize("switches, paths, expected", [
+    (dict(image_context=False), {"context_tokens": {"num_tokens": 8}},
+     {"context_tokens": {"image": False, "degradation": True, "num_tokens": 8}, "lq_latent": {}}),
+    (dict(output_norm=True), {"output_norm": {"hidden": 16}},
+     {"context_tokens": {"image": True, "degradation": True, "num_tokens": 4}, "lq_latent": {},
+      "output_norm": {"hidden": 16}}),
+    (dict(lq_latent=False), {"time_embedding": None},
+     {"context_tokens": {"image": True, "degradation": True, "num_tokens": 4}, "time_embedding": {}}),
+])
+def test_a_paths_entry_merges_over_the_switches(switches, paths, expected):
+    from daclip_lora.restoration.conditioning import conditioning_paths
+
+    assert conditioning_paths(**switches, paths=paths) == expected
+
+
+def test_reserved_context_slots_are_handed_out_from_the_end_without_overlap():
+    from daclip_lora.restoration.conditioning import UNetCall
+
+    call = UNetCall(torch.zeros(1, 4, 2, 2), torch.zeros(1, 10, 8))
+    assert call.take_slots(2) == (8, 10) and call.take_slots(3) == (5, 8)
+    with pytest.raises(ValueError, match="reserve more context positions than the 10"):
+        call.take_slots(6)
+
+
+@pytest.mark.parametrize("path", ["modulated_lora", "output_norm"])
+def test_an_inference_call_releases_what_it_bound(assets, path):
+    """After a no-grad denoise, calling the UNet directly is an error, not a reuse of the last call's conditions."""
+    _, model = _model(assets, **PATHS[path])
+    x = _inputs()
+    with torch.no_grad():
+        model(**x)
+        with pytest.raises(ValueError, match="called without its conditions"):
+            model.unet(torch.cat([x["noisy"], x["conditions"].lq_latent], 1), x["timesteps"],
+                       encoder_hidden_states=x["text_hidden"])
+
+
+def test_a_modulated_lora_refuses_dora(assets):
+    from daclip_lora.restoration.lora import add_restoration_lora
+
+    sd = load_sd_components(assets / "tiny_sd")
+    cfg = dataclasses.replace(_model(assets, modulated_lora=True)[1].config,
+                              lora={"rank": 4, "alpha": 4, "use_dora": True})
+    with pytest.raises(ValueError, match="cannot be combined with sd.lora.use_dora"):
+        add_restoration_lora(RestorationUNet(sd.unet, cfg), cfg.lora)
+
+
+def test_a_folder_without_its_extras_is_refused(assets, tmp_path):
+    _, model = _model(assets, output_norm=True)
+    out = save_restoration(model, tmp_path / "restoration")
+    (out / "restoration_extras.safetensors").unlink()
+    fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
+    with pytest.raises(FileNotFoundError, match="restoration_extras.safetensors is missing.*output_norm"):
+        load_restoration(fresh, out)
+
+
+def test_extras_of_another_shape_are_one_line(assets, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, model = _model(assets, output_norm=True)
+    out = save_restoration(model, tmp_path / "restoration")
+    extras = load_file(str(out / "restoration_extras.safetensors"))
+    extras["output_norm.linear_2.bias"] = torch.zeros(3)
+    save_file(extras, str(out / "restoration_extras.safetensors"))
+    fresh = RestorationUNet(load_sd_components(assets / "tiny_sd").unet, read_restoration_config(out))
+    with pytest.raises(ValueError, match=r"'output_norm' weights do not fit this model \(linear_2.bias is \(3,\)"):
+        load_restoration(fresh, out)
+
+
+def test_a_merged_model_is_not_saved(assets, tmp_path):
+    _, model = _model(assets)
+    model.merge_paths()
+    with pytest.raises(ValueError, match="merged into the UNet"):
+        save_restoration(model, tmp_path / "restoration")
+
+
+def test_a_path_is_named_by_its_registry_key(assets):
+    REGISTERED_PATHS.register("toy_alias", ToyOffset)  # the class says "toy_offset"
+    try:
+        _, model = _model(assets, paths={"toy_alias": {}})
+    finally:
+        REGISTERED_PATHS.unregister("toy_alias")
+    assert model.paths["toy_alias"].name == "toy_alias"

@@ -231,7 +231,8 @@ def _restoration_summary(report: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _unet_alone_summary(test, folder: Path, distortion: List[str]) -> Dict[str, Dict[str, Any]]:
-    """:func:`~daclip_lora.training.tasks.restoration.unet_alone_report` on each held-out split, as summary keys."""
+    """:func:`~daclip_lora.training.tasks.restoration_ablation.unet_alone_report` on each held-out split, as summary
+    keys."""
     from ..restoration.pipeline import RestorationPipeline
     from ..training.tasks.restoration import restoration_dataset
     from ..training.tasks.restoration_ablation import unet_alone_report

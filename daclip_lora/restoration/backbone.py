@@ -27,7 +27,8 @@ from .tiling import tiled_map
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKBONES", "SDComponents", "SDBackbone", "SDXLBackbone", "backbone_for", "load_sd_components", "encode_prompt",
+__all__ = ["BACKBONES", "SDComponents", "SDBackbone", "SDXLBackbone", "backbone_for", "load_sd_components",
+           "encode_prompt",
            "SD_SUBFOLDERS", "SDXL_SUBFOLDERS"]
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")

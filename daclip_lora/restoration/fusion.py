@@ -6,7 +6,8 @@ degraded inputs, so the decoded output stays below them (the decoder itself coul
 (decoded restored latent minus decoded LQ latent), the VAE round trip ``D(z_LQ) - LQ`` (a smoothing) and the LQ
 itself, each with its own weight (the first two per frequency band), then applies a per-channel colour
 correction; weights and correction come from DA-CLIP's degradation embedding and global statistics of the LQ and
-of how far the decoded output moved from it (:class:`FusionHead`). It starts as the identity (output = LQ) and is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`),
+of how far the decoded output moved from it (:class:`FusionHead`). It starts as the identity (output = LQ) and
+is fitted after the LoRA, on the training images' decodes (:func:`fit_fusion_head`),
 from per-image moments (:meth:`FusionHead.moments`): its memory does not grow with the images' count or size.
 
 ``D(z_LQ)`` costs a second VAE decode per image. A head built with ``decoded_lq=False`` (option

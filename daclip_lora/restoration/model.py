@@ -5,8 +5,8 @@
   ``conv_in``, a time-embedding residual, a degradation-modulated LoRA, a degradation-aware output norm). Each is a
   module behind one interface, registered by name and given the conditions explicitly in every call
   (:class:`~daclip_lora.restoration.conditioning.Conditions`); each starts at zero, so step 0 is the base model.
-* **LoRA** (peft, through diffusers) on the UNet's attention projections (or ``sd.lora.targets``); only
-  LoRA, the projector and the new ``conv_in`` channels are trained.
+* **LoRA** (peft, through diffusers) on the UNet's attention projections (or ``sd.lora.targets``); trained with
+  every path's parameters (and, when set, ``conv_in`` in full and a VAE-encoder LoRA).
 * **Objective.** ``diffusion``: the UNet is trained as a conditional denoiser and sampled (steps,
   strength). ``one_step``: the UNet maps the LQ latent, read as ``x_t = sqrt(abar_t) z_LQ`` at a fixed small
   ``t``, to the restored latent in one call (x0 from its prediction), as one-step SD restorers do
@@ -26,6 +26,7 @@ Saving and loading: :mod:`daclip_lora.restoration.serialization`; LoRA: :mod:`da
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
@@ -108,6 +109,7 @@ class RestorationUNet(nn.Module):
                              "encoder as vae_encoder")
         self.lq_encoder = vae_encoder if config.vae_encoder_lora else None
         self.paths = nn.ModuleDict()
+        self.merged = False  # merge_paths() folded paths into the UNet (inference only)
         # Seeded runs draw initial weights in this order (context tokens, fusion head, the other paths): the order
         # of the run behind the README figures, so a seed still reproduces them.
         self._build_paths(after_lora=False, names=("context_tokens",))
@@ -121,9 +123,12 @@ class RestorationUNet(nn.Module):
             cls = PATHS.get(name)
             if cls.after_lora == after_lora and name not in self.paths and (names is None or name in names):
                 try:
-                    path = cls(self.config, self.unet, **options)
-                except TypeError as e:  # an unknown option
-                    raise ValueError(f"sd.conditioning.paths.{name}: {e}") from None
+                    inspect.signature(cls).bind(self.config, self.unet, **options)
+                except TypeError as e:  # an unknown or missing option
+                    raise ValueError(f"sd.conditioning.paths.{name}: {e}; its options: "
+                                     f"{list(inspect.signature(cls).parameters)[2:]}") from None
+                path = cls(self.config, self.unet, **options)
+                path.name = name  # the registry key, in messages and Conditions.require
                 self.paths[name] = path.to(next(self.unet.parameters()).device)
 
     def add_lora_paths(self) -> None:
@@ -136,9 +141,11 @@ class RestorationUNet(nn.Module):
         return all(path.lora_mergeable for path in self.paths.values())
 
     def merge_paths(self) -> None:
-        """Fold what the paths can fold into the UNet (inference; same outputs)."""
+        """Fold what the paths can fold into the UNet (inference; same outputs). A merged model is not saved
+        (:func:`~daclip_lora.restoration.serialization.save_restoration` refuses it)."""
         for path in self.paths.values():
             path.merge(self.unet)
+        self.merged = True
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_hidden: torch.Tensor,
                 conditions: Conditions, **unet_kwargs: Any) -> torch.Tensor:
@@ -157,8 +164,13 @@ class RestorationUNet(nn.Module):
         call = UNetCall(noisy, text_hidden, dict(unet_kwargs))
         for path in self.paths.values():
             path.prepare(call, conditions)
-        return self.unet(call.sample, timesteps, encoder_hidden_states=call.context, return_dict=False,
-                         **call.kwargs)[0]
+        try:
+            return self.unet(call.sample, timesteps, encoder_hidden_states=call.context, return_dict=False,
+                             **call.kwargs)[0]
+        finally:
+            if not torch.is_grad_enabled():  # under autograd, checkpointed blocks re-read them in backward
+                for path in self.paths.values():
+                    path.release()
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_hidden: torch.Tensor,
                 conditions: Conditions, **unet_kwargs: Any) -> torch.Tensor:
@@ -210,9 +222,13 @@ def _load_part(name: str, module: nn.Module, weights: Dict[str, torch.Tensor], l
     """``module.load_state_dict(weights)``, all of them (only its LoRA tensors when ``lora_only``), or one line."""
     expected = {k for k in module.state_dict() if not lora_only or "lora_" in k}
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise ValueError(f"restoration extras: the {name!r} weights do not fit this model ({len(missing)} missing, "
-                         f"e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); re-save the "
+    own = module.state_dict()
+    shapes = sorted(k for k in set(weights) & expected if tuple(weights[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        detail = (f"{len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}"
+                  if missing or unexpected else
+                  f"{shapes[0]} is {tuple(weights[shapes[0]].shape)}, the model's {tuple(own[shapes[0]].shape)}")
+        raise ValueError(f"restoration extras: the {name!r} weights do not fit this model ({detail}); re-save the "
                          f"folder with the trainer that wrote it")
     module.load_state_dict(weights, strict=not lora_only)
 

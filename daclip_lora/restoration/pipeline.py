@@ -45,7 +45,7 @@ class RestorationPipeline:
 
     Args:
         sd: the base model (a :class:`~daclip_lora.restoration.backbone.SDBackbone` or loaded components).
-        model: the :class:`RestorationUNet` (with LoRA, projector and widened ``conv_in``).
+        model: the :class:`RestorationUNet` (with its LoRA and conditioning paths).
         daclip: the frozen DA-CLIP (with its controller adapter merged in, if any).
         precision: ``fp32``, ``bf16`` or ``fp16``: autocast dtype of the UNet and DA-CLIP (the VAE stays fp32).
     """
@@ -79,7 +79,7 @@ class RestorationPipeline:
     def from_pretrained(cls, folder: Union[str, Path], base: Optional[str] = None,
                         daclip_pretrained: Optional[str] = None, merge_lora: bool = True,
                         device: Optional[Union[str, torch.device]] = None, precision: str = "fp32",
-                        lora_scale: float = 1.0) -> "RestorationPipeline":
+                        lora_scale: float = 1.0, daclip_adapter: Optional[str] = None) -> "RestorationPipeline":
         """Rebuild from a saved restoration folder (``restoration.json`` says which base models).
 
         Args:
@@ -91,6 +91,7 @@ class RestorationPipeline:
             device: where to run (``None``: CUDA if available, else the CPU).
             precision: autocast dtype (``fp32``, ``bf16``, ``fp16``).
             lora_scale: the UNet LoRA's strength (:meth:`set_lora_scale`), applied before merging.
+            daclip_adapter: override the controller LoRA folder recorded in the folder.
         """
         from ..clip.factory import load_daclip
         from .locate import find_restoration_folder
@@ -101,7 +102,7 @@ class RestorationPipeline:
         model = RestorationUNet(backbone.unet, config, vae_encoder=backbone.vae.encoder)
         load_restoration(model, folder, text_encoder=backbone.text_encoder)
         daclip = load_daclip(config.daclip_model, daclip_pretrained or config.daclip_pretrained,
-                             config.daclip_adapter)
+                             daclip_adapter or config.daclip_adapter)
         pipe = cls(backbone, model, daclip.eval().requires_grad_(False), precision=precision)
         pipe.set_lora_scale(lora_scale)
         if merge_lora:
@@ -274,11 +275,12 @@ class RestorationPipeline:
 
         A ``one_step`` model (``config.objective``) restores in one UNet call: ``steps``, ``scheduler``,
         ``strength`` and ``seed`` do not apply to it. A model with a fusion head blends its decoded output with
-        the LQ image (see :class:`~daclip_lora.restoration.model.FusionHead`).
+        the LQ image (see :class:`~daclip_lora.restoration.fusion.FusionHead`).
 
         Args:
             steps: sampling steps. scheduler: ``ddim``, ``dpm++`` or ``euler`` (or an alias such as ``dpmpp_2m``).
-            guidance_scale: > 1 enables classifier-free guidance against "no DA-CLIP tokens, empty prompt".
+            guidance_scale: > 1 enables classifier-free guidance against "empty prompt, every DA-CLIP path
+                off" (the LQ latent is kept).
             strength: < 1 starts from the LQ latent noised to that level (fewer effective steps).
             seed: the sampling noise seed: each image gets the same noise on any device, whatever it is batched
                 with.
@@ -427,7 +429,7 @@ class RestorationPipeline:
         def predict(model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             k = model_in.shape[0] // b  # tile positions stacked in this call
             noisy = model_in[:, :c]
-            lq = model_in[:, c:] if self.config.lq_latent else None
+            lq = model_in[:, c:]  # every path may read it; the lq_latent path feeds it to conv_in
             n = len(branches)
             conditions = Conditions.cat([dataclasses.replace(cnd.repeat(k), lq_latent=lq) for _, cnd, _ in branches])
             pooled = [p for _, _, p in branches]
@@ -453,7 +455,7 @@ class RestorationPipeline:
                   ) -> torch.Tensor:
         """The one-step objective: the LQ latent read as x_t at ``one_step_t``, mapped to x0 in one UNet call."""
         def predict(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-            model_in = torch.cat([noisy, z_lq.to(noisy.dtype)], dim=1) if self.config.lq_latent else noisy
+            model_in = torch.cat([noisy, z_lq.to(noisy.dtype)], dim=1)  # tiled with the latents
             return run(model_in, timesteps[0])  # one timestep for every tile of every image
 
         latents = one_step(self.backbone.scheduler, z_lq, self.config.one_step_t, self.config.one_step_input, predict)
@@ -480,8 +482,7 @@ class RestorationPipeline:
         bar = tqdm(total=len(timesteps), desc="denoise", unit="step", leave=False, disable=not progress)
         for i, t in enumerate(timesteps):
             model_in = sched.scale_model_input(latents, t)
-            if self.config.lq_latent:
-                model_in = torch.cat([model_in, z_lq.to(model_in.dtype)], dim=1)
+            model_in = torch.cat([model_in, z_lq.to(model_in.dtype)], dim=1)  # tiled with the latents
             pred = run(model_in, t)
             latents = sched.step(pred.float(), t, latents, return_dict=False)[0]
             bar.update(1)

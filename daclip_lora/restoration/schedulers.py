@@ -30,6 +30,7 @@ def scheduler_name(name: str) -> str:
     """
     key = str(name).strip().lower()
     key = SCHEDULER_ALIASES.get(key, key)
+    key = {n.lower(): n for n in SCHEDULERS}.get(key, key)  # a name registered with capitals
     if key not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)} (aliases: "
                          f"{', '.join(sorted(SCHEDULER_ALIASES))}).{suggest(key, SCHEDULERS.names())}")

@@ -2,7 +2,7 @@
 
 A folder holds ``pytorch_lora_weights.safetensors`` (diffusers format, LoRA config in its metadata, loadable by
 ``StableDiffusionPipeline.load_lora_weights``), ``restoration_extras.safetensors`` (every conditioning path's
-parameters under its name, the fusion head, the VAE-encoder LoRA) and ``restoration.json``: the
+parameters under its name, the fusion head, the VAE-encoder LoRA, ``conv_in`` when trained in full) and ``restoration.json``: the
 :class:`~daclip_lora.restoration.model.RestorationConfig` plus ``format_version`` and the fusion head's state
 (``fusion_head: {fitted}``).
 
@@ -47,6 +47,9 @@ def save_restoration(model: RestorationUNet, out_dir: Union[str, Path], text_enc
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
+    if model.merged or any(getattr(m, "merged", False) for m in model.unet.modules() if hasattr(m, "lora_A")):
+        raise ValueError("this restoration model's LoRA or paths are merged into the UNet (inference); save the "
+                         "unmerged model (RestorationPipeline.from_pretrained(..., merge_lora=False))")
     with atomic_dir(out_dir) as tmp:
         (backbone or SDBackbone).save_lora(tmp, model.unet, text_encoder)
         extras = {k: v.detach().float().cpu().contiguous() for k, v in model.extras_state_dict().items()}
@@ -163,5 +166,9 @@ def load_restoration(model: RestorationUNet, folder: Union[str, Path], text_enco
     _load_unet_lora(model, lora_path, state)
     if (folder / EXTRAS_NAME).is_file():
         model.load_extras(load_file(str(folder / EXTRAS_NAME)), record.get("fusion_head"))
+    elif model.extras_state_dict():  # the paths would stay at zero and the head unfitted: not the saved model
+        raise FileNotFoundError(f"{folder / EXTRAS_NAME} is missing, but this model's restoration.json has "
+                                f"weights there ({', '.join(sorted({k.split('.')[0] for k in model.extras_state_dict()}))}"
+                                f"); copy the whole folder")
     if text_encoder is not None:
         _load_text_encoder_lora(model, text_encoder, lora_path, state)

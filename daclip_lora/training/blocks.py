@@ -67,7 +67,7 @@ class ConditioningOptions:
     modulated_lora: bool = False  # every UNet LoRA layer computes B·M(e)·A, M predicted from that embedding
     output_norm: bool = False  # the UNet's last norm scaled and shifted from that embedding and its input's stats
     #: further registered conditioning paths (restoration.conditioning.PATHS) by name, with their options
-    paths: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    paths: Dict[str, Optional[Dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass

@@ -431,6 +431,19 @@ def _check_sampling(opt: Options, ctx: Context) -> None:
                                                      f"got {s.tile_overlap}")
 
 
+def _check_conditioning(opt: Options, ctx: Context) -> None:
+    """``sd.conditioning.paths`` names registered paths (checked before any model is loaded)."""
+    if not isinstance(opt.sd, RestorationSDOptions):
+        return
+    from ..restoration.conditioning import PATHS
+
+    for name in opt.sd.conditioning.paths:
+        if name not in PATHS:
+            raise ctx.error(f"sd.conditioning.paths.{name}", f"not a registered conditioning path; registered: "
+                                                             f"{', '.join(PATHS)}.{suggest(name, PATHS.names())} "
+                                                             f"(PATHS.register adds one)")
+
+
 def _check_paths_exist(opt: Options, ctx: Context) -> None:
     for dotted, obj, name, _ in _all_path_fields(opt):
         value = getattr(obj, name)
@@ -481,6 +494,7 @@ def _check_semantics(opt: Options, ctx: Context, check_paths: bool) -> None:
             raise ctx.error("train.optimizer", str(e)) from None
     _check_splits(opt, ctx)
     _check_sampling(opt, ctx)
+    _check_conditioning(opt, ctx)
     _check_logger(opt, ctx)
     if opt.daclip.pretrained is None and opt.path.daclip is not None:
         opt.daclip.pretrained = opt.path.daclip

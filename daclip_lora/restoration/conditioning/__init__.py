@@ -17,7 +17,8 @@ def conditioning_paths(image_context: bool = True, degra_context: bool = True, n
                        lq_latent: bool = True, time_embedding: bool = False, modulated_lora: bool = False,
                        output_norm: bool = False, paths=None):
     """The ``{name: options}`` of the paths the ``sd.conditioning`` switches turn on, in build order, followed by
-    ``paths`` (registered paths by name, with their options)."""
+    ``paths`` (registered paths by name, with their options; for a path a switch already turned on, its options
+    are merged over the switch's)."""
     out = {}
     if image_context or degra_context:
         out["context_tokens"] = {"image": bool(image_context), "degradation": bool(degra_context),
@@ -28,5 +29,5 @@ def conditioning_paths(image_context: bool = True, degra_context: bool = True, n
             out[name] = {}
     for name, options in (paths or {}).items():
         PATHS.get(name)  # an unknown name: one line listing the registered ones
-        out[name] = dict(options or {})
+        out[name] = {**out.get(name, {}), **(options or {})}  # a built-in's options override its switches'
     return out

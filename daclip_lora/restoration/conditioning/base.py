@@ -7,10 +7,10 @@ diffusers ``UNet2DConditionModel`` whose forward is called unchanged.
 
 Paths whose module sits where diffusers' UNet forward passes no argument (a LoRA layer, ``conv_norm_out``) are
 given the call's inputs by :meth:`ConditioningPath.prepare`, which
-:meth:`~daclip_lora.restoration.model.RestorationUNet.denoise` calls right before the UNet: nothing is packed into
-the UNet's class labels and no hook reads its arguments. Those inputs stay bound until the next call, so gradient
-checkpointing, which runs the blocks' forward again inside the backward pass, recomputes with the same ones
-(peft binds its per-call ``alora_offsets`` to its layers for the same reason).
+:meth:`~daclip_lora.restoration.model.RestorationUNet.denoise` calls right before the UNet. Under autograd those
+inputs stay bound until the next call, so gradient checkpointing, which runs the blocks' forward again inside the
+backward pass, recomputes with the same ones (peft binds its per-call ``alora_offsets`` to its layers for the same
+reason); after an inference call they are released (:meth:`ConditioningPath.release`).
 
 Register a path with :data:`PATHS` (``PATHS.register("name", MyPath)``); it is then built from
 ``sd.conditioning.paths: {name: {options}}`` and saved with the model (its parameters under ``name.``).
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -109,6 +109,18 @@ class UNetCall:
     sample: torch.Tensor
     context: torch.Tensor
     kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the context positions not yet taken by a path: reserved slots are handed out from the end
+    free_end: Optional[int] = None
+
+    def take_slots(self, k: int) -> Tuple[int, int]:
+        """``(start, end)`` of the next ``k`` reserved context positions (each path that adds tokens takes its own,
+        counting back from the end, in path order)."""
+        end = self.context.shape[1] if self.free_end is None else self.free_end
+        if k > end:
+            raise ValueError(f"the conditioning paths reserve more context positions than the {self.context.shape[1]} "
+                             f"the text encoder gives; lower num_tokens")
+        self.free_end = end - k
+        return end - k, end
 
 
 class ConditioningPath(nn.Module):
@@ -145,6 +157,10 @@ class ConditioningPath(nn.Module):
 
     def merge(self, unet: nn.Module) -> None:
         """Fold what can be folded into the UNet for inference (same outputs); nothing by default."""
+
+    def release(self) -> None:
+        """Drop the inputs :meth:`prepare` bound to installed modules (called after an inference call, so a later
+        call without its conditions is an error rather than a reuse); nothing by default."""
 
 
 def owner(module: nn.Module, path: ConditioningPath) -> None:

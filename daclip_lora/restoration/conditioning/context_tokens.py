@@ -64,10 +64,9 @@ class ContextTokens(ConditioningPath):
         return n * (int(options.get("image", True)) + int(options.get("degradation", True)))
 
     def prepare(self, call: UNetCall, conditions: Conditions) -> None:
-        text = call.context
-        tokens = torch.cat([projector(conditions.require(field, self.name).to(text.dtype))
+        text, dtype = call.context, next(self.parameters()).dtype
+        tokens = torch.cat([projector(conditions.require(field, self.name).to(dtype))
                             for field, projector in self.projectors.items()], dim=1)
-        if conditions.keep_daclip is not None:  # condition dropout: per-sample 0/1
-            tokens = tokens * conditions.keep_daclip.to(tokens.dtype).view(-1, 1, 1)
-        k = tokens.shape[1]
-        call.context = torch.cat([text[:, :-k], text[:, -k:] + tokens], dim=1)
+        tokens = tokens * conditions.keep("daclip", tokens).view(-1, 1, 1)  # condition dropout: per-sample 0/1
+        start, end = call.take_slots(tokens.shape[1])
+        call.context = torch.cat([text[:, :start], text[:, start:end] + tokens.to(text.dtype), text[:, end:]], dim=1)

@@ -80,7 +80,11 @@ class ModulatedLora(ConditioningPath):
         nn.init.zeros_(self.linear_out.weight)
         nn.init.zeros_(self.linear_out.bias)
         self._matrices: Optional[torch.Tensor] = None  # (B, L, r, r) of the last call (see base: checkpointing)
-        for index, (_, layer) in enumerate(layers):
+        for index, (name, layer) in enumerate(layers):
+            if "default" in layer.lora_variant:  # DoRA (sd.lora.use_dora) or another variant: one per layer
+                raise ValueError(f"sd.conditioning.modulated_lora: the LoRA layer {name} already has a "
+                                 f"{type(layer.lora_variant['default']).__name__}; a modulated LoRA cannot be combined "
+                                 f"with sd.lora.use_dora: set one of them off")
             layer.lora_variant["default"] = ModulatedLoraVariant(self, index)
 
     def matrices(self, conditions: Conditions) -> torch.Tensor:
@@ -95,6 +99,9 @@ class ModulatedLora(ConditioningPath):
 
     def prepare(self, call: UNetCall, conditions: Conditions) -> None:
         self._matrices = self.matrices(conditions)
+
+    def release(self) -> None:
+        self._matrices = None
 
     def modulate(self, index: int, h: torch.Tensor) -> torch.Tensor:
         """``M_index`` applied to a LoRA layer's ``A`` output ``h``: ``(B, ..., r)`` or, for a conv, ``(B, r, H, W)``."""

@@ -62,6 +62,9 @@ class OutputNorm(ConditioningPath):
         emb = conditions.require("degradation", self.name).float()
         self._bound = (emb, conditions.keep("daclip", emb))
 
+    def release(self) -> None:
+        self._bound = None
+
     def modulate(self, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out · (1 + s) + b``: ``out`` is the base norm of ``h``; ``s, b`` from the bound embedding and ``h``."""
         if self._bound is None:

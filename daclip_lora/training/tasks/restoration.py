@@ -1,8 +1,8 @@
 """Degradation-aware SD LoRA for restoration (``task: restoration``): step and batch logic (evaluation:
 :mod:`.restoration_eval`; the UNet-alone ablation: :mod:`.restoration_ablation`).
 
-Frozen: VAE, text encoder, DA-CLIP. Trained: UNet LoRA, the DA-CLIP token projector, the new
-``conv_in`` channels (see :mod:`daclip_lora.restoration.model`).
+Frozen: VAE, text encoder, DA-CLIP. Trained: the UNet LoRA and every conditioning path's parameters (and, when
+set, ``conv_in`` in full and a VAE-encoder LoRA; see :mod:`daclip_lora.restoration.model`).
 
 Caching (``runtime.cache: true``): VAE latents of GT and LQ and the DA-CLIP embeddings are outputs of
 frozen models, so they are computed once before training. Random crops, flips and rotations would make
@@ -476,7 +476,7 @@ class RestorationTrainer(TrainTask):
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def _restore_latents(self, pipe: RestorationPipeline, z_lq, image_emb, degra_emb) -> torch.Tensor:
-        """The model's restored latents for the fusion fit (one step, or sampling with the ``sampling`` block)."""
+        """The model's restored latents for the fusion fit (the one-step objective's single UNet call)."""
         if self.config.objective != "one_step":
             raise ValueError("sd.fusion needs sd.objective: one_step")
         text = self.prompt_hidden.expand(z_lq.shape[0], -1, -1).to(self.device)

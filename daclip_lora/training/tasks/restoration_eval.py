@@ -31,7 +31,8 @@ def evaluate_restoration(opt, folder: Optional[str] = None, merge_lora: Optional
     pipe = RestorationPipeline.from_pretrained(folder, base=opt.sd.base, daclip_pretrained=opt.daclip.pretrained,
                                                merge_lora=s.merge_lora if merge_lora is None else merge_lora,
                                                device=opt.runtime.device,
-                                               precision=s.precision, lora_scale=s.lora_scale)
+                                               precision=s.precision, lora_scale=s.lora_scale,
+                                               daclip_adapter=opt.daclip.adapter)
     results_root = Path(opt.path.results_root)
     report: Dict[str, Any] = {}
     for key, block in opt.datasets.items():
