@@ -209,7 +209,7 @@ class Restorer:
         from ..restoration.pipeline import RestorationPipeline
 
         words = settings.degradations
-        base, daclip = settings.base, settings.daclip_pretrained
+        base, daclip, adapter = settings.base, settings.daclip_pretrained, None
         if settings.options:
             from ..training.options import load_options
 
@@ -220,7 +220,7 @@ class Restorer:
             folder = Path(settings.weights) if settings.weights else \
                 Path(opt.path.root) / "experiments" / opt.name / "models" / "restoration"
             folder = resolve_weights(folder)
-            base, daclip = base or opt.sd.base, daclip or opt.daclip.pretrained
+            base, daclip, adapter = base or opt.sd.base, daclip or opt.daclip.pretrained, opt.daclip.adapter
             words = words or list(opt.distortion)
             source = f"{settings.options} ({folder})"
         elif settings.weights:
@@ -233,7 +233,7 @@ class Restorer:
             source = f"embedded tiny models ({folder.parent})"
         # unmerged: the page's LoRA-scale slider changes the LoRA's strength per request
         pipe = RestorationPipeline.from_pretrained(folder, base=base, daclip_pretrained=daclip,
-                                                   device=settings.device, merge_lora=False)
+                                                   daclip_adapter=adapter, device=settings.device, merge_lora=False)
         return cls(pipe, words or list(DEGRADATION_FUNCTIONS), source)
 
     @torch.no_grad()

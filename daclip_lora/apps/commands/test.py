@@ -14,6 +14,10 @@ def _cmd_test(args: argparse.Namespace) -> int:
     from ...training.tasks import TASKS, get_task
 
     opt = load_cli_options(args, is_train=False)
+    if args.adapter is not None:  # the controller LoRA DA-CLIP runs with, as daclip.adapter would set it
+        if not hasattr(opt.daclip, "adapter"):
+            raise ValueError(f"--adapter: task {opt.task} reads no controller LoRA (daclip.adapter); drop --adapter")
+        opt.daclip.adapter = str(args.adapter)
     results = Path(opt.path.results_root)
     evaluate = get_task(opt.task).evaluator()
     if evaluate is None:
@@ -44,7 +48,8 @@ def register(sub: Any) -> None:
                                    "accuracy; task: restoration: restored images, PSNR/SSIM per degradation). "
                                    "Results go to <root>/results/<name>/.")
     add_options_args(p)
-    p.add_argument("--adapter", type=Path, default=None, help="controller LoRA folder (default: daclip.adapter)")
+    p.add_argument("--adapter", type=Path, default=None, help="controller LoRA folder DA-CLIP runs with (controller and restoration tasks; "
+                        "default: daclip.adapter, else the one the restoration folder records)")
     p.add_argument("--weights", type=Path, default=None,
                    help="restoration folder (default: <root>/experiments/<name>/models/restoration)")
     p.set_defaults(func=_cmd_test)
