@@ -90,3 +90,9 @@ def test_a_registered_task_gets_the_option_checks(toy_task, tmp_path, capsys, ex
     import re
 
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_adapter_is_refused_for_a_task_without_a_controller_lora(toy_task, tmp_path, capsys):
+    yml = _options(tmp_path)
+    assert main(["test", "-opt", str(yml), "--root", str(tmp_path), "--adapter", str(tmp_path)]) == 2
+    assert "--adapter: task toy reads no controller LoRA (daclip.adapter); drop --adapter" in capsys.readouterr().err

@@ -15,7 +15,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
     opt = load_cli_options(args, is_train=False)
     if args.adapter is not None:  # the controller LoRA DA-CLIP runs with, as daclip.adapter would set it
-        if not hasattr(opt.daclip, "adapter"):
+        if "adapter" not in getattr(get_task(opt.task).blocks.get("daclip"), "__dataclass_fields__", {}):
             raise ValueError(f"--adapter: task {opt.task} reads no controller LoRA (daclip.adapter); drop --adapter")
         opt.daclip.adapter = str(args.adapter)
     results = Path(opt.path.results_root)
