@@ -233,3 +233,16 @@ def test_cli_train_then_test(tmp_path, data, capsys):
     report = json.loads((tmp_path / "results/t/val_degradation_accuracy.json").read_text())
     assert report["classes"] == DEGS and sum(report["counts"].values()) == 2 * len(DEGS)
     assert opt.name == "t"
+
+
+def test_a_checkpoint_exports_to_the_runs_adapter(tmp_path, data):
+    from safetensors.torch import load_file
+
+    _opt(tmp_path, data)  # writes ctrl.yml: 6 steps, checkpoints at 3 and 6
+    assert main(["train", "-opt", str(tmp_path / "ctrl.yml"), "--root", str(tmp_path)]) == 0
+    run = tmp_path / "experiments" / "t"
+    assert main(["export", "--checkpoint", str(run / "training_state" / "00000006"), "--output",
+                 str(tmp_path / "exported")]) == 0
+    name = "adapter_model.safetensors"
+    exported, final = (load_file(str(p / name)) for p in (tmp_path / "exported", run / "models" / "controller_lora"))
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)

@@ -109,3 +109,24 @@ def test_text_encoder_lora_targets_matching_nothing(assets, tmp_path):
                        overrides=["sd.text_encoder_lora.targets=[qproj]"])
     with pytest.raises(ValueError, match=r"text-encoder LoRA targets \['qproj'\] match no module.*q_proj"):
         Text2ImageTrainer(opt)
+
+
+def test_an_sdxl_base_is_refused_in_one_line(assets, tmp_path):
+    build_tiny_sd(tmp_path / "tiny_sdxl", family="sdxl")
+    opt = load_options(assets / "t2i.yml", is_train=True, root=tmp_path,
+                       overrides=[f"sd.base={tmp_path / 'tiny_sdxl'}", "sd.text_encoder_lora=null"])
+    with pytest.raises(ValueError, match=r"task text2image trains SD 1.x/2.x bases; sd.base .* is sdxl"):
+        Text2ImageTrainer(opt)
+
+
+def test_a_checkpoint_exports_to_the_runs_lora_file(assets, tmp_path):
+    from safetensors.torch import load_file
+
+    assert main(["train", "-opt", str(assets / "t2i.yml"), "--root", str(tmp_path), "--opt",
+                 "train.val_freq=0"]) == 0
+    run = tmp_path / "experiments" / "t"
+    assert main(["export", "--checkpoint", str(run / "training_state" / "00000004"), "--output",
+                 str(tmp_path / "exported")]) == 0
+    name = "pytorch_lora_weights.safetensors"
+    exported, final = (load_file(str(p / name)) for p in (tmp_path / "exported", run / "models" / "text2image_lora"))
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
