@@ -1,6 +1,7 @@
 """A task registered from outside the package trains, saves its output and is tested through the CLI, with the
 option keys it declares (and only those) accepted."""
 
+import dataclasses
 import json
 
 import pytest
@@ -96,3 +97,32 @@ def test_adapter_is_refused_for_a_task_without_a_controller_lora(toy_task, tmp_p
     yml = _options(tmp_path)
     assert main(["test", "-opt", str(yml), "--root", str(tmp_path), "--adapter", str(tmp_path)]) == 2
     assert "--adapter: task toy reads no controller LoRA (daclip.adapter); drop --adapter" in capsys.readouterr().err
+
+
+@dataclasses.dataclass
+class ToyBlockOptions:
+    """A block a task from outside declares: no ``extra`` field, so nothing may be kept unread."""
+
+    scale: float = 1.0
+
+
+@pytest.mark.parametrize("extra, outcome", [
+    ("sd: {scale: 2.0}\n", 2.0),
+    ("sd: {scael: 2.0}\n", r"sd.scael: unknown key. Did you mean: scale"),
+])
+def test_a_registered_tasks_own_block_is_strict(tmp_path, capsys, extra, outcome):
+    from daclip_lora.training.options import load_options
+
+    register_task(TaskSpec("toy_strict", "test_toy_task:ToyTrainer", "toy", blocks={"sd": ToyBlockOptions}))
+    try:
+        yml = _options(tmp_path, extra)
+        yml.write_text(yml.read_text().replace("task: toy\n", "task: toy_strict\n"))
+        if isinstance(outcome, float):
+            assert load_options(yml, is_train=True, root=tmp_path).sd.scale == outcome
+        else:
+            assert main(["check-options", "-opt", str(yml), "--root", str(tmp_path), "--train"]) == 2
+            import re
+
+            assert re.search(outcome, capsys.readouterr().err)
+    finally:
+        TASKS.unregister("toy_strict")

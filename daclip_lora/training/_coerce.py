@@ -18,7 +18,8 @@ import yaml
 
 from .._utils.suggest import suggest
 
-__all__ = ["Context", "OptionsError", "build", "coerce", "parse_override_value", "resolve_field", "type_name"]
+__all__ = ["Context", "OptionsError", "build", "coerce", "dataclasses_in", "parse_override_value", "resolve_field",
+           "type_name"]
 
 _NONE = type(None)
 _SCALARS = (bool, int, float, str)
@@ -204,6 +205,22 @@ def _build_key(cls: type, key: Any, value: Any, where: str, hints: Dict[str, Any
         raise ctx.error(dotted, f"unknown key.{suggest(str(key), valid) or ' Valid keys: ' + ', '.join(valid)}")
     else:
         _unread_key(key, value, dotted, where, list(fields), extra, ctx)
+
+
+def dataclasses_in(classes: Sequence[type]) -> FrozenSet[type]:
+    """``classes`` and every dataclass their fields hold, at any depth (``Optional[X]``, ``List[X]``,
+    ``Dict[str, X]`` included)."""
+    seen: set = set()
+    todo = list(classes)
+    while todo:
+        tp = todo.pop()
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            if tp not in seen:
+                seen.add(tp)
+                todo.extend(typing.get_type_hints(tp).values())
+        else:
+            todo.extend(typing.get_args(tp))
+    return frozenset(seen)
 
 
 def _strip_optional(tp: Any) -> Any:

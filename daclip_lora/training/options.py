@@ -20,14 +20,14 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
 from .._utils.suggest import suggest
 from ..data.degrade import DEGRADATIONS
 from ..restoration.schedulers import SCHEDULERS, scheduler_name
-from ._coerce import Context, OptionsError, build, parse_override_value, resolve_field
+from ._coerce import Context, OptionsError, build, dataclasses_in, parse_override_value, resolve_field
 from .blocks import (ConditioningOptions, ControllerOptions, DaclipModelOptions, DaclipOptions,  # noqa: F401
                      DiffusionRuntimeOptions, GenerationOptions, LoraOptions, LossOptions, RestorationRuntimeOptions,
                      RestorationSDOptions, RuntimeOptions, SamplingOptions, SDOptions, Text2ImageSDOptions,
@@ -169,9 +169,12 @@ def task_keys(task: str) -> Tuple[str, ...]:
 
 #: the top-level keys of our own (strict) blocks
 OWN_BLOCKS = ("daclip", "controller", "sd", "runtime", "sampling")
-_STRICT = frozenset({LoraOptions, DaclipModelOptions, DaclipOptions, ControllerOptions, ConditioningOptions,
-                     LossOptions, SDOptions, RestorationSDOptions, Text2ImageSDOptions, RuntimeOptions,
-                     DiffusionRuntimeOptions, RestorationRuntimeOptions, GenerationOptions, SamplingOptions})
+
+def _strict() -> FrozenSet[type]:
+    """The strict classes: every dataclass of the blocks the registered tasks declare, nested ones included (a
+    task registered from outside gets the same unknown-key errors as ours)."""
+    return dataclasses_in([cls for _, spec in TASKS.items() for cls in spec.blocks.values()])
+
 _PHASES = ("train", "val", "test", "calib")
 
 
@@ -214,14 +217,14 @@ def _override_type(parts: Sequence[str], task: Any) -> Any:
     """The schema type at ``parts``: our own blocks through the classes ``task`` declares (else any task's, so
     that a key of another task reaches the loader's "never reads it" message)."""
     if parts[0] not in OWN_BLOCKS:
-        return resolve_field(Options, parts, _STRICT)
+        return resolve_field(Options, parts, _strict())
     spec = TASKS.get(task) if isinstance(task, str) and task in TASKS else None
     classes = [spec.blocks[parts[0]]] if spec is not None and parts[0] in spec.blocks else []
-    classes += [TASKS.get(t).blocks[parts[0]] for t in TASKS if parts[0] in TASKS.get(t).blocks]
+    classes += [s.blocks[parts[0]] for _, s in TASKS.items() if parts[0] in s.blocks]
     first: Optional[OptionsError] = None
-    for cls in classes:
+    for cls in dict.fromkeys(classes):  # the file's task first, each class once
         try:
-            return resolve_field(cls, parts[1:], _STRICT, where=parts[0])
+            return resolve_field(cls, parts[1:], _strict(), where=parts[0])
         except OptionsError as e:
             first = first or e
     if first is not None:
@@ -261,7 +264,7 @@ def parse_options(
 ) -> Tuple[Options, List[str]]:
     """Build :class:`Options` from already-parsed YAML data. Returns ``(options, warnings)``."""
     data = dict(data)
-    ctx = Context(source, _STRICT)
+    ctx = Context(source, _strict())
     datasets_raw = data.pop("datasets", None) or {}
     if not isinstance(datasets_raw, dict):
         raise ctx.error("datasets", f"expected a mapping of dataset blocks, got {datasets_raw!r}")
