@@ -220,9 +220,9 @@ class RestorationUNet(nn.Module):
 
 def _load_part(name: str, module: nn.Module, weights: Dict[str, torch.Tensor], lora_only: bool = False) -> None:
     """``module.load_state_dict(weights)``, all of them (only its LoRA tensors when ``lora_only``), or one line."""
-    expected = {k for k in module.state_dict() if not lora_only or "lora_" in k}
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     own = module.state_dict()
+    expected = {k for k in own if not lora_only or "lora_" in k}
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     shapes = sorted(k for k in set(weights) & expected if tuple(weights[k].shape) != tuple(own[k].shape))
     if missing or unexpected or shapes:
         detail = (f"{len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}"

@@ -433,7 +433,7 @@ class RestorationPipeline:
             n = len(branches)
             conditions = Conditions.cat([dataclasses.replace(cnd.repeat(k), lq_latent=lq) for _, cnd, _ in branches])
             pooled = [p for _, _, p in branches]
-            both_noisy = noisy.repeat(n, 1, 1, 1)
+            both_noisy = noisy if n == 1 else noisy.repeat(n, 1, 1, 1)
             pred = self.model.denoise(both_noisy, t.to(device).expand(both_noisy.shape[0]),
                                       torch.cat([h.repeat(k, 1, 1) for h, _, _ in branches]), conditions,
                                       **self.backbone.unet_kwargs(both_noisy, None if pooled[0] is None else

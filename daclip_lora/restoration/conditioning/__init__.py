@@ -27,7 +27,6 @@ def conditioning_paths(image_context: bool = True, degra_context: bool = True, n
                      ("modulated_lora", modulated_lora)):
         if on:
             out[name] = {}
-    for name, options in (paths or {}).items():
-        PATHS.get(name)  # an unknown name: one line listing the registered ones
+    for name, options in (paths or {}).items():  # names are checked by RestorationConfig
         out[name] = {**out.get(name, {}), **(options or {})}  # a built-in's options override its switches'
     return out

@@ -85,6 +85,8 @@ class Conditions:
     @staticmethod
     def cat(parts: List["Conditions"]) -> "Conditions":
         """The batches of ``parts`` concatenated (an unset keep counts as ones where another part sets it)."""
+        if len(parts) == 1:
+            return parts[0]
         fields: Dict[str, Optional[torch.Tensor]] = {}
         for f in dataclasses.fields(Conditions):
             values = [getattr(p, f.name) for p in parts]
